@@ -1,0 +1,144 @@
+"""The backend contract (interface version ``BACKEND_API_VERSION``).
+
+A backend compiles one float ONNX model under a :class:`~harness.spec.QuantSpec` into a :class:`Compiled`
+object that runs inference. It never times itself: the harness does (``harness.measure``). An adapter fills in
+the abstract hooks; an incomplete adapter fails when it is constructed, not halfway through a sweep.
+
+Lifecycle, as the harness drives it in a child process per cell::
+
+    backend = Backend(options)          # options checked here (bad option → ConfigError)
+    backend.availability()              # cheap; imports the SDK
+    backend.supports(spec)              # None or a reason → 'skipped' row
+    with backend.compile(model, spec, calib, workdir) as compiled:
+        compiled.infer(feeds) -> list[np.ndarray]
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from harness.errors import ConfigError
+
+BACKEND_API_VERSION = 1
+NUMBERS = ("measured", "simulated", "estimated")
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backend can run here; ``reason`` says why not and how to fix it."""
+
+    available: bool
+    reason: str = ""
+    versions: Mapping[str, str] = field(default_factory=dict)
+    devices: tuple[str, ...] = ()
+
+
+@dataclass
+class ModelInput:
+    """The float model a backend compiles, with what the harness already knows about it."""
+
+    path: Path
+    sha256: str
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_batch: bool
+
+
+@dataclass
+class CompiledInfo:
+    """What a compilation produced, stored in the row.
+
+    ``coverage`` counts nodes per compute unit (``{"cpu": 31}``, ``{"npu": 28, "cpu": 3}``); ``fallback_ops``
+    names ops that left the accelerator and why. ``numbers`` says whether outputs/latency come from the real
+    target (measured), from a simulation of its numerics (simulated) or from a cost model (estimated).
+    """
+
+    artifact_path: Path | None = None
+    artifact_bytes: int | None = None
+    coverage: dict[str, int] = field(default_factory=dict)
+    fallback_ops: dict[str, str] = field(default_factory=dict)
+    numbers: str = "measured"
+    execution_device: str = "cpu"
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    compile_s: float = float("nan")
+    cache_hit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.numbers not in NUMBERS:
+            raise ValueError(f"numbers must be one of {NUMBERS}, got {self.numbers!r}")
+
+
+class Compiled(abc.ABC):
+    """A compiled model ready to run. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, info: CompiledInfo) -> None:
+        self.info = info
+        self._closed = False
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run one inference; ``feeds`` maps input names to host arrays; returns host arrays in output order."""
+        if self._closed:
+            raise RuntimeError("infer() after close()")
+        return self._infer(feeds)
+
+    @abc.abstractmethod
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def _close(self) -> None:  # noqa: B027 - optional hook
+        """Release runtime resources; default: nothing to release."""
+
+    def __enter__(self) -> Compiled:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Backend(abc.ABC):
+    """Base class of every adapter. Subclasses set ``slug`` and ``option_defaults`` and fill the hooks."""
+
+    slug: str = ""
+    description: str = ""
+    #: Options the adapter accepts, with defaults; unknown options are rejected with this list.
+    option_defaults: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(self.option_defaults))
+        if unknown:
+            allowed = ", ".join(self.option_defaults) or "none"
+            raise ConfigError(f"backends.{self.slug}.options.{unknown[0]}: unknown option; allowed: {allowed}")
+        self.options = {**self.option_defaults, **options}
+
+    @abc.abstractmethod
+    def availability(self) -> Availability:
+        """Probe the runtime/hardware. Must not raise for a missing SDK: return ``available=False`` with why."""
+
+    @abc.abstractmethod
+    def supports(self, spec: Any) -> str | None:
+        """``None`` when ``spec`` can be compiled here, else the reason (kept in the skipped row)."""
+
+    @abc.abstractmethod
+    def compile(self, model: ModelInput, spec: Any, calib: Any, workdir: Path) -> Compiled:
+        """Build the artifact for ``spec`` (calibrating on ``calib`` when static) in ``workdir``."""
+
+    def version(self) -> str:
+        """The runtime's version string for the row's ``backend_version``."""
+        av = self.availability()
+        return ";".join(f"{k}={v}" for k, v in sorted(av.versions.items()))
+
+    def reference_key(self) -> str:
+        """Options that change numerics or speed, for the cache and comparability keys."""
+        return ";".join(f"{k}={self.options[k]}" for k in sorted(self.options))

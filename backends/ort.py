@@ -1,0 +1,382 @@
+"""ONNX Runtime adapter (``ort``): fp32, fp16, INT8 static (QDQ / QOperator) and dynamic, INT4 W4A8 and weight-only.
+
+Execution providers: ``providers: auto`` takes the first present of TensorRT, CUDA, DirectML, CoreML, then CPU;
+the providers the session actually holds are recorded (CPU fallback included). Quantization uses
+``onnxruntime.quantization`` with activation ranges computed by :mod:`harness.calibration` for entropy and MSE
+(see there why), passed through ORT's calibration-cache file so ``quantize_static`` uses exactly them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput
+from harness.errors import ConfigError, UnsupportedSpec
+from harness.spec import QuantSpec
+
+AUTO_PROVIDERS = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "DmlExecutionProvider",
+    "CoreMLExecutionProvider",
+    "CPUExecutionProvider",
+)
+GRAPH_OPT = ("disabled", "basic", "extended", "all")
+COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul"}
+CALIB_BATCH = 64
+
+
+class OrtCompiled(Compiled):
+    def __init__(self, session: Any, info: CompiledInfo) -> None:
+        super().__init__(info)
+        self.session = session
+        self._outputs = [o.name for o in session.get_outputs()]
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self._outputs, dict(feeds))
+
+    def _close(self) -> None:
+        self.session = None
+
+
+class OrtBackend(Backend):
+    """ONNX Runtime with onnxruntime.quantization; CPU here, GPU/NPU execution providers when present."""
+
+    slug = "ort"
+    description = "ONNX Runtime (onnxruntime.quantization QDQ/QOperator, dynamic, INT4)"
+    option_defaults: ClassVar[dict[str, Any]] = {
+        "threads": 1,  # intra-op threads; 0 = ORT's default (all physical cores)
+        "inter_op_threads": 1,
+        "spinning": True,  # ORT's default: worker threads spin between ops (lower latency, more CPU)
+        "providers": "auto",  # or a list of execution provider names, in priority order
+        "graph_optimization": "all",
+        "int4_block_size": 32,  # MatMulNBits block size for int4 weight-only
+    }
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
+        o = self.options
+        if not isinstance(o["threads"], int) or o["threads"] < 0:
+            raise ConfigError(f"backends.ort.options.threads: {o['threads']!r} must be an integer ≥ 0")
+        if o["graph_optimization"] not in GRAPH_OPT:
+            raise ConfigError(f"backends.ort.options.graph_optimization: choose one of {', '.join(GRAPH_OPT)}")
+        if o["providers"] != "auto" and not isinstance(o["providers"], list):
+            raise ConfigError("backends.ort.options.providers: 'auto' or a list such as [CPUExecutionProvider]")
+
+    # -- probing -------------------------------------------------------------------------------------------
+    def availability(self) -> Availability:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            return Availability(False, f"onnxruntime is not importable ({exc}): pip install onnxruntime")
+        present = ort.get_available_providers()
+        return Availability(True, "", {"onnxruntime": ort.__version__}, tuple(present))
+
+    def providers(self) -> list[str]:
+        import onnxruntime as ort
+
+        present = ort.get_available_providers()
+        if self.options["providers"] == "auto":
+            return [p for p in AUTO_PROVIDERS if p in present]
+        missing = [p for p in self.options["providers"] if p not in present]
+        if missing:
+            raise ConfigError(
+                f"backends.ort.options.providers: {', '.join(missing)} not in this onnxruntime build "
+                f"(present: {', '.join(present)}); install the matching onnxruntime package"
+            )
+        return list(self.options["providers"])
+
+    def supports(self, spec: QuantSpec) -> str | None:
+        if spec.precision == "int4" and spec.format == "qoperator":
+            return "ORT QOperator kernels have no 4-bit weights; use format qdq"
+        if spec.scaling == "dynamic" and spec.activation_symmetric:
+            return "ORT dynamic quantization (DynamicQuantizeLinear) produces asymmetric uint8 activations only"
+        if spec.scaling == "dynamic" and spec.precision == "int4":
+            return "ORT has no dynamic activation quantization with 4-bit weights; use int4-weightonly"
+        if spec.scaling == "dynamic" and spec.format == "qoperator":
+            return "dynamic quantization has a single graph form in ORT; drop format qoperator"
+        return None
+
+    # -- compilation ---------------------------------------------------------------------------------------
+    def compile(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path) -> Compiled:
+        import time
+
+        reason = self.supports(spec)
+        if reason:
+            raise UnsupportedSpec(reason)
+        workdir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        notes: list[str] = []
+        if spec.precision == "fp32":
+            artifact, cache_hit = model.path, True
+        else:
+            artifact = workdir / "model.onnx"
+            cache_hit = artifact.is_file()
+            if not cache_hit:
+                self._build(model, spec, calib, workdir, artifact, notes)
+                (workdir / "notes.json").write_text(json.dumps(notes))
+            else:
+                notes = json.loads((workdir / "notes.json").read_text()) if (workdir / "notes.json").is_file() else []
+        compile_s = time.perf_counter() - t0
+        session = self._session(artifact)
+        actual = session.get_providers()
+        requested = self.providers()
+        info = CompiledInfo(
+            artifact_path=artifact,
+            artifact_bytes=artifact.stat().st_size,
+            numbers="measured",
+            execution_device=_device_of(actual[0]),
+            notes=notes,
+            compile_s=compile_s,
+            cache_hit=cache_hit,
+        )
+        info.extra.update(
+            {
+                "providers_requested": ",".join(requested),
+                "providers": ",".join(actual),
+                "intra_op_threads": self.options["threads"],
+                "inter_op_threads": self.options["inter_op_threads"],
+                "spinning": self.options["spinning"],
+                "graph_optimization": self.options["graph_optimization"],
+            }
+        )
+        if actual != requested:
+            info.notes.append(f"providers fell back: requested {requested}, session holds {actual}")
+        self._coverage(artifact, actual, spec, info)
+        return OrtCompiled(session, info)
+
+    def _session(self, path: Path, optimized_out: Path | None = None, level: str | None = None) -> Any:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.options["threads"]
+        so.inter_op_num_threads = self.options["inter_op_threads"]
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.options["spinning"] else "0")
+        levels = {
+            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }
+        so.graph_optimization_level = levels[level or self.options["graph_optimization"]]
+        so.log_severity_level = 3
+        if optimized_out is not None:
+            so.optimized_model_filepath = str(optimized_out)
+        return ort.InferenceSession(str(path), so, providers=self.providers())
+
+    def _build(
+        self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path, out: Path, notes: list[str]
+    ) -> None:
+        import onnxruntime.quantization as q
+
+        logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer warns on every call about pre-processing
+        tmp = workdir / f".tmp-{os.getpid()}.onnx"
+        if spec.precision == "fp16":
+            import onnx
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            onnx.save(convert_float_to_float16(onnx.load(str(model.path)), keep_io_types=True), str(tmp))
+        elif spec.scaling == "weightonly":
+            self._int4_weightonly(model, spec, tmp, notes)
+        elif spec.scaling == "dynamic":
+            q.quantize_dynamic(
+                str(model.path),
+                str(tmp),
+                per_channel=spec.granularity == "per-channel",
+                weight_type=q.QuantType.QInt8 if spec.weight_symmetric else q.QuantType.QUInt8,
+                extra_options={"WeightSymmetric": spec.weight_symmetric},
+            )
+        else:
+            self._static(model, spec, calib, workdir, tmp, notes)
+        os.replace(tmp, out)
+
+    def _static(
+        self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path, out: Path, notes: list[str]
+    ) -> None:
+        import onnxruntime.quantization as q
+        from onnxruntime.quantization.calibrate import (
+            CalibrationMethod,
+            TensorData,
+            TensorsData,
+            create_calibrator,
+            save_tensors_data,
+        )
+
+        from harness import calibration
+
+        if calib is None:
+            raise ConfigError("static quantization needs calibration data: set `calibration:` in the sweep file")
+        data = calib.head(spec.calib_samples)
+        if len(data) < spec.calib_samples:
+            notes.append(f"calibrated on {len(data)} samples (spec asks {spec.calib_samples}; the set is smaller)")
+        method = {
+            "minmax": CalibrationMethod.MinMax,
+            "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy,  # histogram only; ranges by harness.calibration
+            "mse": CalibrationMethod.Entropy,
+        }[spec.calibration]
+        options: dict[str, Any] = {"symmetric": spec.activation_symmetric}
+        if spec.calibration == "percentile":
+            options.update(percentile=spec.percentile, num_bins=calibration.DEFAULT_NUM_BINS)
+        elif spec.calibration in ("entropy", "mse"):
+            options.update(num_bins=calibration.DEFAULT_NUM_BINS)
+        with tempfile.TemporaryDirectory(dir=workdir) as tmpd:
+            calibrator = create_calibrator(
+                model.path,
+                [],
+                augmented_model_path=str(Path(tmpd) / "augmented.onnx"),
+                calibrate_method=method,
+                extra_options=options,
+            )
+            calibrator.collect_data(_Reader(data, model.dynamic_batch))
+            if spec.calibration in ("entropy", "mse"):
+                ranges = {}
+                for name, (hist, edges, lo, hi, _t) in calibrator.collector.histogram_dict.items():
+                    if spec.calibration == "entropy":
+                        r = calibration.entropy_range(hist, edges, lo, hi)
+                    else:
+                        r = calibration.mse_range(hist, edges, lo, hi, 8, spec.activation_symmetric)
+                    ranges[name] = TensorData(lowest=np.float32(r[0]), highest=np.float32(r[1]))
+                tensors = TensorsData(CalibrationMethod.MinMax, ranges)
+                method = CalibrationMethod.MinMax
+                notes.append(
+                    f"{spec.calibration} ranges computed by qtbench from {calibration.DEFAULT_NUM_BINS}-bin histograms"
+                )
+            else:
+                tensors = calibrator.compute_data()
+            cache = workdir / "calibration.json"
+            save_tensors_data(tensors, cache)
+        four = spec.precision == "int4"
+        wtype = {
+            (True, True): q.QuantType.QInt4,
+            (True, False): q.QuantType.QUInt4,
+            (False, True): q.QuantType.QInt8,
+            (False, False): q.QuantType.QUInt8,
+        }[(four, spec.weight_symmetric)]
+        atype = q.QuantType.QInt8 if spec.activation_symmetric else q.QuantType.QUInt8
+        q.quantize_static(
+            str(model.path),
+            str(out),
+            None,
+            quant_format=q.QuantFormat.QOperator if spec.format == "qoperator" else q.QuantFormat.QDQ,
+            per_channel=spec.granularity == "per-channel",
+            activation_type=atype,
+            weight_type=wtype,
+            calibrate_method=method,
+            calibration_cache_path=str(cache),
+            extra_options={"WeightSymmetric": spec.weight_symmetric, "ActivationSymmetric": spec.activation_symmetric},
+        )
+
+    def _int4_weightonly(self, model: ModelInput, spec: QuantSpec, out: Path, notes: list[str]) -> None:
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.CRITICAL)
+        proto = onnx.load(str(model.path))
+        before = Counter(n.op_type for n in proto.graph.node)
+        quant = MatMulNBitsQuantizer(
+            proto,
+            block_size=int(self.options["int4_block_size"]),
+            is_symmetric=spec.weight_symmetric,
+            op_types_to_quantize=("MatMul", "Gemm"),
+        )
+        quant.process()
+        result = quant.model.model if hasattr(quant.model, "model") else quant.model
+        n_nbits = sum(1 for n in result.graph.node if n.op_type == "MatMulNBits")
+        if n_nbits == 0:
+            raise UnsupportedSpec(
+                f"int4 weight-only on ORT rewrites MatMul into MatMulNBits; onnxruntime's quantizer took none of "
+                f"this model's {before.get('MatMul', 0)} MatMul / {before.get('Gemm', 0)} Gemm / "
+                f"{before.get('Conv', 0)} Conv nodes"
+            )
+        float_convs = before.get("Conv", 0)
+        if float_convs:
+            notes.append(f"weight-only INT4 covers {n_nbits} MatMul/Gemm layer(s); {float_convs} Conv stay fp32")
+        onnx.save(result, str(out))
+
+    # -- coverage ------------------------------------------------------------------------------------------
+    def _coverage(self, artifact: Path, providers: list[str], spec: QuantSpec, info: CompiledInfo) -> None:
+        """Nodes per device and which compute ops stayed float, read from the graph ORT actually runs."""
+        import onnx
+
+        with tempfile.TemporaryDirectory() as d:
+            opt = Path(d) / "opt.onnx"
+            # 'basic' keeps the graph portable (no NCHWc layout ops) but applies the fp16→fp32 cast insertion.
+            self._session(artifact, optimized_out=opt, level="basic")
+            graph = onnx.load(str(opt), load_external_data=False).graph
+        nodes = list(graph.node)
+        device = _device_of(providers[0])
+        info.coverage = {device: len(nodes)} if len(providers) == 1 or device == "cpu" else {"unknown": len(nodes)}
+        if device != "cpu" and len(providers) > 1:
+            info.notes.append("per-node EP assignment not recorded; run with ORT profiling to split GPU/CPU")
+        types = _elem_types(graph)
+        compute = [n for n in nodes if n.op_type in COMPUTE_OPS]
+        quantized_ops = [
+            n
+            for n in nodes
+            if n.op_type.startswith(("QLinear", "MatMulInteger", "ConvInteger", "DynamicQuantize", "MatMulNBits"))
+        ]
+        dq_outputs = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
+        float_compute = [n for n in compute if not (set(n.input[1:2]) & dq_outputs)]
+        info.extra["nodes"] = len(nodes)
+        info.extra["quantized_compute_nodes"] = (len(compute) - len(float_compute)) + len(quantized_ops)
+        info.extra["float_compute_nodes"] = len(float_compute)
+        if spec.precision == "fp16":
+            fp16 = sum(1 for n in compute if types.get(n.input[0]) == onnx.TensorProto.FLOAT16)
+            info.extra["fp16_executed_as"] = "fp16" if fp16 == len(compute) else "fp32" if fp16 == 0 else "mixed"
+            if fp16 < len(compute):
+                info.notes.append(
+                    f"{len(compute) - fp16}/{len(compute)} compute ops run in fp32 on {providers[0]} "
+                    "(no fp16 kernel; ORT inserted casts): weights are fp16-rounded, arithmetic is fp32"
+                )
+        elif not spec.is_float:
+            for n in float_compute:
+                info.fallback_ops.setdefault(n.op_type, "not quantized by onnxruntime.quantization (runs in float)")
+
+
+class _Reader:
+    """CalibrationDataReader over a harness Dataset, in batches when the model's batch axis is dynamic."""
+
+    def __init__(self, data: Any, dynamic_batch: bool) -> None:
+        self.data = data
+        self.step = CALIB_BATCH if dynamic_batch else 1
+        self.pos = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.pos >= len(self.data):
+            return None
+        batch = self.data.batch(self.pos, self.pos + self.step)
+        self.pos += self.step
+        return batch
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def rewind(self) -> None:
+        self.pos = 0
+
+
+def _device_of(provider: str) -> str:
+    return {
+        "CUDAExecutionProvider": "gpu",
+        "TensorrtExecutionProvider": "gpu",
+        "DmlExecutionProvider": "gpu",
+        "QNNExecutionProvider": "npu",
+        "CoreMLExecutionProvider": "npu",
+    }.get(provider, "cpu")
+
+
+def _elem_types(graph: Any) -> dict[str, int]:
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    types.update({i.name: i.data_type for i in graph.initializer})
+    return types

@@ -1,0 +1,71 @@
+"""Harness overhead: median latency through harness.measure vs a bare `sess.run` loop, same session, interleaved.
+
+    python benchmarks/overhead.py [--rounds 15] [--iterations 200]
+
+Both loops call the same ORT session on the same feeds (the demo model, fp32 and int8, 1 thread). Rounds
+alternate A/B so drift on a shared machine hits both equally; the figure is the median over rounds of
+median(harness) / median(bare). Target ≤ 1.02.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from backends.base import ModelInput
+from backends.ort import OrtBackend
+from harness.cell import model_facts
+from harness.config import MeasureSettings
+from harness.data import load_dataset
+from harness.demo import DEMO_DIR
+from harness.measure import time_inference
+from harness.spec import QuantSpec
+
+
+def bare_loop(sess, names, feeds, n: int) -> np.ndarray:
+    out = np.empty(n, dtype=np.int64)
+    clock = time.perf_counter_ns
+    for i in range(n):
+        t0 = clock()
+        sess.run(names, feeds)
+        out[i] = clock() - t0
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--iterations", type=int, default=200)
+    args = ap.parse_args()
+    path = DEMO_DIR / "fashion14_resnet_fp.onnx"
+    facts = model_facts(path)
+    model = ModelInput(path, "bench", facts.input_names, facts.output_names, facts.dynamic_batch)
+    calib = load_dataset(DEMO_DIR / "fashion14_calib.npz", facts.input_names, None)
+    feeds = load_dataset(DEMO_DIR / "fashion14_eval.npz", facts.input_names).batch(0, 1)
+    settings = MeasureSettings(warmup=20, iterations=args.iterations)
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec_id in ("fp32", "int8-static-pc-wsym-minmax"):
+            compiled = OrtBackend({"threads": 1}).compile(model, QuantSpec.parse(spec_id), calib, Path(tmp) / spec_id)
+            sess, names = compiled.session, [o.name for o in compiled.session.get_outputs()]
+            ratios, h_meds, b_meds = [], [], []
+            for _ in range(args.rounds):
+                h = np.median(time_inference(compiled.infer, feeds, settings).samples_ns)
+                bare_loop(sess, names, feeds, settings.warmup)
+                b = np.median(bare_loop(sess, names, feeds, settings.iterations))
+                ratios.append(h / b)
+                h_meds.append(h / 1e6)
+                b_meds.append(b / 1e6)
+            print(
+                f"{spec_id:<28} harness p50 {np.median(h_meds):.4f} ms  bare p50 {np.median(b_meds):.4f} ms  "
+                f"ratio median {np.median(ratios):.4f} (min {min(ratios):.4f}, max {max(ratios):.4f}) "
+                f"over {args.rounds} interleaved rounds"
+            )
+            compiled.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""The ``qtbench`` command line. Sub-commands import what they need when they run, so ``--help`` stays light.
+
+Exit codes: 0 success, 1 a regression or failure the command exists to report, 2 user error (one line, no
+traceback), 3 inconclusive (``check --strict``), 70 internal error (with traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from harness import __version__
+from harness.errors import QtbenchError, UserError
+
+EXIT_INTERNAL = 70
+
+SUMMARY_COLUMNS = [
+    ("model", "model", "{}"),
+    ("backend", "backend", "{}"),
+    ("spec_id", "spec", "{}"),
+    ("status", "status", "{}"),
+    ("numbers", "numbers", "{}"),
+    ("top1", "top1 %", "pct"),
+    ("gap_pp", "Δ FP pp", "{:+.2f}"),
+    ("top1_agreement", "agree %", "pct"),
+    ("kl_fp", "KL×1e3", "kl"),
+    ("ece", "ECE %", "pct"),
+    ("latency_ms_p50", "p50 ms", "{:.3f}"),
+    ("latency_ms_p99", "p99 ms", "{:.3f}"),
+    ("fps", "FPS", "{:.0f}"),
+    ("artifact_bytes", "size KB", "kb"),
+]
+
+
+def _fmt(value: Any, fmt: str) -> str:
+    import math
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if fmt == "pct":
+        return f"{100 * value:.2f}"
+    if fmt == "kl":
+        return f"{1000 * value:.2f}"
+    if fmt == "kb":
+        return "–" if value < 0 else f"{value / 1024:.0f}"
+    return fmt.format(value)
+
+
+def results_table(df: Any, title: str = "") -> Any:
+    """A rich Table of result rows (one per cell), with FP→Q gap in percentage points and reasons for non-ok rows."""
+    from rich.table import Table
+
+    df = df.copy()
+    df["gap_pp"] = 100 * (df["top1"] - df["fp_top1"])
+    table = Table(title=title or None, show_lines=False, header_style="bold")
+    for _, header, _ in SUMMARY_COLUMNS:
+        table.add_column(header, justify="left" if header in ("model", "backend", "spec", "status") else "right")
+    style = {"ok": "", "skipped": "yellow", "failed": "red", "timeout": "red", "unavailable": "magenta"}
+    for _, row in df.iterrows():
+        cells = [_fmt(row[col], fmt) for col, _, fmt in SUMMARY_COLUMNS]
+        if row["unstable"]:
+            cells[SUMMARY_COLUMNS.index(("latency_ms_p50", "p50 ms", "{:.3f}"))] += "!"
+        table.add_row(*cells, style=style.get(row["status"], ""))
+    return table
+
+
+def _print_reasons(console: Any, df: Any) -> None:
+    bad = df[df["status"] != "ok"]
+    for _, row in bad.iterrows():
+        msg = str(row["status_message"]).strip().splitlines()[0] if row["status_message"] else ""
+        console.print(
+            f"  [{row['status']}] {row['model']} × {row['backend']} × {row['spec_id']}: {msg}",
+            markup=False,
+            highlight=False,
+        )
+    if "unstable" in df and df["unstable"].any():
+        console.print("  ! = unstable timing (coefficient of variation above measure.cv_threshold)", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------------------
+def _console() -> Any:
+    """A rich console; when output is not a terminal (CI logs, pipes) use a wide fixed width so tables stay whole."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from harness.config import load_sweep
+    from harness.demo import demo_config_path
+    from harness.sweep import run_sweep
+
+    console = _console()
+    is_demo = args.config is None
+    sweep = load_sweep(args.config or demo_config_path())
+    run = sweep.run
+    if is_demo:  # the demo's inputs live in the package; its results land where the user stands
+        run = dataclasses.replace(run, results_dir=str(Path.cwd() / "results"))
+    if args.results_dir:
+        run = dataclasses.replace(run, results_dir=str(Path(args.results_dir).resolve()))
+    if args.rerun:
+        run = dataclasses.replace(run, rerun=True)
+    if args.no_isolate:
+        run = dataclasses.replace(run, isolate=False)
+    measure = sweep.measure
+    if args.iterations is not None:
+        measure = dataclasses.replace(measure, iterations=args.iterations)
+    if args.warmup is not None:
+        measure = dataclasses.replace(measure, warmup=args.warmup)
+    sweep = dataclasses.replace(sweep, run=run, measure=measure)
+    if args.backends:
+        from harness.config import BackendEntry
+
+        known = {b.name: b for b in sweep.backends}
+        sweep = dataclasses.replace(sweep, backends=[known.get(n, BackendEntry(name=n)) for n in args.backends])
+    if args.specs:
+        from harness.spec import QuantSpec
+
+        sweep = dataclasses.replace(sweep, specs=[QuantSpec.parse(s, "--specs") for s in args.specs])
+
+    console.print(
+        f"sweep [bold]{sweep.name}[/]: {len(sweep.models)} model(s) × {len(sweep.backends)} backend(s) × "
+        f"{len(sweep.specs)} spec(s) → {sweep.results_path}",
+        highlight=False,
+    )
+
+    def progress(ev: Any) -> None:
+        rec = ev.record
+        extra = ""
+        if rec is not None and rec.status == "ok":
+            extra = f"top1={100 * rec.top1:.2f}% p50={rec.latency_ms_p50:.3f}ms"
+        elif ev.message:
+            extra = ev.message.strip().splitlines()[0][:100]
+        console.print(
+            f"[{ev.index + 1:>3}/{ev.total}] {ev.label:<55} {ev.status:<11} {extra}", markup=False, highlight=False
+        )
+
+    import time
+
+    t0 = time.perf_counter()
+    df = run_sweep(sweep, progress=None if args.quiet else progress)
+    wall = time.perf_counter() - t0
+    console.print(results_table(df, title=f"{sweep.name}: {len(df)} cells ({wall:.1f}s)"))
+    _print_reasons(console, df)
+    console.print(f"results: {sweep.results_path}", highlight=False)
+    if args.report:
+        from harness.report import build_report
+
+        out = build_report([sweep.results_path], Path(args.report_dir or Path.cwd() / "reports" / sweep.name))
+        console.print(f"report:  {out['html']}\n         {out['markdown']}", highlight=False)
+    return 0
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    import json
+
+    import backends
+
+    statuses = backends.list_backends()
+    if args.json:
+        print(json.dumps([s.__dict__ for s in statuses], indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table(header_style="bold")
+    for col in ("backend", "status", "versions / reason", "source"):
+        table.add_column(col)
+    for s in statuses:
+        detail = ", ".join(f"{k} {v}" for k, v in s.versions.items()) if s.available else s.reason
+        table.add_row(
+            s.slug,
+            "available" if s.available else "unavailable",
+            detail,
+            f"{s.origin}: {s.target}",
+            style="" if s.available else "magenta",
+        )
+    _console().print(table)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from harness.store import load_results
+
+    df = load_results(args.results, latest=not args.history)
+    for col, values in (
+        ("backend", args.backend),
+        ("spec_id", args.spec),
+        ("model", args.model),
+        ("status", args.status),
+    ):
+        if values:
+            df = df[df[col].isin(values)]
+    if args.format == "csv":
+        df.to_csv(sys.stdout, index=False)
+        return 0
+    if args.format == "json":
+        print(df.to_json(orient="records", indent=1))
+        return 0
+    console = _console()
+    if df.empty:
+        console.print("no rows match", highlight=False)
+        return 0
+    df = df.sort_values(["model", "backend", "spec_id"]) if not args.history else df.sort_values("created_utc")
+    console.print(results_table(df, title=f"{args.results}: {len(df)} row(s)"))
+    _print_reasons(console, df)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.config import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parser
+# ---------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qtbench",
+        description="Compile ONNX checkpoints for edge backends at low precision; measure speed, energy and "
+        "fidelity; report and gate regressions.",
+    )
+    p.add_argument("--version", action="version", version=f"qtbench {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("sweep", help="run a sweep (no CONFIG: the bundled Fashion-MNIST demo)")
+    s.add_argument("config", nargs="?", help="sweep YAML file; omit for the bundled demo")
+    s.add_argument("--results-dir", help="root folder for results (default: the config's run.results_dir)")
+    s.add_argument("--backends", nargs="+", metavar="SLUG", help="only these backends")
+    s.add_argument("--specs", nargs="+", metavar="SPEC", help="only these spec ids")
+    s.add_argument("--iterations", type=int, help="timed iterations per cell (default 200)")
+    s.add_argument("--warmup", type=int, help="warm-up iterations per cell (default 20)")
+    s.add_argument("--rerun", action="store_true", help="measure cells again even if already recorded")
+    s.add_argument("--no-isolate", action="store_true", help="run cells in this process (debugging)")
+    s.add_argument("--report", action="store_true", help="also write an HTML/Markdown report")
+    s.add_argument("--report-dir", help="report folder (default reports/<sweep name>)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no per-cell progress lines")
+    s.set_defaults(func=cmd_sweep)
+
+    b = sub.add_parser("backends", help="list registered backends: available or why not, with versions")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_backends)
+
+    sh = sub.add_parser("show", help="print results as a table, filtered by backend/spec/model/status")
+    sh.add_argument("results", help="a results folder (results/<sweep>) or a folder of them")
+    sh.add_argument("--backend", nargs="+")
+    sh.add_argument("--spec", nargs="+")
+    sh.add_argument("--model", nargs="+")
+    sh.add_argument("--status", nargs="+")
+    sh.add_argument("--history", action="store_true", help="every row ever recorded, not just the latest per cell")
+    sh.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sh.set_defaults(func=cmd_show)
+
+    sc = sub.add_parser("schema", help="print the JSON schema of sweep files")
+    sc.add_argument("--out", help="write to this file instead of stdout")
+    sc.set_defaults(func=cmd_schema)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return p
+
+
+_EXTRA_COMMANDS: list[Any] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"qtbench {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except QtbenchError as exc:
+        print(f"qtbench {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; finished cells are saved", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,359 @@
+"""Sweep configuration: YAML → validated, frozen objects; and the JSON schema generated from the same classes.
+
+Validation walks the dataclasses below, so the schema, the defaults and the error messages cannot drift apart.
+Every error names its key path (``models[1].path``) and what is allowed. Relative paths resolve against the
+YAML file's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import ConfigError
+from harness.spec import QuantSpec
+
+SCHEMA_ID = "https://qtbench.dev/schema/sweep-1.json"
+
+
+def _f(default: Any = MISSING, doc: str = "", **meta: Any) -> Any:
+    """A dataclass field with documentation and constraints used by both validation and the JSON schema."""
+    meta["doc"] = doc
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Input tensors for a model: a ``.npz`` of named arrays or a folder of ``<input-name>.npy`` files.
+
+    Arrays are keyed by the model's input names (a single-input model also takes the one non-label array,
+    whatever its name). The first axis is the sample axis.
+    """
+
+    path: str = _f(doc="a .npz file or a folder of .npy files; relative to the sweep file")
+    labels: str | None = _f("labels", doc="name of the integer label array; absent labels are allowed")
+    limit: int | None = _f(None, doc="use only the first N samples", minimum=1)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One ONNX checkpoint to compile on every backend."""
+
+    path: str = _f(doc="ONNX file; relative to the sweep file")
+    name: str | None = _f(None, doc="display name; default: the file stem")
+    output: str | None = _f(None, doc="output holding the logits; default: the first output")
+    calibration: DataSource | None = _f(None, doc="overrides the sweep-level calibration data")
+    evaluation: DataSource | None = _f(None, doc="overrides the sweep-level evaluation data")
+
+    @property
+    def display_name(self) -> str:
+        return self.name or Path(self.path).stem
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """A backend slug with adapter options (e.g. ``ort``: threads, spinning, providers)."""
+
+    name: str = _f(doc="backend slug, see `qtbench backends`")
+    options: dict[str, Any] = _f({}, doc="adapter options; each backend documents and checks its own")
+
+
+@dataclass(frozen=True)
+class CellFilter:
+    """Matches cells by model name, backend slug and spec id; each value may be a string or a list."""
+
+    model: str | list[str] | None = _f(None, doc="model display name(s)")
+    backend: str | list[str] | None = _f(None, doc="backend slug(s)")
+    spec: str | list[str] | None = _f(None, doc="spec id(s)")
+
+    def matches(self, model: str, backend: str, spec_id: str) -> bool:
+        def ok(rule: str | list[str] | None, value: str) -> bool:
+            return rule is None or value in ([rule] if isinstance(rule, str) else rule)
+
+        return ok(self.model, model) and ok(self.backend, backend) and ok(self.spec, spec_id)
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """The timing protocol. Defaults follow the Quant-Trim paper: batch 1, 20 warm-ups, 200 timed runs."""
+
+    warmup: int = _f(20, doc="untimed iterations before the timed loop", minimum=0)
+    iterations: int = _f(200, doc="minimum timed iterations", minimum=1)
+    min_duration_s: float = _f(0.0, doc="keep timing until this many seconds have passed as well", minimum=0)
+    max_iterations: int = _f(100_000, doc="hard cap when min_duration_s keeps the loop going", minimum=1)
+    batch_size: int = _f(1, doc="samples per timed inference", minimum=1)
+    cv_threshold: float = _f(0.10, doc="coefficient of variation above which a row is flagged unstable", minimum=0)
+    eval_batch_size: int = _f(256, doc="samples per call when computing quality (dynamic-batch models)", minimum=1)
+    repeats: int = _f(1, doc="independent timed runs per cell (the paper uses 5 for power whiskers)", minimum=1)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Where results go and how cells are isolated."""
+
+    results_dir: str = _f("results", doc="root folder; results land in <results_dir>/<sweep name>/")
+    cache_dir: str | None = _f(None, doc="compiled-artifact cache; default <results_dir>/.cache")
+    timeout_s: float = _f(900.0, doc="per-cell wall-clock limit; a cell past it is recorded as timeout", minimum=1)
+    isolate: bool = _f(True, doc="run each cell in a child process so a crashing SDK costs one cell")
+    seed: int = _f(0, doc="seed for sample order and anything random in compilation")
+    rerun: bool = _f(False, doc="measure cells again even when results hold them (rows are appended)")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep: models × backends × specs, with data, measurement protocol and run settings."""
+
+    name: str = _f(doc="results land in <results_dir>/<name>/", pattern=r"^[A-Za-z0-9._-]+$")
+    models: list[ModelEntry] = _f(doc="ONNX checkpoints", min_items=1)
+    backends: list[BackendEntry] = _f(doc="backend slugs or {name, options}", min_items=1)
+    specs: list[QuantSpec] = _f(doc="spec ids (int8-static-pc-wsym-minmax) or field mappings", min_items=1)
+    calibration: DataSource | None = _f(None, doc="calibration inputs (labels ignored)")
+    evaluation: DataSource | None = _f(None, doc="evaluation inputs and optional labels")
+    include: list[CellFilter] = _f([], doc="extra cells beyond the matrix; each needs model, backend and spec")
+    exclude: list[CellFilter] = _f([], doc="cells to drop from the matrix")
+    measure: MeasureSettings = _f(MeasureSettings(), doc="timing protocol")
+    run: RunSettings = _f(RunSettings(), doc="output and isolation")
+    description: str = _f("", doc="free text shown in reports")
+    base_dir: str = field(default=".", metadata={"doc": "internal: folder relative paths resolve against"})
+
+    def resolve(self, p: str) -> Path:
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else (Path(self.base_dir) / path)
+
+    @property
+    def results_path(self) -> Path:
+        return self.resolve(self.run.results_dir) / self.name
+
+    @property
+    def cache_path(self) -> Path:
+        return self.resolve(self.run.cache_dir) if self.run.cache_dir else self.resolve(self.run.results_dir) / ".cache"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    def config_hash(self) -> str:
+        plain = self.to_dict()
+        plain.pop("base_dir", None)
+        return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_INTERNAL = {"base_dir"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading and validation
+# ---------------------------------------------------------------------------------------------------------
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and validate a sweep YAML file."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"sweep file {p} does not exist; pass a YAML file or run `qtbench sweep` for the demo")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    return parse_sweep(data, base_dir=p.resolve().parent)
+
+
+def parse_sweep(data: Any, base_dir: str | Path = ".") -> Sweep:
+    """Validate a plain mapping (e.g. parsed YAML) into a :class:`Sweep`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"sweep: expected a mapping at the top level, got {type(data).__name__}")
+    data = {**data, "base_dir": str(base_dir)}
+    sweep = _build(Sweep, data, "")
+    for i, inc in enumerate(sweep.include):
+        missing = [k for k in ("model", "backend", "spec") if getattr(inc, k) is None]
+        if missing:
+            raise ConfigError(f"include[{i}]: needs {', '.join(missing)} (an included cell is one exact cell)")
+    names = [m.display_name for m in sweep.models]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"models: duplicate model name {sorted(dup)[0]!r}; give each model a distinct `name`")
+    return sweep
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types with the key path."""
+    where = path or "sweep"
+    if cls is QuantSpec:
+        return QuantSpec.parse(data, where)
+    if cls is BackendEntry and isinstance(data, str):
+        data = {"name": data}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = [k for k in data if k not in known or (k in _INTERNAL and cls is not Sweep)]
+    if unknown:
+        allowed = ", ".join(k for k in known if k not in _INTERNAL)
+        raise ConfigError(f"{_join(path, str(unknown[0]))}: unknown key; allowed keys are {allowed}")
+    kwargs = {}
+    for name, f in known.items():
+        key_path = _join(path, name)
+        if name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ConfigError(f"{key_path}: required key is missing ({f.metadata.get('doc', '')})")
+            continue
+        kwargs[name] = _coerce(hints[name], data[name], key_path, f.metadata)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for opt in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(opt, value, path, meta)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[-1] if len(errors) == 1 else f"{path}: {value!r} matches none of: {_type_name(tp)}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        if len(value) < meta.get("min_items", 0):
+            raise ConfigError(f"{path}: needs at least {meta['min_items']} item(s)")
+        return [_coerce(item_tp, v, f"{path}[{i}]", {}) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if is_dataclass(tp) or tp is QuantSpec:
+        return _build(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        pattern = meta.get("pattern")
+        if pattern:
+            import re
+
+            if not re.match(pattern, value):
+                raise ConfigError(f"{path}: {value!r} must match {pattern} (letters, digits, '.', '_', '-')")
+    if "minimum" in meta and value < meta["minimum"]:
+        raise ConfigError(f"{path}: {value!r} is below the minimum {meta['minimum']}")
+    return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, QuantSpec):
+        return obj.id
+    if is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------------------
+# JSON schema
+# ---------------------------------------------------------------------------------------------------------
+def json_schema() -> dict[str, Any]:
+    """The JSON schema (draft 2020-12) of a sweep file, generated from the dataclasses above."""
+    defs: dict[str, Any] = {}
+    root = _schema_for(Sweep, defs)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **root, "$defs": defs}
+
+
+def _schema_for(tp: Any, defs: dict[str, Any], meta: typing.Mapping[str, Any] | None = None) -> dict[str, Any]:
+    meta = meta or {}
+    origin = typing.get_origin(tp)
+    out: dict[str, Any]
+    if origin in (typing.Union, types.UnionType):
+        out = {"anyOf": [_schema_for(o, defs) for o in typing.get_args(tp)]}
+    elif origin is list:
+        out = {"type": "array", "items": _schema_for(typing.get_args(tp)[0], defs)}
+        if meta.get("min_items"):
+            out["minItems"] = meta["min_items"]
+    elif origin is dict:
+        out = {"type": "object"}
+    elif tp is type(None):
+        out = {"type": "null"}
+    elif tp is QuantSpec:
+        out = {"anyOf": [{"type": "string", "description": "spec id"}, _quantspec_schema()]}
+    elif is_dataclass(tp):
+        name = tp.__name__
+        if name not in defs:
+            defs[name] = {}  # placeholder against recursion
+            hints = typing.get_type_hints(tp)
+            props = {}
+            required = []
+            for f in fields(tp):
+                if f.name in _INTERNAL:
+                    continue
+                props[f.name] = _schema_for(hints[f.name], defs, f.metadata)
+                if f.default is MISSING and f.default_factory is MISSING:
+                    required.append(f.name)
+            schema: dict[str, Any] = {
+                "type": "object",
+                "description": (tp.__doc__ or "").strip().split("\n")[0],
+                "properties": props,
+                "additionalProperties": False,
+            }
+            if required:
+                schema["required"] = required
+            if tp is BackendEntry:
+                schema = {"anyOf": [{"type": "string"}, schema]}
+            defs[name] = schema
+        out = {"$ref": f"#/$defs/{name}"}
+    else:
+        out = {"type": {bool: "boolean", int: "integer", float: "number", str: "string"}[tp]}
+        if "minimum" in meta:
+            out["minimum"] = meta["minimum"]
+        if "pattern" in meta:
+            out["pattern"] = meta["pattern"]
+    if meta.get("doc"):
+        out["description"] = meta["doc"]
+    return out
+
+
+def _quantspec_schema() -> dict[str, Any]:
+    from harness import spec as s
+
+    choices = {
+        "precision": s.PRECISIONS,
+        "scaling": s.SCALINGS,
+        "granularity": s.GRANULARITIES,
+        "calibration": s.CALIBRATIONS,
+        "format": s.FORMATS,
+    }
+    props: dict[str, Any] = {}
+    for f in fields(QuantSpec):
+        if f.name in choices:
+            props[f.name] = {"type": "string", "enum": list(choices[f.name])}
+        else:
+            props[f.name] = {"type": {"bool": "boolean", "int": "integer", "float": "number"}[f.type]}
+    return {"type": "object", "properties": props, "additionalProperties": False}

@@ -1,0 +1,40 @@
+"""One exception tree. A ``UserError`` is something the user can fix: the CLI prints its one-line message and exits 2.
+Anything else escaping the CLI is an internal error (a bug in qtbench or an SDK) and keeps its traceback."""
+
+from __future__ import annotations
+
+
+class QtbenchError(Exception):
+    """Base of every error qtbench raises on purpose."""
+
+    exit_code = 1
+
+
+class UserError(QtbenchError):
+    """Bad input: the message says what was asked, what exists and how to fix it."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """A sweep file or option is invalid; the message starts with the key path, e.g. ``specs[2].precision``."""
+
+
+class DataError(UserError):
+    """Calibration or evaluation data cannot be read or does not match the model's inputs."""
+
+
+class BackendUnavailable(UserError):
+    """A backend's runtime or hardware is not present here; the message names what to install."""
+
+
+class UnsupportedSpec(QtbenchError):
+    """A backend cannot compile a QuantSpec; planning turns this into a ``skipped`` row with the reason."""
+
+
+class ResultsError(UserError):
+    """A results folder is missing, unreadable, or written by a newer qtbench."""
+
+
+class InternalError(QtbenchError):
+    """A broken invariant inside qtbench; report it as a bug."""

@@ -1,0 +1,137 @@
+"""One typed record per result row; the DataFrame is built here and nowhere else.
+
+``SCHEMA_VERSION`` versions the columns. Readers refuse rows from a newer schema and fill columns that an older
+schema lacked with their defaults (see :func:`to_frame`). The column names marked *contract* are what reports and
+``qtbench check`` read; keep them stable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "skipped", "failed", "timeout", "unavailable")
+NAN = math.nan
+
+
+@dataclass(frozen=True)
+class Record:
+    """One cell's outcome: identity, status, timing, quality, compilation facts and provenance."""
+
+    # identity (contract: model, model_sha256, backend, backend_version, device, spec_id ...)
+    record_id: str
+    run_id: str
+    sweep: str
+    cell_key: str
+    created_utc: str
+    model: str
+    model_sha256: str
+    backend: str
+    backend_version: str
+    device: str
+    spec_id: str
+    precision: str
+    weight_bits: int
+    activation_bits: int
+    scaling: str
+    granularity: str
+    calibration: str
+    status: str
+    status_message: str = ""
+    numbers: str = ""  # measured | simulated | estimated; empty when nothing ran (skipped, failed, ...)
+    schema_version: int = SCHEMA_VERSION
+    # spec details
+    weight_symmetric: bool = True
+    activation_symmetric: bool = False
+    calib_percentile: float = NAN
+    calib_samples: int = 0
+    quant_format: str = ""
+    backend_options: str = "{}"
+    model_path: str = ""
+    # timing (harness clock, host_to_host)
+    warmup: int = 0
+    iterations: int = 0
+    batch_size: int = 1
+    latency_ms_mean: float = NAN
+    latency_ms_std: float = NAN
+    latency_ms_min: float = NAN
+    latency_ms_p50: float = NAN
+    latency_ms_p90: float = NAN
+    latency_ms_p95: float = NAN
+    latency_ms_p99: float = NAN
+    latency_ms_max: float = NAN
+    latency_cv: float = NAN
+    unstable: bool = False
+    fps: float = NAN
+    timing_boundary: str = ""
+    timed_wall_s: float = NAN
+    process_cpu_s: float = NAN
+    cpu_utilization: float = NAN
+    loadavg_1m_before: float = NAN
+    loadavg_1m_after: float = NAN
+    # quality (harness.metrics, METRICS_VERSION)
+    eval_samples: int = 0
+    eval_sha256: str = ""
+    calib_sha256: str = ""
+    metrics_version: int = 0
+    top1: float = NAN
+    top5: float = NAN
+    top1_agreement: float = NAN
+    kl_fp: float = NAN
+    logit_cosine: float = NAN
+    sqnr_db: float = NAN
+    max_abs_err: float = NAN
+    ece: float = NAN
+    mce: float = NAN
+    nll: float = NAN
+    brier: float = NAN
+    fp_top1: float = NAN  # the FP32 reference's own top-1 on the same eval set, for the FP→Q gap
+    # compilation
+    artifact_bytes: int = -1
+    compile_s: float = NAN
+    cache_hit: bool = False
+    execution_device: str = ""
+    coverage: str = "{}"  # JSON: nodes per compute unit
+    fallback_ops: str = "{}"  # JSON: op → why it is not on the accelerator / not quantized
+    notes: str = ""
+    backend_extra: str = "{}"  # JSON: adapter-specific facts (providers, threads, ...)
+    cell_wall_s: float = NAN
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Record))
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Record) if f.default is not MISSING}
+
+
+def to_frame(records: list[Record] | list[dict[str, Any]]) -> Any:
+    """Records (or their dicts, e.g. read back from Parquet) → a DataFrame with every column in schema order."""
+    import pandas as pd
+
+    rows = [r.to_dict() if isinstance(r, Record) else r for r in records]
+    df = pd.DataFrame(rows, columns=list(COLUMNS)) if rows else pd.DataFrame(columns=list(COLUMNS))
+    return df
+
+
+def upgrade_frame(df: Any, source: str) -> Any:
+    """Check a stored frame's schema and add columns newer schemas introduced, with their defaults."""
+    from harness.errors import ResultsError
+
+    if "schema_version" in df and len(df):
+        newest = int(df["schema_version"].max())
+        if newest > SCHEMA_VERSION:
+            raise ResultsError(
+                f"{source} was written with results schema {newest}; this qtbench reads ≤ {SCHEMA_VERSION}: "
+                "upgrade qtbench (pip install -U qtbench)"
+            )
+    for col in COLUMNS:
+        if col not in df:
+            df[col] = DEFAULTS.get(col, NAN)
+    return df

@@ -1,0 +1,96 @@
+"""Small image classifiers for the demo and for experiments: a BN-ResNet and a depthwise MobileNet-style net.
+
+Both are plain Conv2d/BatchNorm2d/Linear trees, so Quant-Trim's ``prepare`` wraps them like any user model and
+the ONNX exporter folds BN into the convs (the tensors a backend quantizes).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """ResNet with three stages (widths 16/32/64 by default): ~78k parameters at 1×14×14 input."""
+
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, int, int] = (16, 32, 64)
+    ) -> None:
+        super().__init__()
+        w1, w2, w3 = widths
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, w1, 3, 1, 1, bias=False), nn.BatchNorm2d(w1), nn.ReLU())
+        self.layer1 = _BasicBlock(w1, w1, 1)
+        self.layer2 = _BasicBlock(w1, w2, 2)
+        self.layer3 = _BasicBlock(w2, w3, 2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(w3, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _dw_separable(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False),
+        nn.BatchNorm2d(cin),
+        nn.ReLU6(),
+        nn.Conv2d(cin, cout, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU6(),
+    )
+
+
+class SmallMobileNet(nn.Module):
+    """Depthwise-separable stack (MobileNet-v1 style, ReLU6): ~53k parameters at 1×14×14 input."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU6(),
+            _dw_separable(32, 64, 1),
+            _dw_separable(64, 96, 2),
+            _dw_separable(96, 128, 2),
+            _dw_separable(128, 192, 1),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(192, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+ARCHITECTURES = {"resnet": SmallResNet, "mobilenet": SmallMobileNet}
+
+
+def build_model(arch: str, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """Build one of :data:`ARCHITECTURES` by name."""
+    try:
+        cls = ARCHITECTURES[arch]
+    except KeyError:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}") from None
+    return cls(num_classes=num_classes, in_channels=in_channels)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,74 @@
+"""Tiny ONNX models and data for tests, built with onnx.helper (no torch, no downloads, seeded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def tiny_cnn(path: Path, seed: int = 0, classes: int = 5, dynamic_batch: bool = True) -> Path:
+    """Conv(1→8, 3×3) → Relu → Conv(8→8) → Relu → GlobalAveragePool → Flatten → Gemm(8→classes), 1×8×8 input."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(0, 0.5, (8, 1, 3, 3)).astype(np.float32)
+    b1 = rng.normal(0, 0.1, 8).astype(np.float32)
+    w2 = rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32)
+    w2[0, 0, 0, 0] = 4.0  # one heavy tail weight: per-tensor INT4 feels it
+    b2 = rng.normal(0, 0.1, 8).astype(np.float32)
+    wf = rng.normal(0, 1.0, (classes, 8)).astype(np.float32)
+    bf = np.zeros(classes, np.float32)
+    batch = "N" if dynamic_batch else 1
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])],
+        [
+            numpy_helper.from_array(a, n)
+            for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"), (wf, "wf"), (bf, "bf"))
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def tiny_data(path: Path, n: int = 64, seed: int = 1, classes: int = 5, labels: bool = True) -> Path:
+    rng = np.random.default_rng(seed)
+    arrays = {"input": rng.random((n, 1, 8, 8), dtype=np.float32)}
+    if labels:
+        arrays["labels"] = rng.integers(0, classes, n).astype(np.int64)
+    np.savez(path, **arrays)
+    return path
+
+
+def tiny_sweep(tmp: Path, **overrides) -> dict:
+    """A sweep dict over the tiny model; results under tmp/results."""
+    model = tiny_cnn(tmp / "tiny.onnx")
+    ev = tiny_data(tmp / "eval.npz", 64, seed=1)
+    cal = tiny_data(tmp / "calib.npz", 32, seed=2, labels=False)
+    cfg = {
+        "name": "tiny",
+        "models": [{"path": str(model), "name": "tiny"}],
+        "evaluation": {"path": str(ev)},
+        "calibration": {"path": str(cal)},
+        "backends": [{"name": "ort", "options": {"threads": 1}}],
+        "specs": ["fp32", "int8-static-pc-wsym-minmax"],
+        "measure": {"warmup": 2, "iterations": 10},
+        "run": {"results_dir": str(tmp / "results"), "timeout_s": 120},
+    }
+    cfg.update(overrides)
+    return cfg

@@ -1,0 +1,80 @@
+"""End-to-end sweeps: rows, reuse, and isolation of crashing / hanging / missing backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import backends
+from harness.store import ResultsStore, load_results
+from harness.sweep import run_sweep
+
+from models import tiny_sweep
+
+
+@pytest.fixture
+def fault_registry(monkeypatch):
+    monkeypatch.setitem(backends.BUILTIN, "crashy", "fault_backends:CrashingBackend")
+    monkeypatch.setitem(backends.BUILTIN, "hangy", "fault_backends:HangingBackend")
+    monkeypatch.setitem(backends.BUILTIN, "nosdk", "fault_backends:MissingSdkBackend")
+    monkeypatch.setitem(backends.BUILTIN, "broken", "no_such_module_qtbench:Backend")
+
+
+def test_sweep_writes_rows_and_reuses_them(tmp_path: Path):
+    cfg = tiny_sweep(tmp_path, specs=["fp32", "int8-static-pc-wsym-minmax", "int4-static-pc-wsym-minmax-qoperator"])
+    df = run_sweep(cfg)
+    assert list(df["status"]) == ["ok", "ok", "skipped"]
+    fp, q8 = df.iloc[0], df.iloc[1]
+    assert fp["top1_agreement"] == 1.0 and fp["kl_fp"] == pytest.approx(0, abs=1e-12)
+    assert fp["top1"] == pytest.approx(fp["fp_top1"])
+    assert 0.8 <= q8["top1_agreement"] <= 1.0 and q8["kl_fp"] > 0
+    assert q8["iterations"] == 10 and q8["latency_ms_p50"] > 0 and q8["numbers"] == "measured"
+    assert q8["calib_sha256"] and q8["eval_sha256"] and q8["weight_bits"] == 8
+    assert "4-bit" in df.iloc[2]["status_message"]
+    store = ResultsStore(tmp_path / "results" / "tiny")
+    samples = store.samples([q8["record_id"]])
+    assert len(samples) == 10
+    assert samples["latency_ns"].median() / 1e6 == pytest.approx(q8["latency_ms_p50"])
+    run = store.manifest()["runs"][0]
+    assert run["finished_utc"] and run["environment"]["packages"]["onnxruntime"]
+    events = []
+    df2 = run_sweep(cfg, progress=events.append)
+    assert all(e.reused for e in events)
+    assert list(df2["record_id"]) == list(df["record_id"])
+    df3 = run_sweep({**cfg, "run": {**cfg["run"], "rerun": True}, "specs": ["fp32"]})
+    assert len(load_results(tmp_path / "results" / "tiny", latest=False)) == 4
+    assert len(df3) == 3
+
+
+def test_a_crash_a_hang_and_a_missing_sdk_each_cost_one_cell(tmp_path: Path, fault_registry):
+    cfg = tiny_sweep(
+        tmp_path,
+        backends=["crashy", "nosdk", "broken", "ort", {"name": "hangy"}],
+        run={"results_dir": str(tmp_path / "results"), "timeout_s": 5},
+        exclude=[{"backend": "hangy", "spec": "int8-static-pc-wsym-minmax"}],
+    )
+    df = run_sweep(cfg)
+    by = {(r.backend, r.spec_id): r for r in df.itertuples()}
+    assert by[("crashy", "fp32")].status == "ok"
+    crashed = by[("crashy", "int8-static-pc-wsym-minmax")]
+    assert crashed.status == "failed" and "SIGSEGV" in crashed.status_message
+    assert (
+        by[("nosdk", "fp32")].status == "unavailable" and "pip install acme-npu" in by[("nosdk", "fp32")].status_message
+    )
+    assert (
+        by[("broken", "fp32")].status == "unavailable"
+        and "ModuleNotFoundError" in by[("broken", "fp32")].status_message
+    )
+    assert by[("ort", "int8-static-pc-wsym-minmax")].status == "ok"
+    hung = by[("hangy", "fp32")]
+    assert hung.status == "timeout" and "timeout_s=5" in hung.status_message
+
+
+def test_a_bad_model_costs_its_cells_only(tmp_path: Path):
+    cfg = tiny_sweep(tmp_path)
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    cfg["models"].append({"path": str(tmp_path / "bad.onnx"), "name": "bad"})
+    df = run_sweep(cfg)
+    assert set(df[df.model == "bad"]["status"]) == {"failed"}
+    assert set(df[df.model == "tiny"]["status"]) == {"ok"}
