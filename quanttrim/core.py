@@ -1,0 +1,346 @@
+"""Quant-Trim: progressive fake quantization + reverse pruning, for any tree of Conv2d/Linear (+BatchNorm2d).
+
+Usage inside your own training loop::
+
+    model = quanttrim.prepare(model, QuantTrimConfig(bits=4, lambda_max=0.5), total_steps=steps)
+    for t, (x, y) in enumerate(loader):
+        model.quanttrim.step(t)          # sets λ_t, and every `prune_every` steps clips weights at ±τ_ℓ,t
+        loss = criterion(model(x), y); loss.backward(); opt.step()
+    quanttrim.export_onnx(model, "ckpt.onnx", example)   # plain FP ONNX, no fake-quant ops
+
+**Progressive fake quantization.** Each weight (and optionally each Conv/Linear input) is replaced in the forward
+pass by x̃ = x + λ_t·stopgrad(Q(x) − x), with Q(x) = s·(clip(round(x/s) + z, q_min, q_max) − z). The gradient is
+straight-through: 1 inside the clip range, 1 − λ_t outside (0 at λ = 1). λ_t is 0 for the first ``warmup_frac``
+of steps (FP warm-up), rises as a quartic u⁴ over the next ``ramp_frac`` to ``lambda_max``, then holds.
+
+**Reverse pruning.** Every ``prune_every`` steps each layer's weights are clipped in place to ±τ_ℓ,t, the
+``q_t``-th percentile of |W| (q falls linearly from ``q_start`` to ``q_end`` over the ramp). It removes the
+largest magnitudes, the tails that inflate quantization scales, while the weights keep learning. τ is
+recomputed from the current, already-clipped weights ("recursive"): each recomputation tightens it a little, so
+more than (100 − q)% of weights end up at ±τ (≈1.1 % for q = 99.7 in the notes). Set ``prune_every`` high to
+approach the nominal fraction.
+
+**BN folding.** Deployed weights are the BN-folded ones (W·γ/√(var+ε)); with ``fold_bn`` the fake quantizer and
+the pruning threshold act on those (per output channel, with running statistics), then un-fold.
+
+Measured on this project's machine (shared/QUANTTRIM_NOTES.md): most of the INT4 gain comes from reverse
+pruning; λ → 1 with a 4-bit target costs FP accuracy — cap ``lambda_max`` (e.g. 0.5) or train with an 8-bit
+target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+
+@dataclass(frozen=True)
+class QuantTrimConfig:
+    """Quant-Trim hyper-parameters. Defaults follow the measured notes (20 % warm-up, 40 % ramp, q 100→99.7)."""
+
+    bits: int = 8  # weight bits targeted by fake quantization (4 or 8)
+    per_channel: bool = True
+    symmetric: bool = True
+    fake_quant: bool = True  # False: reverse pruning only (the `prune_only` ablation)
+    lambda_max: float = 1.0
+    warmup_frac: float = 0.2
+    ramp_frac: float = 0.4
+    prune: bool = True
+    q_start: float = 100.0
+    q_end: float = 99.7
+    prune_every: int = 10
+    fold_bn: bool = True
+    quantize_activations: bool = False
+    activation_bits: int = 8
+    activation_momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.bits not in (2, 3, 4, 5, 6, 7, 8):
+            raise ValueError(f"bits={self.bits}: choose 4 or 8 (2..8 allowed)")
+        if not 0 <= self.lambda_max <= 1:
+            raise ValueError(f"lambda_max={self.lambda_max} must lie in [0, 1]")
+        if self.warmup_frac < 0 or self.ramp_frac < 0 or self.warmup_frac + self.ramp_frac > 1:
+            raise ValueError("warmup_frac and ramp_frac must be ≥ 0 and sum to ≤ 1")
+        if not 50 < self.q_end <= self.q_start <= 100:
+            raise ValueError(f"need 50 < q_end ({self.q_end}) ≤ q_start ({self.q_start}) ≤ 100")
+        if self.prune_every < 1:
+            raise ValueError("prune_every must be ≥ 1")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Quantizer and schedule
+# ---------------------------------------------------------------------------------------------------------
+def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
+    """Integer grid: symmetric uses the narrow signed range [−(2^(b−1)−1), 2^(b−1)−1], asymmetric [0, 2^b−1]."""
+    if symmetric:
+        m = 2 ** (bits - 1) - 1
+        return -m, m
+    return 0, 2**bits - 1
+
+
+def scale_zero_point(
+    x: torch.Tensor,
+    bits: int,
+    symmetric: bool,
+    per_channel: bool,
+    lo: torch.Tensor | None = None,
+    hi: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min-max scale and zero-point, per output channel (dim 0) or per tensor, shaped to broadcast against x."""
+    qmin, qmax = qrange(bits, symmetric)
+    if lo is None or hi is None:
+        if per_channel and x.dim() > 1:
+            flat = x.detach().reshape(x.shape[0], -1)
+            lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+        else:
+            lo, hi = x.detach().min(), x.detach().max()
+    lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
+    if symmetric:
+        scale = torch.maximum(hi.abs(), lo.abs()) / qmax
+        zero = torch.zeros_like(scale)
+    else:
+        scale = (hi - lo) / (qmax - qmin)
+        zero = torch.round(qmin - lo / torch.clamp(scale, min=1e-12))
+    scale = torch.clamp(scale, min=1e-12)
+    if scale.dim() == 1 and x.dim() > 1:
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return scale, zero
+
+
+def fake_quantize(
+    x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int, lam: float
+) -> torch.Tensor:
+    """x + λ·stopgrad(Q(x) − x) with a clipped straight-through gradient (1 inside the range, 1 − λ outside)."""
+    if lam == 0.0:
+        return x
+    lo, hi = (qmin - zero) * scale, (qmax - zero) * scale
+    q = (torch.clamp(torch.round(x / scale) + zero, qmin, qmax) - zero) * scale
+    x_clip = torch.minimum(torch.maximum(x, lo), hi)
+    ste = x_clip + (q - x_clip).detach()
+    return x + lam * (ste - x) if lam < 1.0 else ste
+
+
+def lambda_at(step: int, total_steps: int, cfg: QuantTrimConfig) -> float:
+    """λ_t: 0 during warm-up, λ_max·u⁴ over the ramp (u from 0 to 1), λ_max after."""
+    if not cfg.fake_quant or total_steps <= 0:
+        return 0.0
+    w, r = cfg.warmup_frac * total_steps, cfg.ramp_frac * total_steps
+    if step < w:
+        return 0.0
+    if r <= 0 or step >= w + r:
+        return cfg.lambda_max
+    return cfg.lambda_max * ((step - w) / r) ** 4
+
+
+def percentile_at(step: int, total_steps: int, cfg: QuantTrimConfig) -> float:
+    """q_t: q_start before the ramp, linear to q_end across it, q_end after."""
+    w, r = cfg.warmup_frac * total_steps, cfg.ramp_frac * total_steps
+    if step <= w:
+        return cfg.q_start
+    if r <= 0 or step >= w + r:
+        return cfg.q_end
+    return cfg.q_start + (cfg.q_end - cfg.q_start) * (step - w) / r
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parametrization and controller
+# ---------------------------------------------------------------------------------------------------------
+class _WeightFakeQuant(nn.Module):
+    """Parametrization of a Conv/Linear weight: fake-quantizes the (BN-folded) weight with the current λ."""
+
+    def __init__(self, cfg: QuantTrimConfig, bn: nn.BatchNorm2d | None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.bn = [bn]  # a list, so the BN is not registered as a sub-module of the parametrization
+        self.lam = 0.0
+        self.enabled = True
+
+    def fold_factor(self, w: torch.Tensor) -> torch.Tensor | None:
+        bn = self.bn[0]
+        if bn is None or not self.cfg.fold_bn:
+            return None
+        gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_var)
+        f = gamma / torch.sqrt(bn.running_var + bn.eps)
+        return f.reshape((-1,) + (1,) * (w.dim() - 1))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.enabled or self.lam == 0.0:
+            return w
+        f = self.fold_factor(w)
+        target = w * f if f is not None else w
+        scale, zero = scale_zero_point(target, self.cfg.bits, self.cfg.symmetric, self.cfg.per_channel)
+        qmin, qmax = qrange(self.cfg.bits, self.cfg.symmetric)
+        out = fake_quantize(target, scale, zero, qmin, qmax, self.lam)
+        return out / f if f is not None else out
+
+
+class _ActivationFakeQuant:
+    """Forward pre-hook: fake-quantizes a layer's input with EMA min/max ranges (asymmetric, per tensor)."""
+
+    def __init__(self, cfg: QuantTrimConfig) -> None:
+        self.cfg = cfg
+        self.lam = 0.0
+        self.enabled = True
+        self.lo: torch.Tensor | None = None
+        self.hi: torch.Tensor | None = None
+
+    def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        x = args[0]
+        if module.training:
+            lo, hi = x.detach().min(), x.detach().max()
+            m = self.cfg.activation_momentum
+            self.lo = lo if self.lo is None else m * self.lo + (1 - m) * lo
+            self.hi = hi if self.hi is None else m * self.hi + (1 - m) * hi
+        if not self.enabled or self.lam == 0.0 or self.lo is None:
+            return args
+        scale, zero = scale_zero_point(x, self.cfg.activation_bits, False, False, self.lo, self.hi)
+        qmin, qmax = qrange(self.cfg.activation_bits, False)
+        return (fake_quantize(x, scale, zero, qmin, qmax, self.lam), *args[1:])
+
+
+class QuantTrimController:
+    """Owns the schedule: ``step(t)`` updates λ and prunes; ``state()`` is what the training log records."""
+
+    def __init__(self, model: nn.Module, cfg: QuantTrimConfig, total_steps: int) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.total_steps = total_steps
+        self.layers: list[tuple[str, nn.Module, _WeightFakeQuant]] = []
+        self.act_hooks: list[_ActivationFakeQuant] = []
+        self.handles: list[Any] = []
+        self.lam = 0.0
+        self.q = cfg.q_start
+        self.taus: dict[str, float] = {}
+
+    def step(self, t: int) -> None:
+        self.lam = lambda_at(t, self.total_steps, self.cfg)
+        for _, _, p in self.layers:
+            p.lam = self.lam
+        for h in self.act_hooks:
+            h.lam = self.lam
+        self.q = percentile_at(t, self.total_steps, self.cfg)
+        if self.cfg.prune and self.q < 100.0 and t % self.cfg.prune_every == 0:
+            self.prune(self.q)
+
+    @torch.no_grad()
+    def prune(self, q: float) -> dict[str, float]:
+        """Clip each layer's (folded) weights at ±τ, τ = q-th percentile of |W|; returns τ per layer."""
+        for name, module, p in self.layers:
+            w = parametrize_original(module)
+            f = p.fold_factor(w)
+            target = (w * f) if f is not None else w
+            tau = torch.quantile(target.abs().flatten().float(), q / 100.0)
+            if f is not None:
+                bound = tau / f.abs().clamp(min=1e-12)
+                w.copy_(torch.maximum(torch.minimum(w, bound), -bound))
+            else:
+                w.clamp_(-tau, tau)
+            self.taus[name] = float(tau)
+        return dict(self.taus)
+
+    def state(self) -> dict[str, float]:
+        clipped = []
+        for name, module, p in self.layers:
+            if name in self.taus:
+                w = parametrize_original(module).detach()
+                f = p.fold_factor(w)
+                target = (w * f) if f is not None else w
+                clipped.append(float((target.abs() >= self.taus[name] * (1 - 1e-6)).float().mean()))
+        return {
+            "lambda": self.lam,
+            "prune_percentile": self.q,
+            "tau_mean": sum(self.taus.values()) / len(self.taus) if self.taus else float("nan"),
+            "clipped_fraction": sum(clipped) / len(clipped) if clipped else 0.0,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {**asdict(self.cfg), "total_steps": self.total_steps, "layers": len(self.layers)}
+
+    @contextlib.contextmanager
+    def exporting(self) -> Iterator[None]:
+        """Disable fake quantization so the exported graph holds the plain FP (pruned) weights."""
+        params = [p for _, _, p in self.layers]
+        saved = [p.enabled for p in params] + [h.enabled for h in self.act_hooks]
+        for obj in [*params, *self.act_hooks]:
+            obj.enabled = False
+        try:
+            yield
+        finally:
+            for obj, was in zip([*params, *self.act_hooks], saved, strict=True):
+                obj.enabled = was
+
+    def remove(self) -> nn.Module:
+        """Strip Quant-Trim from the model, keeping the trained (pruned, FP) weights."""
+        for _, module, _ in self.layers:
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        for h in self.handles:
+            h.remove()
+        self.layers.clear()
+        self.act_hooks.clear()
+        if hasattr(self.model, "quanttrim"):
+            del self.model.quanttrim
+        return self.model
+
+
+def parametrize_original(module: nn.Module) -> torch.Tensor:
+    return module.parametrizations.weight.original
+
+
+def _bn_pairs(model: nn.Module) -> dict[str, nn.BatchNorm2d]:
+    """Conv2d → the BatchNorm2d registered right after it with matching channels (torch's export folds these)."""
+    pairs: dict[str, nn.BatchNorm2d] = {}
+    mods = list(model.named_modules())
+    for (name, m), (_, nxt) in itertools.pairwise(mods):
+        if isinstance(m, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d) and nxt.num_features == m.out_channels:
+            pairs[name] = nxt
+    return pairs
+
+
+def prepare(model: nn.Module, config: QuantTrimConfig | None = None, total_steps: int = 1) -> nn.Module:
+    """Wrap every Conv2d/Linear of ``model`` in place; the controller is ``model.quanttrim``."""
+    cfg = config or QuantTrimConfig()
+    if hasattr(model, "quanttrim"):
+        raise ValueError("model is already prepared for Quant-Trim")
+    ctl = QuantTrimController(model, cfg, total_steps)
+    pairs = _bn_pairs(model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            p = _WeightFakeQuant(cfg, pairs.get(name))
+            parametrize.register_parametrization(module, "weight", p, unsafe=True)
+            ctl.layers.append((name, module, p))
+            if cfg.quantize_activations:
+                hook = _ActivationFakeQuant(cfg)
+                ctl.handles.append(module.register_forward_pre_hook(hook))
+                ctl.act_hooks.append(hook)
+    if not ctl.layers:
+        raise ValueError("Quant-Trim found no Conv2d or Linear layer to wrap")
+    model.quanttrim = ctl
+    return model
+
+
+@torch.no_grad()
+def posthoc_clip(model: nn.Module, q: float = 99.7, fold_bn: bool = True) -> dict[str, float]:
+    """Ablation: clip a trained FP model's weights once at the q-th percentile (no training). Returns τ per layer."""
+    pairs = _bn_pairs(model) if fold_bn else {}
+    taus = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            bn = pairs.get(name)
+            w = m.weight
+            f = None
+            if bn is not None:
+                f = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).reshape((-1,) + (1,) * (w.dim() - 1))
+            target = w * f if f is not None else w
+            tau = torch.quantile(target.abs().flatten().float(), q / 100.0)
+            bound = tau / f.abs().clamp(min=1e-12) if f is not None else tau
+            w.copy_(torch.maximum(torch.minimum(w, bound), -bound))
+            taus[name] = float(tau)
+    return taus
