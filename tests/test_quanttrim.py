@@ -145,3 +145,33 @@ def test_posthoc_clip_and_bad_config():
         prepare(torch.nn.Sequential(torch.nn.ReLU()))
     with pytest.raises(ValueError, match="lambda_max"):
         QuantTrimConfig(lambda_max=1.5)
+
+
+def test_train_cli_writes_onnx_and_log(tmp_path: Path, capsys):
+    pytest.importorskip("sklearn", reason="digits come with scikit-learn (qtbench[test])")
+    import onnx
+
+    from harness.cli import main
+
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--train-images",
+            "0",
+            "--bits",
+            "4",
+            "--lambda-max",
+            "0.5",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert rc == 0
+    onnx.checker.check_model(onnx.load(str(tmp_path / "digits_resnet_quanttrim_s0.onnx")))
+    assert (tmp_path / "digits_resnet_quanttrim_s0.csv").read_text().count("\n") >= 2
+    assert "test accuracy" in capsys.readouterr().out
+    assert main(["train", "--dataset", "idx"]) == 2  # user error: no --data-dir
