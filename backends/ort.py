@@ -8,6 +8,8 @@ the providers the session actually holds are recorded (CPU fallback included). Q
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -238,7 +240,8 @@ class OrtBackend(Backend):
                 calibrate_method=method,
                 extra_options=options,
             )
-            calibrator.collect_data(_Reader(data, model.dynamic_batch))
+            with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress to stdout
+                calibrator.collect_data(_Reader(data, model.dynamic_batch))
             if spec.calibration in ("entropy", "mse"):
                 ranges = {}
                 for name, (hist, edges, lo, hi, _t) in calibrator.collector.histogram_dict.items():
@@ -253,7 +256,8 @@ class OrtBackend(Backend):
                     f"{spec.calibration} ranges computed by qtbench from {calibration.DEFAULT_NUM_BINS}-bin histograms"
                 )
             else:
-                tensors = calibrator.compute_data()
+                with contextlib.redirect_stdout(io.StringIO()):
+                    tensors = calibrator.compute_data()
             cache = workdir / "calibration.json"
             save_tensors_data(tensors, cache)
         four = spec.precision == "int4"

@@ -235,15 +235,7 @@ class QuantTrimController:
         """Clip each layer's (folded) weights at ±τ, τ = q-th percentile of |W|; returns τ per layer."""
         for name, module, p in self.layers:
             w = parametrize_original(module)
-            f = p.fold_factor(w)
-            target = (w * f) if f is not None else w
-            tau = torch.quantile(target.abs().flatten().float(), q / 100.0)
-            if f is not None:
-                bound = tau / f.abs().clamp(min=1e-12)
-                w.copy_(torch.maximum(torch.minimum(w, bound), -bound))
-            else:
-                w.clamp_(-tau, tau)
-            self.taus[name] = float(tau)
+            self.taus[name] = clip_at_quantile(w, p.fold_factor(w), q)
         return dict(self.taus)
 
     def state(self) -> dict[str, float]:
@@ -333,14 +325,16 @@ def posthoc_clip(model: nn.Module, q: float = 99.7, fold_bn: bool = True) -> dic
     taus = {}
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d | nn.Linear):
-            bn = pairs.get(name)
-            w = m.weight
-            f = None
-            if bn is not None:
-                f = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).reshape((-1,) + (1,) * (w.dim() - 1))
-            target = w * f if f is not None else w
-            tau = torch.quantile(target.abs().flatten().float(), q / 100.0)
-            bound = tau / f.abs().clamp(min=1e-12) if f is not None else tau
-            w.copy_(torch.maximum(torch.minimum(w, bound), -bound))
-            taus[name] = float(tau)
+            f = _WeightFakeQuant(QuantTrimConfig(fold_bn=fold_bn), pairs.get(name)).fold_factor(m.weight)
+            taus[name] = clip_at_quantile(m.weight, f, q)
     return taus
+
+
+@torch.no_grad()
+def clip_at_quantile(w: torch.Tensor, fold: torch.Tensor | None, q: float) -> float:
+    """Clip ``w`` in place so its (BN-folded, when ``fold`` is given) magnitudes stay ≤ τ = q-th percentile."""
+    target = w * fold if fold is not None else w
+    tau = torch.quantile(target.abs().flatten().float(), q / 100.0)
+    bound = tau / fold.abs().clamp(min=1e-12) if fold is not None else tau
+    w.copy_(torch.maximum(torch.minimum(w, bound), -bound))
+    return float(tau)
