@@ -166,6 +166,10 @@ def _run_cell(job: CellJob) -> CellResult:
             )
             if evaluation.labels is not None:
                 fields["fp_top1"] = metrics.topk_accuracy(ref, evaluation.labels, 1)
+                bins = metrics.calibration_bins(metrics.softmax(logits), evaluation.labels)
+                fields["reliability"] = json.dumps(
+                    {k: [None if np.isnan(v) else float(v) for v in arr] for k, arr in bins.items()}
+                )
             result.predictions = np.argmax(logits, axis=1)
             result.labels = evaluation.labels
             timing_source = evaluation

@@ -150,6 +150,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     console.print(results_table(df, title=f"{sweep.name}: {len(df)} cells ({wall:.1f}s)"))
     _print_reasons(console, df)
     console.print(f"results: {sweep.results_path}", highlight=False)
+    if not args.no_report:
+        from harness.report import build_report
+
+        out = build_report([sweep.results_path], Path(args.report_dir or Path.cwd() / "reports" / sweep.name))
+        console.print(f"report:  {out['html']}\n         {out['markdown']}", highlight=False)
     return 0
 
 
@@ -242,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=int, help="warm-up iterations per cell (default 20)")
     s.add_argument("--rerun", action="store_true", help="measure cells again even if already recorded")
     s.add_argument("--no-isolate", action="store_true", help="run cells in this process (debugging)")
+    s.add_argument("--no-report", action="store_true", help="do not write the HTML/Markdown report")
+    s.add_argument("--report-dir", help="report folder (default reports/<sweep name>)")
     s.add_argument("-q", "--quiet", action="store_true", help="no per-cell progress lines")
     s.set_defaults(func=cmd_sweep)
 
@@ -352,7 +359,90 @@ def _register_train(sub: Any) -> None:
     t.set_defaults(func=cmd_train)
 
 
-_EXTRA_COMMANDS: list[Any] = [_register_train]
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import build_report
+
+    results = [Path(r) for r in args.results]
+    out = (
+        Path(args.out) if args.out else Path.cwd() / "reports" / (results[0].name if len(results) == 1 else "combined")
+    )
+    paths = build_report(results, out, args.title)
+    print(f"report: {paths['html']}\n        {paths['markdown']}")
+    return 0
+
+
+def _register_report(sub: Any) -> None:
+    r = sub.add_parser("report", help="HTML + Markdown report with plots from one or more results folders")
+    r.add_argument("results", nargs="+", help="results folders (results/<sweep>)")
+    r.add_argument("--out", help="report folder (default reports/<sweep name>)")
+    r.add_argument("--title")
+    r.set_defaults(func=cmd_report)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from harness.check import compare, load_gates, to_junit, to_markdown
+
+    result = compare(
+        args.baseline,
+        args.candidate,
+        load_gates(args.gates),
+        args.baseline_model,
+        args.candidate_model,
+        args.allow_mismatch,
+    )
+    table = Table(header_style="bold", title=f"{args.candidate} vs {args.baseline}")
+    for col in ("", "cell", "gate", "baseline", "candidate", "change", "evidence", "verdict"):
+        table.add_column(col)
+    style = {"fail": "red", "inconclusive": "yellow", "pass": ""}
+    for v in result.verdicts:
+        why = f" ({v.reason})" if v.verdict != "pass" and v.reason else ""
+        table.add_row(
+            v.mark,
+            v.cell,
+            v.gate,
+            f"{v.baseline:.6g}",
+            f"{v.candidate:.6g}",
+            v.change,
+            v.evidence,
+            v.verdict + why,
+            style=style[v.verdict],
+        )
+    console = _console()
+    console.print(table)
+    for m in result.missing:
+        console.print(f"not compared: {m}", highlight=False)
+    for n in result.notes:
+        console.print(f"note: {n}", highlight=False)
+    if args.markdown:
+        Path(args.markdown).write_text(to_markdown(result))
+    if args.junit:
+        Path(args.junit).write_text(to_junit(result))
+    if not result.verdicts:
+        raise UserError("no matching cells to compare (different backends/specs?); see 'not compared' above")
+    if result.failed:
+        return 1
+    if result.inconclusive and args.strict:
+        return 3
+    return 0
+
+
+def _register_check(sub: Any) -> None:
+    c = sub.add_parser("check", help="gate a candidate's results against a baseline (exit 1 on regression)")
+    c.add_argument("--baseline", required=True, help="baseline results folder")
+    c.add_argument("--candidate", required=True, help="candidate results folder")
+    c.add_argument("--gates", help="YAML of metric: rule (default: top1 -0.5pp, ece +1pp, latency_ms_p50 +5%%)")
+    c.add_argument("--baseline-model", help="compare this model of the baseline folder")
+    c.add_argument("--candidate-model", help="compare this model of the candidate folder")
+    c.add_argument("--allow-mismatch", action="store_true", help="compare across devices or measurement settings")
+    c.add_argument("--strict", action="store_true", help="exit 3 when any gate is inconclusive")
+    c.add_argument("--markdown", help="write a Markdown summary here")
+    c.add_argument("--junit", help="write JUnit XML here")
+    c.set_defaults(func=cmd_check)
+
+
+_EXTRA_COMMANDS: list[Any] = [_register_train, _register_report, _register_check]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -88,6 +88,7 @@ class Record:
     nll: float = NAN
     brier: float = NAN
     fp_top1: float = NAN  # the FP32 reference's own top-1 on the same eval set, for the FP→Q gap
+    reliability: str = "{}"  # JSON: 15-bin count/confidence/accuracy, the data of a reliability diagram
     # compilation
     artifact_bytes: int = -1
     compile_s: float = NAN

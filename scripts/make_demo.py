@@ -44,13 +44,14 @@ def main() -> None:
         cfg = TrainConfig(
             arch="resnet", method=method, seed=args.seed, quanttrim=DEMO_QUANTTRIM if method == "quanttrim" else {}
         )
+        name = f"fashion14_resnet_{method}.onnx"
+        # the log shares the checkpoint's stem, which is how `qtbench report` finds training curves
         res = train(
             data,
             cfg,
-            log_csv=args.out / f"train_resnet_{method}.csv",
+            log_csv=args.out / name.replace(".onnx", ".csv"),
             on_epoch=lambda r: print({k: round(v, 4) for k, v in r.items()}, flush=True),
         )
-        name = "fashion14_resnet_fp.onnx" if method == "fp" else "fashion14_resnet_quanttrim.onnx"
         export_onnx(
             res.model,
             args.out / name,

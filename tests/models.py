@@ -72,3 +72,64 @@ def tiny_sweep(tmp: Path, **overrides) -> dict:
     }
     cfg.update(overrides)
     return cfg
+
+
+def synthetic_results(
+    root: Path,
+    sweep: str,
+    *,
+    latency_ms: float = 1.0,
+    correct: np.ndarray | None = None,
+    seed: int = 0,
+    device: str = "dev-a",
+    specs: tuple[str, ...] = ("fp32", "int8-static-pc-wsym-minmax"),
+    n_samples: int = 200,
+    ece: float = 0.03,
+) -> Path:
+    """A results folder written through the real store: lognormal latency samples and per-sample correctness."""
+    from harness.measure import latency_stats
+    from harness.records import Record
+    from harness.store import ResultsStore
+
+    rng = np.random.default_rng(seed)
+    store = ResultsStore(root / sweep)
+    store.record_run({"run_id": "r1"})
+    if correct is None:
+        correct = np.ones(1000, bool)
+    labels = np.zeros(len(correct), np.int64)
+    preds = np.where(correct, 0, 1)
+    for i, spec in enumerate(specs):
+        samples = (latency_ms * 1e6 * rng.lognormal(0, 0.05, n_samples)).astype(np.int64)
+        stats = latency_stats(samples, 1, 0.1)
+        rec = Record(
+            record_id=f"{sweep}-{i}",
+            run_id="r1",
+            sweep=sweep,
+            cell_key=f"k{i}",
+            created_utc="2026-01-01T00:00:00Z",
+            model="m",
+            model_sha256="sha",
+            backend="ort",
+            backend_version="onnxruntime=1",
+            device=device,
+            spec_id=spec,
+            precision=spec.split("-")[0],
+            weight_bits=8,
+            activation_bits=8,
+            scaling="static",
+            granularity="per-channel",
+            calibration="minmax",
+            status="ok",
+            numbers="measured",
+            warmup=2,
+            batch_size=1,
+            eval_samples=len(correct),
+            eval_sha256="evalsha",
+            top1=float(correct.mean()),
+            fp_top1=0.9,
+            ece=ece,
+            **{k: v for k, v in stats.items() if k in Record.__dataclass_fields__},
+        )
+        store.write_cell("r1", i, rec, [samples], preds, labels)
+    store.consolidate("r1")
+    return root / sweep

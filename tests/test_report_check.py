@@ -1,0 +1,134 @@
+"""Reports render offline with escaped strings; `qtbench check` separates regressions from noise."""
+
+from __future__ import annotations
+
+import base64
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.check import Gate, compare, load_gates, mann_whitney_p
+from harness.cli import main
+from harness.errors import ConfigError, UserError
+from harness.report import build_report, pareto_front
+from harness.sweep import run_sweep
+
+from models import synthetic_results, tiny_sweep
+
+
+def _correct(n: int, acc: float, seed: int) -> np.ndarray:
+    c = np.zeros(n, bool)
+    c[np.random.default_rng(seed).permutation(n)[: round(acc * n)]] = True
+    return c
+
+
+@pytest.fixture
+def baseline(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    correct = _correct(2000, 0.90, 0)
+    return synthetic_results(tmp_path / "a", "base", latency_ms=1.0, correct=correct, seed=1), correct
+
+
+def test_known_regression_fails_latency_and_accuracy(tmp_path: Path, baseline):
+    base, correct = baseline
+    worse = correct.copy()
+    worse[np.flatnonzero(correct)[:100]] = False  # −5 pp, paired
+    cand = synthetic_results(tmp_path / "b", "cand", latency_ms=1.3, correct=worse, seed=2)
+    res = compare(base, cand, load_gates(None))
+    by = {(v.cell, v.gate.split()[0]): v for v in res.verdicts}
+    assert by[("m · ort · int8-static-pc-wsym-minmax", "top1")].verdict == "fail"
+    assert by[("m · ort · int8-static-pc-wsym-minmax", "latency_ms_p50")].verdict == "fail"
+    assert by[("m · ort · int8-static-pc-wsym-minmax", "ece")].verdict == "pass"
+    assert res.failed and main(["check", "--baseline", str(base), "--candidate", str(cand)]) == 1
+
+
+def test_noise_only_passes(tmp_path: Path, baseline):
+    base, correct = baseline
+    noisy = correct.copy()
+    flips = np.random.default_rng(5).permutation(len(noisy))[:6]
+    noisy[flips] = ~noisy[flips]  # a handful of symmetric flips
+    cand = synthetic_results(tmp_path / "b", "cand", latency_ms=1.0, correct=noisy, seed=3)
+    res = compare(base, cand, load_gates(None))
+    assert [v.verdict for v in res.verdicts] == ["pass"] * len(res.verdicts)
+    assert main(["check", "--baseline", str(base), "--candidate", str(cand), "--strict"]) == 0
+
+
+def test_small_eval_set_is_inconclusive_and_strict_exits_3(tmp_path: Path):
+    a = _correct(50, 0.9, 0)
+    b = a.copy()
+    b[np.flatnonzero(a)[0]] = False  # −2 pp on 50 samples: past the gate, not significant
+    base = synthetic_results(tmp_path / "a", "base", correct=a, seed=1)
+    cand = synthetic_results(tmp_path / "b", "cand", correct=b, seed=1)
+    gates = tmp_path / "g.yaml"
+    gates.write_text("top1: -0.5pp\n")
+    res = compare(base, cand, load_gates(gates))
+    assert {v.verdict for v in res.verdicts} == {"inconclusive"}
+    assert "not significant" in res.verdicts[0].reason
+    args = ["check", "--baseline", str(base), "--candidate", str(cand), "--gates", str(gates)]
+    assert main(args) == 0 and main([*args, "--strict"]) == 3
+    junit = tmp_path / "j.xml"
+    md = tmp_path / "s.md"
+    main([*args, "--junit", str(junit), "--markdown", str(md)])
+    suite = ET.parse(junit).getroot()
+    assert suite.get("skipped") == "2" and suite.get("failures") == "0"
+    assert "| ~ |" in md.read_text()
+
+
+def test_bound_gates_and_device_mismatch(tmp_path: Path, baseline):
+    base, correct = baseline
+    cand = synthetic_results(tmp_path / "b", "cand", correct=correct, seed=1, ece=0.2)
+    res = compare(base, cand, [Gate.parse("ece", "<= 0.05")])
+    assert {v.verdict for v in res.verdicts} == {"fail"}
+    other = synthetic_results(tmp_path / "c", "other", correct=correct, seed=1, device="dev-b")
+    with pytest.raises(UserError, match="not comparable across devices"):
+        compare(base, other, load_gates(None))
+    assert main(["check", "--baseline", str(base), "--candidate", str(other)]) == 2
+    assert compare(base, other, load_gates(None), allow_mismatch=True).notes
+
+
+@pytest.mark.parametrize(
+    ("metric", "rule", "match"), [("top1", "down a bit", "cannot read rule"), ("accuracy", "-1pp", "unknown metric")]
+)
+def test_bad_gates(metric, rule, match):
+    with pytest.raises(ConfigError, match=match):
+        Gate.parse(metric, rule)
+
+
+def test_gate_arithmetic():
+    assert Gate.parse("top1", "-0.5pp").violated(0.90, 0.894)
+    assert not Gate.parse("top1", "-0.5pp").violated(0.90, 0.896)
+    assert Gate.parse("latency_ms_p50", "+5%").violated(1.0, 1.06)
+    assert not Gate.parse("latency_ms_p50", "+5%").violated(1.0, 0.5)
+    assert Gate.parse("top1_agreement", ">= 0.99").violated(0.0, 0.98)
+
+
+def test_mann_whitney_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(0, 1, 80).round(1), rng.normal(0.3, 1, 70).round(1)  # rounding makes ties
+    ref = stats.mannwhitneyu(x, y, alternative="two-sided", method="asymptotic", use_continuity=False).pvalue
+    assert mann_whitney_p(x, y) == pytest.approx(ref, rel=1e-9)
+
+
+def test_pareto_front():
+    assert pareto_front([1, 2, 3, 2.5], [5, 4, 1, 0.5]) == [0, 1, 2]
+
+
+def test_report_renders_offline_with_escaped_strings(tmp_path: Path):
+    cfg = tiny_sweep(tmp_path, specs=["fp32", "int8-static-pc-wsym-minmax", "int4-static-pc-wsym-minmax-qoperator"])
+    cfg["models"][0]["name"] = "tiny<script>alert(1)</script>"
+    run_sweep(cfg)
+    out = build_report([tmp_path / "results" / "tiny"], tmp_path / "rep")
+    text = out["html"].read_text()
+    assert "<script>" not in text and "tiny&lt;script&gt;" in text
+    assert "http://" not in text and "https://" not in text  # opens offline
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", text)
+    assert len(images) >= 3
+    for img in images:
+        assert base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "numbers: measured" in text and "skipped" in text and "4-bit" in text
+    md = out["markdown"].read_text()
+    assert "| model | backend | spec |" in md and "![" in md
+    assert all(p.is_file() for p in out.values())
