@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.config import DataSource, MeasureSettings
+from harness.config import DataSource, DeviceSettings, MeasureSettings
 from harness.errors import QtbenchError, UnsupportedSpec
 from harness.spec import QuantSpec
 
@@ -38,6 +38,7 @@ class CellJob:
     calib_path: str | None
     cache_dir: str
     artifact_key: str
+    device: DeviceSettings = field(default_factory=DeviceSettings)
 
 
 @dataclass
@@ -184,8 +185,10 @@ def _run_cell(job: CellJob) -> CellResult:
             return CellResult("failed", f"measure.batch_size={bs} but the model's batch axis is fixed; use 1")
         feeds = timing_source.batch(0, bs)
         stats: dict[str, Any] = {}
+        power = _PowerProbe(job.device)
+        fields.update(power.before())
         for _ in range(job.measure.repeats):
-            timing = time_inference(compiled.infer, feeds, job.measure)
+            timing = time_inference(compiled.infer, feeds, job.measure, power.start, power.stop)
             result.samples.append(timing.samples_ns)
             stats = timing.stats(job.measure.cv_threshold)
         if job.measure.repeats > 1:
@@ -193,6 +196,73 @@ def _run_cell(job: CellJob) -> CellResult:
 
             stats |= latency_stats(np.concatenate(result.samples), bs, job.measure.cv_threshold)
         fields.update(stats)
+        fields.update(power.after([len(s) for s in result.samples], stats["fps"]))
     fields["cell_wall_s"] = time.perf_counter() - t_cell
     result.fields = fields
     return result
+
+
+class _PowerProbe:
+    """Meter + idle baseline + thermal snapshots around the timed loops of one cell."""
+
+    def __init__(self, settings: DeviceSettings) -> None:
+        from devices.power import PowerSession, choose_meter
+
+        self.settings = settings
+        self.meter, self.why_not = choose_meter(
+            settings.meter, log=settings.meter_log, watts_per_core=settings.watts_per_core
+        )
+        self.session = PowerSession(self.meter, settings.sample_period_ms / 1000) if self.meter else None
+        self.traces: list[Any] = []
+        self.idle = None
+        self.thermal0: dict[str, Any] = {}
+
+    def before(self) -> dict[str, Any]:
+        from devices.thermal import snapshot
+
+        self.thermal0 = snapshot()
+        if self.session and self.meter.kind == "measured" and self.settings.idle_s > 0:
+            self.idle = self.session.idle(self.settings.idle_s)
+        return {"temp_c_before": self.thermal0["temp_c_max"], "cpu_mhz_before": self.thermal0["cpu_mhz_mean"]}
+
+    def start(self) -> None:
+        if self.session:
+            self.session.start()
+
+    def stop(self) -> None:
+        if self.session:
+            self.traces.append(self.session.stop())
+
+    def after(self, iterations: list[int], fps: float) -> dict[str, Any]:
+        from devices.catalog import cost_per_million, load_catalog, match_board
+        from devices.host import host_info
+        from devices.power import energy_fields
+        from devices.thermal import snapshot, throttled
+
+        t1 = snapshot()
+        hot, why = throttled(self.thermal0, t1)
+        out: dict[str, Any] = {
+            "temp_c_after": t1["temp_c_max"],
+            "cpu_mhz_after": t1["cpu_mhz_mean"],
+            "throttled": hot,
+            "throttle_reason": why,
+        }
+        if not self.session:
+            out["energy_source"] = "unavailable: " + "; ".join(self.why_not)
+            return out
+        out.update(energy_fields(self.traces, self.idle, iterations, self.meter, self.session.period_s))
+        board = (
+            load_catalog().get(self.settings.catalog)
+            if self.settings.catalog
+            else match_board(host_info()["board_model"])
+        )
+        price = self.settings.price_usd if self.settings.price_usd is not None else (board or {}).get("price_usd")
+        out["cost_per_million_inferences"] = cost_per_million(
+            out["energy_mj_per_inf"] / 1000,
+            fps,
+            price,
+            self.settings.electricity_usd_per_kwh,
+            self.settings.lifetime_years,
+            self.settings.duty_cycle,
+        )
+        return out

@@ -17,6 +17,14 @@ from harness.errors import QtbenchError, UserError
 
 EXIT_INTERNAL = 70
 
+
+def escape(text: str) -> str:
+    """Escape rich markup in strings from results or SDKs ("pip install 'qtbench[tflite]'" must print as is)."""
+    from rich.markup import escape as _escape
+
+    return _escape(str(text))
+
+
 SUMMARY_COLUMNS = [
     ("model", "model", "{}"),
     ("backend", "backend", "{}"),
@@ -63,7 +71,7 @@ def results_table(df: Any, title: str = "") -> Any:
         cells = [_fmt(row[col], fmt) for col, _, fmt in SUMMARY_COLUMNS]
         if row["unstable"]:
             cells[SUMMARY_COLUMNS.index(("latency_ms_p50", "p50 ms", "{:.3f}"))] += "!"
-        table.add_row(*cells, style=style.get(row["status"], ""))
+        table.add_row(*(escape(c) for c in cells), style=style.get(row["status"], ""))
     return table
 
 
@@ -177,7 +185,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
         table.add_row(
             s.slug,
             "available" if s.available else "unavailable",
-            detail,
+            escape(detail),
             f"{s.origin}: {s.target}",
             style="" if s.available else "magenta",
         )
@@ -399,14 +407,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     for v in result.verdicts:
         why = f" ({v.reason})" if v.verdict != "pass" and v.reason else ""
         table.add_row(
-            v.mark,
-            v.cell,
-            v.gate,
+            escape(v.mark),
+            escape(v.cell),
+            escape(v.gate),
             f"{v.baseline:.6g}",
             f"{v.candidate:.6g}",
             v.change,
-            v.evidence,
-            v.verdict + why,
+            escape(v.evidence),
+            escape(v.verdict + why),
             style=style[v.verdict],
         )
     console = _console()
@@ -442,7 +450,68 @@ def _register_check(sub: Any) -> None:
     c.set_defaults(func=cmd_check)
 
 
-_EXTRA_COMMANDS: list[Any] = [_register_train, _register_report, _register_check]
+def cmd_devices(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.table import Table
+
+    from devices.catalog import match_board
+    from devices.host import device_id, host_info
+    from devices.power import survey
+    from devices.thermal import snapshot
+
+    info, meters, thermal = host_info(), survey(log=args.meter_log), snapshot()
+    board = match_board(info["board_model"]) if info["board_model"] else None
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "device": device_id(),
+                    "host": info,
+                    "meters": [{"meter": n, "available": ok, "detail": d} for n, ok, d in meters],
+                    "thermal": thermal,
+                    "catalog": board,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+        return 0
+    console = _console()
+    console.print(f"device id: [bold]{device_id()}[/]", highlight=False)
+    console.print(
+        f"cpu: {info['cpu_model']} ({info['cpu_count_physical']} physical / {info['cpu_count_logical']} "
+        f"logical, {info['cpu_affinity']} usable), {info['memory_gb']} GB; {info['os']} {info['kernel']}",
+        highlight=False,
+    )
+    console.print(f"cpu flags: {' '.join(info['cpu_flags']) or '-'}", highlight=False)
+    console.print(
+        f"board: {info['board_model'] or 'none (no /proc/device-tree/model)'}; catalog: "
+        f"{board['id'] if board else 'no match'}",
+        highlight=False,
+    )
+    table = Table(header_style="bold", title="power meters (auto picks the first available, top to bottom)")
+    for col in ("meter", "status", "detail"):
+        table.add_column(col)
+    for name, ok, detail in meters:
+        table.add_row(name, "available" if ok else "unavailable", escape(detail), style="" if ok else "magenta")
+    console.print(table)
+    console.print(
+        f"thermal: {thermal['sensors']} zone(s), max {thermal['temp_c_max']} °C; mean CPU clock "
+        f"{thermal['cpu_mhz_mean']} MHz; throttle events so far {thermal['throttle_count']}",
+        highlight=False,
+    )
+    return 0
+
+
+def _register_devices(sub: Any) -> None:
+    d = sub.add_parser("devices", help="this host's identity, power meters (or why not), thermal sensors")
+    d.add_argument("--meter-log", help="also check an external meter CSV log")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_devices)
+
+
+_EXTRA_COMMANDS: list[Any] = [_register_train, _register_report, _register_check, _register_devices]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -95,6 +95,26 @@ class MeasureSettings:
 
 
 @dataclass(frozen=True)
+class DeviceSettings:
+    """Power metering, thermal checks and cost. See devices/power.py and devices/catalog.py."""
+
+    meter: str = _f(
+        "auto",
+        doc="auto, none, jtop, hwmon, rapl, nvml, external or estimate",
+        choices=("auto", "none", "jtop", "hwmon", "rapl", "nvml", "external", "estimate"),
+    )
+    meter_log: str | None = _f(None, doc="external meter CSV (timestamp,watts; Unix seconds)")
+    sample_period_ms: float = _f(20.0, doc="power sampling period", minimum=1)
+    idle_s: float = _f(0.5, doc="idle baseline window before the timed loop (0 = none)", minimum=0)
+    watts_per_core: float = _f(10.0, doc="estimate model: W per busy core (used only by the estimate meter)", minimum=0)
+    catalog: str | None = _f(None, doc="device catalog id for price/TOPS; default: matched from the board model")
+    price_usd: float | None = _f(None, doc="board price overriding the catalog's", minimum=0)
+    electricity_usd_per_kwh: float = _f(0.15, doc="for cost per inference", minimum=0)
+    lifetime_years: float = _f(3.0, doc="amortisation period of the board price", minimum=0.01)
+    duty_cycle: float = _f(1.0, doc="fraction of the lifetime spent inferring", minimum=0.001)
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """Where results go and how cells are isolated."""
 
@@ -120,6 +140,7 @@ class Sweep:
     exclude: list[CellFilter] = _f([], doc="cells to drop from the matrix")
     measure: MeasureSettings = _f(MeasureSettings(), doc="timing protocol")
     run: RunSettings = _f(RunSettings(), doc="output and isolation")
+    device: DeviceSettings = _f(DeviceSettings(), doc="power meter, thermal checks, cost model")
     description: str = _f("", doc="free text shown in reports")
     base_dir: str = field(default=".", metadata={"doc": "internal: folder relative paths resolve against"})
 
@@ -247,6 +268,8 @@ def _coerce(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> A
     elif tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
+        if "choices" in meta and value not in meta["choices"]:
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(meta['choices'])}")
         pattern = meta.get("pattern")
         if pattern:
             import re
@@ -335,6 +358,8 @@ def _schema_for(tp: Any, defs: dict[str, Any], meta: typing.Mapping[str, Any] | 
             out["minimum"] = meta["minimum"]
         if "pattern" in meta:
             out["pattern"] = meta["pattern"]
+        if "choices" in meta:
+            out["enum"] = list(meta["choices"])
     if meta.get("doc"):
         out["description"] = meta["doc"]
     return out

@@ -89,6 +89,26 @@ class Record:
     brier: float = NAN
     fp_top1: float = NAN  # the FP32 reference's own top-1 on the same eval set, for the FP→Q gap
     reliability: str = "{}"  # JSON: 15-bin count/confidence/accuracy, the data of a reliability diagram
+    # energy and device state (devices/, contract columns for reports and checks)
+    energy_mj_per_inf: float = NAN
+    energy_mj_per_inf_above_idle: float = NAN
+    power_w_mean: float = NAN
+    power_w_peak: float = NAN
+    power_w_p5: float = NAN  # 5th/95th percentile of per-repeat peak power (the report's whiskers)
+    power_w_p95: float = NAN
+    power_w_idle: float = NAN
+    energy_source: str = ""  # the meter, e.g. "rapl (package-0)" or "estimated: process CPU time × 10 W/core"
+    energy_numbers: str = ""  # measured | estimated
+    power_sample_period_ms: float = NAN
+    power_update_period_ms: float = NAN
+    energy_window_short: bool = False
+    cost_per_million_inferences: float = NAN
+    throttled: bool = False
+    throttle_reason: str = ""
+    temp_c_before: float = NAN
+    temp_c_after: float = NAN
+    cpu_mhz_before: float = NAN
+    cpu_mhz_after: float = NAN
     # compilation
     artifact_bytes: int = -1
     compile_s: float = NAN

@@ -83,16 +83,22 @@ def pareto_front(x: list[float], y: list[float]) -> list[int]:
 # ---------------------------------------------------------------------------------------------------------
 # Figures
 # ---------------------------------------------------------------------------------------------------------
-def fig_power_or_accuracy(ok: Any) -> Figure:
-    """Paper Fig. 3 encoding when power is known; otherwise median FPS vs top-1, Pareto front marked."""
+def has_power(ok: Any) -> bool:
+    return "power_w_peak" in ok and bool(ok["power_w_peak"].notna().any())
+
+
+def fig_power_or_accuracy(ok: Any, use_power: bool) -> Figure:
+    """Median FPS vs average peak power (paper Fig. 3 encoding) or vs top-1; Pareto front marked."""
     import matplotlib.pyplot as plt
 
-    has_power = "power_w_peak" in ok and ok["power_w_peak"].notna().any()
-    ycol = "power_w_peak" if has_power else "top1"
+    power_known = has_power(ok)
+    if use_power:
+        ok = ok[ok["power_w_peak"].notna()]
+    ycol = "power_w_peak" if use_power else "top1"
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     devices = sorted(ok["device"].unique())
     colors = {d: plt.cm.tab10(i % 10) for i, d in enumerate(devices)}
-    scale = 1 if has_power else 100
+    scale = 1 if use_power else 100
     exec_dev = ok["execution_device"].fillna("cpu").astype(str) if "execution_device" in ok else "cpu"
     filled = ok["backend"] == (
         exec_dev.map(lambda d: DEFAULT_RUNTIME.get(d, "ort")) if "execution_device" in ok else "ort"
@@ -109,7 +115,7 @@ def fig_power_or_accuracy(ok: Any) -> Figure:
             edgecolors=[c],
             linewidths=1.4,
         )
-        if has_power and {"power_w_p5", "power_w_p95"} <= set(g.columns):
+        if use_power and {"power_w_p5", "power_w_p95"} <= set(g.columns):
             w = g.dropna(subset=["power_w_p5", "power_w_p95"])
             if len(w):
                 ax.errorbar(
@@ -120,20 +126,25 @@ def fig_power_or_accuracy(ok: Any) -> Figure:
                     color=c,
                     capsize=2,
                 )
-    if has_power:
+    if use_power:
         # lower power is better: negate y for the front
         idx = pareto_front(list(ok["fps"]), list(-ok[ycol]))
-        ax.set_ylabel("average peak power (W), whiskers 5–95th pct")
-        caption = "Power–throughput (paper Fig. 3 encoding). Dashed: Pareto front (more FPS, less power)."
+        estimated = "estimated" in set(ok.get("energy_numbers", []))
+        ax.set_ylabel("average peak power (W), whiskers 5–95th pct" + (" — ESTIMATED" if estimated else ""))
+        sources = "; ".join(sorted({str(x) for x in ok["energy_source"] if x}))
+        caption = (
+            "Power–throughput (paper Fig. 3 encoding). Dashed: Pareto front (more FPS, less power). "
+            f"Power source: {sources}."
+            + (" These powers are ESTIMATED from CPU time, not measured by a meter." if estimated else "")
+        )
     else:
         idx = pareto_front(list(ok["fps"]), list(ok["top1"]))
         ax.set_ylabel("top-1 accuracy (%)")
-        caption = (
-            "Power is not known for these rows (no power meter recorded), so this plots accuracy against "
-            "throughput instead. Dashed: Pareto front (more FPS, more accuracy)."
-        )
+        caption = "Accuracy against throughput. Dashed: Pareto front (more FPS, more accuracy)."
+        if not power_known:
+            caption += " Power is not known for these rows (no power meter recorded), so there is no power plot."
     front = ok.iloc[idx]
-    ax.plot(front["fps"], front[ycol] * (1 if has_power else 100), "k--", lw=1, alpha=0.6, label="Pareto front")
+    ax.plot(front["fps"], front[ycol] * (1 if use_power else 100), "k--", lw=1, alpha=0.6, label="Pareto front")
     ax.set_xlabel("median FPS (batch 1)")
     from matplotlib.lines import Line2D
 
@@ -148,10 +159,23 @@ def fig_power_or_accuracy(ok: Any) -> Figure:
     ]
     ax.legend(handles=handles, fontsize=7, loc="best")
     ax.grid(alpha=0.3)
-    _label_numbers(ax, ok)
-    title = "Power vs throughput" if has_power else "Accuracy vs throughput"
+    if use_power:
+        kinds = sorted({str(x) for x in ok.get("energy_numbers", []) if x})
+        ax.text(
+            0.99,
+            0.01,
+            f"numbers: latency measured, power {', '.join(kinds)}",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=8,
+            color="dimgray",
+        )
+    else:
+        _label_numbers(ax, ok)
+    title = "Power vs throughput" if use_power else "Accuracy vs throughput"
     ax.set_title(title)
-    return Figure("power_throughput" if has_power else "accuracy_throughput", title, _fig_to_png(fig), caption)
+    return Figure("power_throughput" if use_power else "accuracy_throughput", title, _fig_to_png(fig), caption)
 
 
 def fig_gap_bars(ok: Any) -> Figure:
@@ -386,7 +410,9 @@ def build_report(results: list[Path], out: Path, title: str | None = None) -> di
     ok = rows[rows["status"] == "ok"]
     figures: list[Figure] = []
     if not ok.empty:
-        figures.append(fig_power_or_accuracy(ok))
+        figures.append(fig_power_or_accuracy(ok, use_power=False))
+        if has_power(ok):
+            figures.append(fig_power_or_accuracy(ok, use_power=True))
         if ok["precision"].isin(["int8", "int4", "fp16"]).any():
             figures.append(fig_gap_bars(ok))
         for extra in (fig_reliability(ok), fig_latency(ok, data.samples), fig_training(data.training)):

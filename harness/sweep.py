@@ -344,6 +344,7 @@ def run_sweep(
                 ca_path,
                 str(sweep.cache_path),
                 artifact_key,
+                sweep.device,
             )
             t0 = time.perf_counter()
             if sweep.run.isolate:

@@ -31,6 +31,7 @@ def test_demo_config_is_valid_and_has_fp32_plus_six_quantized_specs():
         ({"name": "a b"}, r"^name: 'a b' must match"),
         ({"run": {"isolate": "yes"}}, r"^run\.isolate: expected true or false"),
         ({"backends": []}, r"^backends: needs at least 1"),
+        ({"device": {"meter": "wattmeter"}}, r"^device\.meter: 'wattmeter' is not one of auto, none"),
     ],
 )
 def test_errors_name_the_key_path(patch, match):

@@ -33,3 +33,7 @@ def test_demo_int8_is_near_fp32_and_int4_is_lower(tmp_path: Path):
         assert (abs(int8["top1"] - fp32) <= 0.01).all(), int8["top1"]
         int4 = ok[ok.precision == "int4"]
         assert (int4["top1"] < fp32).all() and (int4["kl_fp"] > int8["kl_fp"].max()).all()
+        # every ok row says where its energy figure comes from; estimates say so in the source itself
+        assert (ok["energy_source"] != "").all() and (ok["energy_mj_per_inf"] > 0).all()
+        est = ok[ok["energy_numbers"] == "estimated"]
+        assert est["energy_source"].str.startswith("estimated").all()
