@@ -20,6 +20,7 @@ ENTRY_POINT_GROUP = "qtbench.backends"
 
 BUILTIN: dict[str, str] = {
     "ort": "backends.ort:OrtBackend",
+    "openvino": "backends.openvino:OpenVinoBackend",
 }
 
 

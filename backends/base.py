@@ -91,6 +91,13 @@ class Compiled(abc.ABC):
     @abc.abstractmethod
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...
 
+    def device_latencies_ms(self) -> list[float] | None:
+        """The runtime's own per-inference latency for the calls made so far, when it reports one (reset on read).
+
+        The harness's clock stays the reference (host to host); this is recorded beside it, never instead.
+        """
+        return None
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True

@@ -98,6 +98,8 @@ class OrtBackend(Backend):
         return list(self.options["providers"])
 
     def supports(self, spec: QuantSpec) -> str | None:
+        if spec.precision == "bf16":
+            return "ONNX Runtime has no bf16 conversion path for CPU inference; use fp16 or another backend"
         if spec.precision == "int4" and spec.format == "qoperator":
             return "ORT QOperator kernels have no 4-bit weights; use format qdq"
         if spec.scaling == "dynamic" and spec.activation_symmetric:

@@ -187,10 +187,15 @@ def _run_cell(job: CellJob) -> CellResult:
         stats: dict[str, Any] = {}
         power = _PowerProbe(job.device)
         fields.update(power.before())
+        device_ms: list[float] = []
         for _ in range(job.measure.repeats):
+            compiled.device_latencies_ms()  # drop warm-up and evaluation calls
             timing = time_inference(compiled.infer, feeds, job.measure, power.start, power.stop)
             result.samples.append(timing.samples_ns)
             stats = timing.stats(job.measure.cv_threshold)
+            device_ms += (compiled.device_latencies_ms() or [])[-len(timing.samples_ns) :]
+        if device_ms:
+            fields["device_latency_ms_p50"] = float(np.median(device_ms))
         if job.measure.repeats > 1:
             from harness.measure import latency_stats
 

@@ -126,7 +126,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.backends:
         from harness.config import BackendEntry
 
-        known = {b.name: b for b in sweep.backends}
+        known = {b.key: b for b in sweep.backends}
         sweep = dataclasses.replace(sweep, backends=[known.get(n, BackendEntry(name=n)) for n in args.backends])
     if args.specs:
         from harness.spec import QuantSpec

@@ -63,6 +63,11 @@ class BackendEntry:
 
     name: str = _f(doc="backend slug, see `qtbench backends`")
     options: dict[str, Any] = _f({}, doc="adapter options; each backend documents and checks its own")
+    label: str | None = _f(None, doc="name in results when one backend runs with several option sets")
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,10 @@ def parse_sweep(data: Any, base_dir: str | Path = ".") -> Sweep:
         missing = [k for k in ("model", "backend", "spec") if getattr(inc, k) is None]
         if missing:
             raise ConfigError(f"include[{i}]: needs {', '.join(missing)} (an included cell is one exact cell)")
+    keys = [b.key for b in sweep.backends]
+    dup_b = {k for k in keys if keys.count(k) > 1}
+    if dup_b:
+        raise ConfigError(f"backends: {sorted(dup_b)[0]!r} appears twice; give each option set a distinct `label`")
     names = [m.display_name for m in sweep.models]
     dup = {n for n in names if names.count(n) > 1}
     if dup:

@@ -35,13 +35,13 @@ class Cell:
 
 def expand(sweep: Sweep) -> list[tuple[ModelEntry, BackendEntry, QuantSpec]]:
     """The matrix in config order, minus excludes, plus includes (deduplicated)."""
-    backends = {b.name: b for b in sweep.backends}
+    backends = {b.key: b for b in sweep.backends}
     models = {m.display_name: m for m in sweep.models}
     out: list[tuple[ModelEntry, BackendEntry, QuantSpec]] = []
     seen: set[tuple[str, str, str]] = set()
 
     def add(m: ModelEntry, b: BackendEntry, s: QuantSpec) -> None:
-        k = (m.display_name, b.name, s.id)
+        k = (m.display_name, b.key, s.id)
         if k not in seen:
             seen.add(k)
             out.append((m, b, s))
@@ -49,7 +49,7 @@ def expand(sweep: Sweep) -> list[tuple[ModelEntry, BackendEntry, QuantSpec]]:
     for m in sweep.models:
         for b in sweep.backends:
             for s in sweep.specs:
-                if not any(f.matches(m.display_name, b.name, s.id) for f in sweep.exclude):
+                if not any(f.matches(m.display_name, b.key, s.id) for f in sweep.exclude):
                     add(m, b, s)
     for i, inc in enumerate(sweep.include):
         for mname in _as_list(inc.model):

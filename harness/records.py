@@ -48,6 +48,7 @@ class Record:
     calib_percentile: float = NAN
     calib_samples: int = 0
     quant_format: str = ""
+    backend_slug: str = ""  # the adapter; `backend` is its label when one adapter runs with several option sets
     backend_options: str = "{}"
     model_path: str = ""
     # timing (harness clock, host_to_host)
@@ -66,6 +67,7 @@ class Record:
     unstable: bool = False
     fps: float = NAN
     timing_boundary: str = ""
+    device_latency_ms_p50: float = NAN  # the runtime's own figure (e.g. OpenVINO InferRequest.latency), beside ours
     timed_wall_s: float = NAN
     process_cpu_s: float = NAN
     cpu_utilization: float = NAN

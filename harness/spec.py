@@ -19,7 +19,7 @@ from typing import Any
 
 from harness.errors import ConfigError
 
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 SCALINGS = ("static", "dynamic", "weightonly")
 GRANULARITIES = ("per-tensor", "per-channel")
 CALIBRATIONS = ("minmax", "entropy", "percentile", "mse")
@@ -83,7 +83,7 @@ class QuantSpec:
     # -- derived -----------------------------------------------------------------------------------------
     @property
     def is_float(self) -> bool:
-        return self.precision in ("fp32", "fp16")
+        return self.precision in ("fp32", "fp16", "bf16")
 
     @property
     def is_static(self) -> bool:
@@ -91,12 +91,12 @@ class QuantSpec:
 
     @property
     def weight_bits(self) -> int:
-        return {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}[self.precision]
+        return {"fp32": 32, "fp16": 16, "bf16": 16, "int8": 8, "int4": 4}[self.precision]
 
     @property
     def activation_bits(self) -> int:
         """Bits of activations as executed: 32 for float and weight-only, 16 for fp16, else 8."""
-        if self.precision == "fp16":
+        if self.precision in ("fp16", "bf16"):
             return 16
         if self.precision == "fp32" or self.scaling == "weightonly":
             return 32
@@ -174,7 +174,7 @@ def _from_id(text: str, where: str) -> QuantSpec:
     tokens = text.split("-")
     if not tokens or tokens[0] not in PRECISIONS:
         raise ConfigError(f"{where}: {text!r} does not start with a precision ({', '.join(PRECISIONS)}); {hint}")
-    if tokens[0] in ("fp32", "fp16"):
+    if tokens[0] in ("fp32", "fp16", "bf16"):
         if len(tokens) > 1:
             raise ConfigError(f"{where}: float spec {text!r} takes no options; write just {tokens[0]}")
         return QuantSpec(tokens[0])

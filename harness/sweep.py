@@ -239,20 +239,20 @@ def run_sweep(
     probes: dict[str, dict[str, Any]] = {}
     specs_by_backend: dict[str, list[Any]] = {}
     for _m, b, s in cells:
-        specs_by_backend.setdefault(b.name, [])
-        if s not in specs_by_backend[b.name]:
-            specs_by_backend[b.name].append(s)
+        specs_by_backend.setdefault(b.key, [])
+        if s not in specs_by_backend[b.key]:
+            specs_by_backend[b.key].append(s)
     import backends
 
-    entries = {b.name: b for _m, b, _s in cells}
-    targets = {name: backends.resolve(name) for name in entries}
+    entries = {b.key: b for _m, b, _s in cells}
+    targets = {key: backends.resolve(b.name) for key, b in entries.items()}
     for name, b in entries.items():
         if sweep.run.isolate:
-            kind, value = call_isolated(_probe, (name, targets[name], b.options, specs_by_backend[name]), 300)
+            kind, value = call_isolated(_probe, (b.name, targets[name], b.options, specs_by_backend[name]), 300)
             probe = value if kind == "ok" else {"available": False, "reason": f"probe failed: {value}"}
         else:
             try:
-                probe = _probe(name, targets[name], b.options, specs_by_backend[name])
+                probe = _probe(b.name, targets[name], b.options, specs_by_backend[name])
             except Exception as exc:  # noqa: BLE001
                 probe = {"available": False, "reason": f"probe failed: {type(exc).__name__}: {exc}"}
         if "config_error" in probe:
@@ -262,12 +262,13 @@ def run_sweep(
     # -- cells -----------------------------------------------------------------------------------------------
     m_protocol = {k: v for k, v in asdict(sweep.measure).items() if k not in ("cv_threshold",)}
     for idx, (m, b, s) in enumerate(cells):
-        info, probe = model_info[m.display_name], probes[b.name]
+        info, probe = model_info[m.display_name], probes[b.key]
         key = cell_key(
             {
                 "model_sha256": info["sha"],
                 "model": m.display_name,
-                "backend": b.name,
+                "backend": b.key,
+                "slug": b.name,
                 "backend_version": probe.get("version", ""),
                 "options": b.options,
                 "device": device,
@@ -286,7 +287,8 @@ def run_sweep(
             "model": m.display_name,
             "model_sha256": info["sha"],
             "model_path": str(sweep.resolve(m.path)),
-            "backend": b.name,
+            "backend": b.key,
+            "backend_slug": b.name,
             "backend_version": probe.get("version", ""),
             "device": device,
             "backend_options": json.dumps(b.options, sort_keys=True),
@@ -305,7 +307,7 @@ def run_sweep(
             "warmup": sweep.measure.warmup,
             "batch_size": sweep.measure.batch_size,
         }
-        label = f"{m.display_name} × {b.name} × {s.id}"
+        label = f"{m.display_name} × {b.key} × {s.id}"
         if key in done and not sweep.run.rerun:
             if progress:
                 progress(CellEvent(idx, len(cells), label, "reused", "already recorded", None, True))
@@ -334,7 +336,7 @@ def run_sweep(
                 info["sha"],
                 m.output,
                 b.name,
-                targets[b.name],
+                targets[b.key],
                 b.options,
                 s,
                 sweep.measure,

@@ -82,4 +82,4 @@ def test_schema_rejects_unknown_keys_and_lists_spec_enums():
     assert sweep["additionalProperties"] is False
     assert set(sweep["required"]) == {"name", "models", "backends", "specs"}
     spec_obj = sweep["properties"]["specs"]["items"]["anyOf"][1]
-    assert spec_obj["properties"]["precision"]["enum"] == ["fp32", "fp16", "int8", "int4"]
+    assert spec_obj["properties"]["precision"]["enum"] == ["fp32", "fp16", "bf16", "int8", "int4"]

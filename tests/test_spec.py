@@ -11,7 +11,7 @@ from harness.spec import CALIBRATIONS, GRANULARITIES, QuantSpec
 def test_ids_round_trip_and_are_unique_over_the_grid():
     seen = {}
     for prec, scaling, gran, wsym, asym, calib, fmt in itertools.product(
-        ("fp32", "fp16", "int8", "int4"),
+        ("fp32", "fp16", "bf16", "int8", "int4"),
         ("static", "dynamic", "weightonly"),
         GRANULARITIES,
         (True, False),
