@@ -21,6 +21,8 @@ ENTRY_POINT_GROUP = "qtbench.backends"
 BUILTIN: dict[str, str] = {
     "ort": "backends.ort:OrtBackend",
     "openvino": "backends.openvino:OpenVinoBackend",
+    "tflite": "backends.tflite:TfliteBackend",
+    "tensorrt": "backends.tensorrt:TensorRtBackend",
 }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from harness.config import DataSource, DeviceSettings, MeasureSettings
-from harness.errors import QtbenchError, UnsupportedSpec
+from harness.errors import BackendUnavailable, QtbenchError, UnsupportedSpec
 from harness.spec import QuantSpec
 
 
@@ -104,6 +104,8 @@ def run_cell(job: CellJob) -> CellResult:
         return _run_cell(job)
     except UnsupportedSpec as exc:
         return CellResult("skipped", str(exc))
+    except BackendUnavailable as exc:
+        return CellResult("unavailable", str(exc))
     except QtbenchError as exc:
         return CellResult("failed", f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # noqa: BLE001 - an SDK error costs this cell only

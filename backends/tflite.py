@@ -1,0 +1,231 @@
+"""TFLite / LiteRT adapter (``tflite``, extra ``qtbench[tflite]``: ai-edge-litert, fallback tflite-runtime).
+
+Runs ``.tflite`` variants of the ONNX checkpoint: ``<stem>.<variant>.tflite`` next to the model (made by
+``scripts/convert_tflite.py`` with onnx2tf + TensorFlow, or by the user's own converter), or converted on demand
+when the ``converter_python`` option names an interpreter that has ``qtbench[tflite-convert]``. Specs map to
+variants: fp32 → float32, fp16 → float16 (weights fp16, compute fp32 on CPU), int8 dynamic → dynamic_range_quant,
+int8 static per-channel → full_integer_quant, per-tensor → full_integer_quant_pt (int8 in/out; the adapter
+quantizes inputs and dequantizes outputs with the model's own scale/zero-point).
+
+onnx2tf converts NCHW graphs to NHWC; the adapter transposes 4-D inputs and records the layout. XNNPACK (the
+default CPU delegate) can be turned off; other delegates (NNAPI on Android, GPU, EdgeTPU, vendor) load by path.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput
+from harness.errors import BackendUnavailable, ConfigError, UnsupportedSpec
+from harness.spec import QuantSpec
+
+CONVERTER = Path(__file__).resolve().parents[1] / "scripts" / "convert_tflite.py"
+
+
+def variant_for(spec: QuantSpec) -> str | None:
+    if spec.precision == "fp32":
+        return "float32"
+    if spec.precision == "fp16":
+        return "float16"
+    if spec.precision == "int8" and spec.scaling == "dynamic":
+        return "dynamic_range_quant"
+    if spec.precision == "int8" and spec.is_static:
+        return "full_integer_quant" if spec.granularity == "per-channel" else "full_integer_quant_pt"
+    return None
+
+
+def _interpreter_module() -> Any:
+    try:
+        from ai_edge_litert import interpreter
+
+        return interpreter
+    except ImportError:
+        from tflite_runtime import interpreter  # the pre-LiteRT package; needs numpy<2
+
+        return interpreter
+
+
+class TfliteCompiled(Compiled):
+    def __init__(self, interp: Any, info: CompiledInfo, nhwc: dict[str, bool]) -> None:
+        super().__init__(info)
+        self.interp = interp
+        self.inputs = interp.get_input_details()
+        self.outputs = interp.get_output_details()
+        self.nhwc = nhwc
+        self._batch = 0
+
+    def _resize(self, batch: int) -> None:
+        for d in self.inputs:
+            shape = list(d["shape"])
+            shape[0] = batch
+            self.interp.resize_tensor_input(d["index"], shape)
+        self.interp.allocate_tensors()
+        self.inputs, self.outputs = self.interp.get_input_details(), self.interp.get_output_details()
+        self._batch = batch
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        arrays = list(feeds.values())
+        if len(arrays[0]) != self._batch:
+            self._resize(len(arrays[0]))
+        for d, (name, x) in zip(self.inputs, feeds.items(), strict=True):
+            if self.nhwc.get(name):
+                x = np.transpose(x, (0, 2, 3, 1))
+            scale, zero = d["quantization"]
+            if d["dtype"] in (np.int8, np.uint8, np.int16) and scale:
+                info = np.iinfo(d["dtype"])
+                x = np.clip(np.round(x / scale) + zero, info.min, info.max)
+            self.interp.set_tensor(d["index"], np.ascontiguousarray(x, dtype=d["dtype"]))
+        self.interp.invoke()
+        outs = []
+        for d in self.outputs:
+            y = self.interp.get_tensor(d["index"])
+            scale, zero = d["quantization"]
+            outs.append((y.astype(np.float32) - zero) * scale if scale else y.copy())
+        return outs
+
+    def _close(self) -> None:
+        self.interp = None
+
+
+class TfliteBackend(Backend):
+    slug = "tflite"
+    description = "LiteRT / TFLite interpreter (XNNPACK; delegates by path), .tflite via onnx2tf"
+    option_defaults: ClassVar[dict[str, Any]] = {
+        "threads": 1,
+        "xnnpack": True,  # False: builtin kernels without the default XNNPACK delegate
+        "delegate": None,  # path of a delegate library (libedgetpu.so.1, a vendor NPU delegate, ...)
+        "delegate_options": {},
+        "converter_python": None,  # a Python with qtbench[tflite-convert], to convert when no .tflite is found
+    }
+
+    def availability(self) -> Availability:
+        try:
+            mod = _interpreter_module()
+        except ImportError as exc:
+            return Availability(False, f"no TFLite runtime ({exc}): pip install 'qtbench[tflite]'")
+        versions = {}
+        from importlib.metadata import PackageNotFoundError, version
+
+        for pkg in ("ai-edge-litert", "tflite-runtime"):
+            try:
+                versions[pkg] = version(pkg)
+            except PackageNotFoundError:
+                pass
+        if self.options["delegate"]:
+            try:
+                mod.load_delegate(self.options["delegate"], dict(self.options["delegate_options"]))
+            except (ValueError, OSError, RuntimeError) as exc:
+                return Availability(False, f"delegate {self.options['delegate']} failed to load: {exc}", versions)
+        return Availability(True, "", versions)
+
+    def supports(self, spec: QuantSpec) -> str | None:
+        if variant_for(spec) is None:
+            return f"TFLite has no {spec.id} path here (fp32, fp16, int8 dynamic-range and full-integer int8 only)"
+        if spec.is_static and spec.calibration != "minmax":
+            return "the TFLite converter calibrates with min/max only; use calibration minmax"
+        if spec.is_static and (spec.activation_symmetric or not spec.weight_symmetric):
+            return "TFLite int8 uses symmetric weights and asymmetric activations (use *-wsym-*)"
+        if spec.format == "qoperator":
+            return "format qoperator is an ONNX Runtime notion"
+        return None
+
+    def compile(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path) -> Compiled:
+        reason = self.supports(spec)
+        if reason:
+            raise UnsupportedSpec(reason)
+        variant = variant_for(spec)
+        t0 = time.perf_counter()
+        notes: list[str] = []
+        path, cache_hit = self._artifact(model, spec, variant, calib, workdir, notes)
+        mod = _interpreter_module()
+        kwargs: dict[str, Any] = {"model_path": str(path), "num_threads": int(self.options["threads"])}
+        if not self.options["xnnpack"]:
+            kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        if self.options["delegate"]:
+            kwargs["experimental_delegates"] = [
+                mod.load_delegate(self.options["delegate"], dict(self.options["delegate_options"]))
+            ]
+        interp = mod.Interpreter(**kwargs)
+        interp.allocate_tensors()
+        nhwc = {}
+        for name, d in zip(model.input_names, interp.get_input_details(), strict=False):
+            shape = list(d["shape"])
+            nhwc[name] = len(shape) == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3)
+        if any(nhwc.values()):
+            notes.append("model input is NHWC (onnx2tf layout); the adapter transposes NCHW feeds")
+        int_io = [d for d in interp.get_input_details() if d["dtype"] != np.float32]
+        if int_io:
+            notes.append(f"integer input/output ({int_io[0]['dtype'].__name__}); the adapter (de)quantizes them")
+        ops = _op_names(interp)
+        info = CompiledInfo(
+            artifact_path=path,
+            artifact_bytes=path.stat().st_size,
+            coverage={"cpu": len(ops)} if not self.options["delegate"] else {"delegate+cpu": len(ops)},
+            numbers="measured",
+            execution_device="cpu" if not self.options["delegate"] else "delegate",
+            notes=notes,
+            compile_s=time.perf_counter() - t0,
+            cache_hit=cache_hit,
+        )
+        info.extra.update(
+            {
+                "variant": variant,
+                "xnnpack": self.options["xnnpack"],
+                "threads": self.options["threads"],
+                "layout": "NHWC" if any(nhwc.values()) else "as-is",
+                "ops": sorted(set(ops)),
+            }
+        )
+        return TfliteCompiled(interp, info, nhwc)
+
+    def _artifact(
+        self, model: ModelInput, spec: QuantSpec, variant: str, calib: Any, workdir: Path, notes: list[str]
+    ) -> tuple[Path, bool]:
+        beside = model.path.with_name(f"{model.path.stem}.{variant}.tflite")
+        if beside.is_file():
+            notes.append(f"user-supplied/pre-converted {beside.name}")
+            return beside, True
+        cached = workdir / f"{model.path.stem}.{variant}.tflite"
+        if cached.is_file():
+            return cached, True
+        py = self.options["converter_python"]
+        if not py:
+            raise BackendUnavailable(
+                f"no {beside.name} beside the model and no converter: run scripts/convert_tflite.py "
+                f"{model.path.name} --calib CALIB.npz in an env with qtbench[tflite-convert], or set "
+                "backends.tflite.options.converter_python"
+            )
+        if calib is None:
+            raise ConfigError("converting to TFLite needs calibration data: set `calibration:` in the sweep file")
+        workdir.mkdir(parents=True, exist_ok=True)
+        npz = workdir / "calib.npz"
+        np.savez(npz, **calib.head(spec.calib_samples).inputs)
+        proc = subprocess.run(
+            [py, str(CONVERTER), str(model.path), "--calib", str(npz), "--out", str(workdir)],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        if proc.returncode or not cached.is_file():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise RuntimeError(f"onnx2tf conversion failed ({proc.returncode}): {' | '.join(tail)}")
+        notes.append(f"converted with onnx2tf via {py}")
+        return cached, False
+
+
+def _op_names(interp: Any) -> list[str]:
+    try:
+        return [op["op_name"] for op in interp._get_ops_details()]
+    except (AttributeError, KeyError, RuntimeError):
+        return []
+
+
+def python_has_converter(python: str = sys.executable) -> bool:
+    return subprocess.run([python, "-c", "import onnx2tf, tensorflow"], capture_output=True).returncode == 0

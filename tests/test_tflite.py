@@ -1,0 +1,97 @@
+"""The tflite adapter on shipped fixtures converted by scripts/convert_tflite.py (runtime only: no TensorFlow)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backends.base import ModelInput
+from harness.cell import model_facts
+from harness.errors import BackendUnavailable
+from harness.spec import QuantSpec
+
+pytest.importorskip("ai_edge_litert", reason="needs LiteRT: pip install 'qtbench[tflite]'")
+from backends.tflite import TfliteBackend
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    import onnxruntime as ort
+
+    facts = model_facts(FIX / "tiny.onnx")
+    model = ModelInput(FIX / "tiny.onnx", "sha", facts.input_names, facts.output_names, facts.dynamic_batch)
+    x = np.random.default_rng(4).random((6, 1, 8, 8), dtype=np.float32)
+    sess = ort.InferenceSession(str(FIX / "tiny.onnx"), providers=["CPUExecutionProvider"])
+    ref = np.concatenate([sess.run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))])
+    return model, x, ref, tmp_path
+
+
+def _run(backend, setup, spec_id, batch=1):
+    model, x, _, tmp = setup
+    with backend.compile(model, QuantSpec.parse(spec_id), None, tmp / spec_id) as c:
+        out = np.concatenate([c.infer({"input": x[i : i + batch]})[0] for i in range(0, len(x), batch)])
+        return out, c.info
+
+
+@pytest.mark.parametrize(
+    ("spec", "tol"),
+    [
+        ("fp32", 1e-4),
+        ("fp16", 0.05),
+        ("int8-dynamic-pc-wsym", 0.3),
+        ("int8-static-pc-wsym-minmax", 0.5),
+        ("int8-static-pt-wsym-minmax", 0.8),
+    ],
+)
+def test_variants_match_onnx_reference(setup, spec, tol):
+    out, info = _run(TfliteBackend(), setup, spec)
+    err = np.abs(out - setup[2]).max()
+    assert err < tol, (spec, err)
+    assert info.extra["layout"] == "NHWC" and info.numbers == "measured"
+    if spec.startswith("int8-static"):
+        assert err > 0 and any("(de)quantizes" in n for n in info.notes)
+
+
+def test_batch_resize_and_xnnpack_off(setup):
+    out, _ = _run(TfliteBackend({"xnnpack": False}), setup, "fp32", batch=3)
+    np.testing.assert_allclose(out, setup[2], atol=1e-4)
+
+
+def test_missing_variant_and_missing_delegate_are_unavailable(setup, tmp_path: Path):
+    model, *_ = setup
+    lonely = tmp_path / "lonely.onnx"
+    shutil.copy(FIX / "tiny.onnx", lonely)
+    moved = ModelInput(lonely, "sha", model.input_names, model.output_names, model.dynamic_batch)
+    with pytest.raises(BackendUnavailable, match=r"convert_tflite\.py"):
+        TfliteBackend().compile(moved, QuantSpec("fp32"), None, tmp_path / "w")
+    av = TfliteBackend({"delegate": "/nonexistent/libedgetpu.so.1"}).availability()
+    assert not av.available and "failed to load" in av.reason
+
+
+def test_unsupported_specs():
+    b = TfliteBackend()
+    assert "minmax" in b.supports(QuantSpec.parse("int8-static-pc-wsym-entropy"))
+    assert "no int4" in b.supports(QuantSpec.parse("int4-static-pc-wsym-minmax"))
+
+
+def test_tensorrt_reports_why_it_cannot_run_here():
+    """No GPU and no TensorRT on this machine: the adapter must say so, never fake a number."""
+    from backends.tensorrt import TensorRtBackend
+
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("tensorrt is installed here; the unavailable path is not exercised")
+    except ImportError:
+        pass
+    av = TensorRtBackend().availability()
+    assert not av.available and "pip install 'qtbench[tensorrt]'" in av.reason
+    b = TensorRtBackend()
+    assert "symmetric" in b.supports(QuantSpec.parse("int8-static-pc-wsym-minmax"))
+    assert "dynamic" in b.supports(QuantSpec.parse("int8-dynamic-pc-wsym"))
+    assert b.supports(QuantSpec.parse("int8-static-pc-sym-minmax")) is None
