@@ -4,7 +4,9 @@
 
 Both loops call the same ORT session on the same feeds (the demo model, fp32 and int8, 1 thread). Rounds
 alternate A/B so drift on a shared machine hits both equally; the figure is the median over rounds of
-median(harness) / median(bare). Target ≤ 1.02.
+median(harness) / median(bare). Target ≤ 1.02. A third figure runs the harness loop with the power sampler
+thread active (as in a sweep) to show what sampling costs. A third figure runs the harness loop with the power sampler
+thread active (as in a sweep) to show what sampling costs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from backends.base import ModelInput
 from backends.ort import OrtBackend
+from devices.power import PowerSession, choose_meter
 from harness.cell import model_facts
 from harness.config import MeasureSettings
 from harness.data import load_dataset
@@ -51,18 +54,22 @@ def main() -> None:
         for spec_id in ("fp32", "int8-static-pc-wsym-minmax"):
             compiled = OrtBackend({"threads": 1}).compile(model, QuantSpec.parse(spec_id), calib, Path(tmp) / spec_id)
             sess, names = compiled.session, [o.name for o in compiled.session.get_outputs()]
-            ratios, h_meds, b_meds = [], [], []
+            ratios, p_ratios, h_meds, b_meds = [], [], [], []
+            meter, _ = choose_meter("auto")
             for _ in range(args.rounds):
                 h = np.median(time_inference(compiled.infer, feeds, settings).samples_ns)
+                power = PowerSession(meter)
+                p = np.median(time_inference(compiled.infer, feeds, settings, power.start, power.stop).samples_ns)
                 bare_loop(sess, names, feeds, settings.warmup)
                 b = np.median(bare_loop(sess, names, feeds, settings.iterations))
                 ratios.append(h / b)
+                p_ratios.append(p / b)
                 h_meds.append(h / 1e6)
                 b_meds.append(b / 1e6)
             print(
                 f"{spec_id:<28} harness p50 {np.median(h_meds):.4f} ms  bare p50 {np.median(b_meds):.4f} ms  "
-                f"ratio median {np.median(ratios):.4f} (min {min(ratios):.4f}, max {max(ratios):.4f}) "
-                f"over {args.rounds} interleaved rounds"
+                f"ratio median {np.median(ratios):.4f} (min {min(ratios):.4f}, max {max(ratios):.4f}); with the "
+                f"{meter.name} power sampler running {np.median(p_ratios):.4f}; over {args.rounds} interleaved rounds"
             )
             compiled.close()
 

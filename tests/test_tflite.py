@@ -95,3 +95,25 @@ def test_tensorrt_reports_why_it_cannot_run_here():
     assert "symmetric" in b.supports(QuantSpec.parse("int8-static-pc-wsym-minmax"))
     assert "dynamic" in b.supports(QuantSpec.parse("int8-dynamic-pc-wsym"))
     assert b.supports(QuantSpec.parse("int8-static-pc-sym-minmax")) is None
+
+
+@pytest.mark.sdk
+def test_conversion_script_round_trip(tmp_path: Path):
+    """ONNX → .tflite with onnx2tf + TensorFlow, in the interpreter named by $QTBENCH_TF_PYTHON (a venv with
+    qtbench[tflite-convert]); skipped otherwise, since TensorFlow is too heavy for every CI run."""
+    import os
+    import subprocess
+
+    py = os.environ.get("QTBENCH_TF_PYTHON")
+    if not py:
+        pytest.skip("set QTBENCH_TF_PYTHON to a Python with onnx2tf and tensorflow to test conversion")
+    shutil.copy(FIX / "tiny.onnx", tmp_path / "tiny.onnx")
+    script = Path(__file__).parents[1] / "scripts" / "convert_tflite.py"
+    subprocess.run(
+        [py, str(script), str(tmp_path / "tiny.onnx"), "--calib", str(FIX / "tiny_calib.npz")],
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    made = sorted(p.name for p in tmp_path.glob("tiny.*.tflite"))
+    assert made == sorted(p.name for p in FIX.glob("tiny.*.tflite"))
