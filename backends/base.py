@@ -9,6 +9,7 @@ Lifecycle, as the harness drives it in a child process per cell::
     backend = Backend(options)          # options checked here (bad option → ConfigError)
     backend.availability()              # cheap; imports the SDK
     backend.supports(spec)              # None or a reason → 'skipped' row
+    # compile() checks supports(), makes workdir, then calls the adapter's _compile()
     with backend.compile(model, spec, calib, workdir) as compiled:
         compiled.infer(feeds) -> list[np.ndarray]
 """
@@ -137,9 +138,24 @@ class Backend(abc.ABC):
     def supports(self, spec: Any) -> str | None:
         """``None`` when ``spec`` can be compiled here, else the reason (kept in the skipped row)."""
 
-    @abc.abstractmethod
     def compile(self, model: ModelInput, spec: Any, calib: Any, workdir: Path) -> Compiled:
-        """Build the artifact for ``spec`` (calibrating on ``calib`` when static) in ``workdir``."""
+        """Build the artifact for ``spec`` (calibrating on ``calib`` when static) in ``workdir``.
+
+        Checks ``supports(spec)`` first (an unsupported spec raises UnsupportedSpec → a 'skipped' row) and makes
+        ``workdir``, which is stable per (model, spec, calibration set, backend version and options), so an
+        adapter may treat files already there as its cache.
+        """
+        from harness.errors import UnsupportedSpec
+
+        reason = self.supports(spec)
+        if reason:
+            raise UnsupportedSpec(reason)
+        workdir.mkdir(parents=True, exist_ok=True)
+        return self._compile(model, spec, calib, workdir)
+
+    @abc.abstractmethod
+    def _compile(self, model: ModelInput, spec: Any, calib: Any, workdir: Path) -> Compiled:
+        """The adapter's build step, called by :meth:`compile` with a supported spec and an existing workdir."""
 
     def version(self) -> str:
         """The runtime's version string for the row's ``backend_version``."""

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput
-from harness.errors import ConfigError, UnsupportedSpec
+from harness.errors import ConfigError
 from harness.spec import QuantSpec
 
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
@@ -129,13 +129,9 @@ class OpenVinoBackend(Backend):
             return "NNCF is not installed: pip install 'qtbench[openvino]'"
         return None
 
-    def compile(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path) -> Compiled:
+    def _compile(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path) -> Compiled:
         import openvino as ov
 
-        reason = self.supports(spec)
-        if reason:
-            raise UnsupportedSpec(reason)
-        workdir.mkdir(parents=True, exist_ok=True)
         core = ov.Core()
         t0 = time.perf_counter()
         notes: list[str] = []

@@ -111,13 +111,9 @@ class OrtBackend(Backend):
         return None
 
     # -- compilation ---------------------------------------------------------------------------------------
-    def compile(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path) -> Compiled:
+    def _compile(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path) -> Compiled:
         import time
 
-        reason = self.supports(spec)
-        if reason:
-            raise UnsupportedSpec(reason)
-        workdir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         notes: list[str] = []
         if spec.precision == "fp32":

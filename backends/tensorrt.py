@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput
-from harness.errors import BackendUnavailable, UnsupportedSpec
+from harness.errors import BackendUnavailable
 from harness.spec import QuantSpec
 
 
@@ -129,16 +129,12 @@ class TensorRtBackend(Backend):
             return "TensorRT consumes QDQ graphs, not ONNX Runtime QOperator graphs"
         return None
 
-    def compile(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path) -> Compiled:
+    def _compile(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path) -> Compiled:
         import tensorrt as trt
 
-        reason = self.supports(spec)
-        if reason:
-            raise UnsupportedSpec(reason)
         cuda = _cuda()
         if cuda is None:
             raise BackendUnavailable("no CUDA device or pycuda")
-        workdir.mkdir(parents=True, exist_ok=True)
         logger = trt.Logger(trt.Logger.WARNING)
         plan = workdir / "engine.plan"
         t0 = time.perf_counter()

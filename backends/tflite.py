@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput
-from harness.errors import BackendUnavailable, ConfigError, UnsupportedSpec
+from harness.errors import BackendUnavailable, ConfigError
 from harness.spec import QuantSpec
 
 CONVERTER = Path(__file__).resolve().parents[1] / "scripts" / "convert_tflite.py"
@@ -136,10 +136,7 @@ class TfliteBackend(Backend):
             return "format qoperator is an ONNX Runtime notion"
         return None
 
-    def compile(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path) -> Compiled:
-        reason = self.supports(spec)
-        if reason:
-            raise UnsupportedSpec(reason)
+    def _compile(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path) -> Compiled:
         variant = variant_for(spec)
         t0 = time.perf_counter()
         notes: list[str] = []

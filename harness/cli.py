@@ -14,6 +14,9 @@ from typing import Any
 
 from harness import __version__
 from harness.errors import QtbenchError, UserError
+from harness.tables import CLI_COLUMNS as SUMMARY_COLUMNS
+from harness.tables import format_value as _fmt
+from harness.tables import with_gap
 
 EXIT_INTERNAL = 70
 
@@ -25,44 +28,11 @@ def escape(text: str) -> str:
     return _escape(str(text))
 
 
-SUMMARY_COLUMNS = [
-    ("model", "model", "{}"),
-    ("backend", "backend", "{}"),
-    ("spec_id", "spec", "{}"),
-    ("status", "status", "{}"),
-    ("numbers", "numbers", "{}"),
-    ("top1", "top1 %", "pct"),
-    ("gap_pp", "Δ FP pp", "{:+.2f}"),
-    ("top1_agreement", "agree %", "pct"),
-    ("kl_fp", "KL×1e3", "kl"),
-    ("ece", "ECE %", "pct"),
-    ("latency_ms_p50", "p50 ms", "{:.3f}"),
-    ("latency_ms_p99", "p99 ms", "{:.3f}"),
-    ("fps", "FPS", "{:.0f}"),
-    ("artifact_bytes", "size KB", "kb"),
-]
-
-
-def _fmt(value: Any, fmt: str) -> str:
-    import math
-
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if fmt == "pct":
-        return f"{100 * value:.2f}"
-    if fmt == "kl":
-        return f"{1000 * value:.2f}"
-    if fmt == "kb":
-        return "–" if value < 0 else f"{value / 1024:.0f}"
-    return fmt.format(value)
-
-
 def results_table(df: Any, title: str = "") -> Any:
     """A rich Table of result rows (one per cell), with FP→Q gap in percentage points and reasons for non-ok rows."""
     from rich.table import Table
 
-    df = df.copy()
-    df["gap_pp"] = 100 * (df["top1"] - df["fp_top1"])
+    df = with_gap(df)
     table = Table(title=title or None, show_lines=False, header_style="bold")
     for _, header, _ in SUMMARY_COLUMNS:
         table.add_column(header, justify="left" if header in ("model", "backend", "spec", "status") else "right")

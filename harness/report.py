@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ResultsError
+from harness.tables import SUMMARY_COLUMNS, format_value, with_gap
 
 PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "int4": "D"}
 #: The runtime a platform ships as its default; rows of these backends are drawn filled, others unfilled.
@@ -183,9 +184,8 @@ def fig_gap_bars(ok: Any) -> Figure:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    q = ok[ok["precision"].isin(["int8", "int4", "fp16"])].copy()
+    q = with_gap(ok[ok["precision"].isin(["int8", "int4", "fp16"])])
     q["cell"] = q["backend"] + " · " + q["spec_id"]
-    q["gap_pp"] = 100 * (q["top1"] - q["fp_top1"])
     cells = sorted(q["cell"].unique())
     models = sorted(q["model"].unique())
     if len(cells) > MAX_BAR_CELLS:  # the worst gaps matter most; the summary table has every cell
@@ -311,41 +311,12 @@ def fig_training(training: dict[str, Any]) -> Figure | None:
 # ---------------------------------------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------------------------------------
-SUMMARY = [
-    ("model", "model", "{}"),
-    ("backend", "backend", "{}"),
-    ("spec_id", "spec", "{}"),
-    ("status", "status", "{}"),
-    ("numbers", "numbers", "{}"),
-    ("top1", "top-1 %", "pct"),
-    ("gap_pp", "FP→Q pp", "{:+.2f}"),
-    ("top1_agreement", "agree %", "pct"),
-    ("kl_fp", "KL×1e3", "kl"),
-    ("ece", "ECE %", "pct"),
-    ("latency_ms_p50", "p50 ms", "{:.3f}"),
-    ("latency_ms_p99", "p99 ms", "{:.3f}"),
-    ("fps", "FPS", "{:.0f}"),
-    ("energy_mj_per_inf", "mJ/inf", "{:.3f}"),
-    ("energy_source", "energy source", "{}"),
-    ("artifact_bytes", "size KB", "kb"),
-]
-
-
-def _cell(value: Any, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if fmt == "pct":
-        return f"{100 * value:.2f}"
-    if fmt == "kl":
-        return f"{1000 * value:.2f}"
-    if fmt == "kb":
-        return "–" if value < 0 else f"{value / 1024:.0f}"
-    return fmt.format(value)
+SUMMARY = SUMMARY_COLUMNS
+_cell = format_value
 
 
 def summary_rows(df: Any) -> list[list[str]]:
-    df = df.sort_values(["model", "backend", "spec_id"]).copy()
-    df["gap_pp"] = 100 * (df["top1"] - df["fp_top1"])
+    df = with_gap(df.sort_values(["model", "backend", "spec_id"]))
     return [[_cell(r.get(col), fmt) if col in df else "–" for col, _, fmt in SUMMARY] for _, r in df.iterrows()]
 
 

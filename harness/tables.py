@@ -1,0 +1,48 @@
+"""The summary columns and number formats shared by `qtbench sweep/show` (rich) and reports (HTML/Markdown)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+#: (column, header, format): "pct" = fraction as %, "kl" = ×1e3, "kb" = bytes as KB, else a str.format spec.
+SUMMARY_COLUMNS: list[tuple[str, str, str]] = [
+    ("model", "model", "{}"),
+    ("backend", "backend", "{}"),
+    ("spec_id", "spec", "{}"),
+    ("status", "status", "{}"),
+    ("numbers", "numbers", "{}"),
+    ("top1", "top-1 %", "pct"),
+    ("gap_pp", "FP→Q pp", "{:+.2f}"),
+    ("top1_agreement", "agree %", "pct"),
+    ("kl_fp", "KL×1e3", "kl"),
+    ("ece", "ECE %", "pct"),
+    ("latency_ms_p50", "p50 ms", "{:.3f}"),
+    ("latency_ms_p99", "p99 ms", "{:.3f}"),
+    ("fps", "FPS", "{:.0f}"),
+    ("energy_mj_per_inf", "mJ/inf", "{:.3f}"),
+    ("energy_source", "energy source", "{}"),
+    ("artifact_bytes", "size KB", "kb"),
+]
+#: The terminal table leaves out the long energy-source text (`qtbench show --format json` has it).
+CLI_COLUMNS = [c for c in SUMMARY_COLUMNS if c[0] != "energy_source"]
+
+
+def format_value(value: Any, fmt: str) -> str:
+    """One cell as text; missing values (None/NaN, negative sizes) are an en dash, never a made-up number."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if fmt == "pct":
+        return f"{100 * value:.2f}"
+    if fmt == "kl":
+        return f"{1000 * value:.2f}"
+    if fmt == "kb":
+        return "–" if value < 0 else f"{value / 1024:.0f}"
+    return fmt.format(value)
+
+
+def with_gap(df: Any) -> Any:
+    """A copy with ``gap_pp`` = top-1 change against the same checkpoint's FP32 reference, in points."""
+    df = df.copy()
+    df["gap_pp"] = 100 * (df["top1"] - df["fp_top1"])
+    return df
