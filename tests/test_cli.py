@@ -54,8 +54,9 @@ def test_sweep_then_show_filters(tmp_path: Path, capsys):
 
     cfg = tiny_sweep(tmp_path)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["sweep", str(tmp_path / "s.yaml"), "-q"]) == 0
+    assert main(["sweep", str(tmp_path / "s.yaml"), "-q", "--report-dir", str(tmp_path / "rep")]) == 0
     printed = capsys.readouterr().out
+    assert (tmp_path / "rep" / "report.html").is_file() and str(tmp_path / "rep") in printed
     assert "int8-static-pc-wsym-minmax" in printed and str(tmp_path / "results" / "tiny") in printed
     assert main(["show", str(tmp_path / "results" / "tiny"), "--spec", "fp32", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
