@@ -22,6 +22,8 @@ from harness.records import Record
 from harness.report import build_report
 from harness.store import ResultsStore
 
+from models import make_record
+
 
 def write_rows(root: Path, n: int) -> Path:
     rng = np.random.default_rng(0)
@@ -33,16 +35,13 @@ def write_rows(root: Path, n: int) -> Path:
         samples = (rng.lognormal(np.log(0.1 + (i % 7) / 10), 0.1, 200) * 1e6).astype(np.int64)
         top1 = 0.88 - (0.01 if prec == "int4" else 0) + rng.normal(0, 0.003)
         bins = {"count": [0.0] * 14 + [2000.0], "confidence": [None] * 14 + [0.95], "accuracy": [None] * 14 + [top1]}
-        rec = Record(
+        rec = make_record(
             record_id=f"r{i}",
             run_id="r",
             sweep="big",
             cell_key=f"k{i}",
-            created_utc="2026-01-01T00:00:00Z",
             model=f"model-{i % 5}",
-            model_sha256="s",
             backend=["ort", "openvino"][i % 2],
-            backend_version="1",
             device="dev",
             spec_id=f"{prec}-spec{i // 10}",
             precision=prec,

@@ -170,24 +170,26 @@ class CheckResult:
         return any(v.verdict == "inconclusive" for v in self.verdicts)
 
 
-def _load(path: Path) -> tuple[Any, Any]:
-    from harness.store import MANIFEST, ResultsStore, load_results
-
-    rows = load_results(path)
-    stores = (
-        [ResultsStore(path)]
-        if (Path(path) / MANIFEST).is_file()
-        else [ResultsStore(p.parent) for p in Path(path).glob(f"*/{MANIFEST}")]
-    )
-    return rows, stores
-
-
-def _per_record(stores: list[Any], kind: str, record_id: str) -> Any:
+def _load(path: Path) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """Latest rows of a results folder, and its raw samples and predictions by record id, read once."""
     import pandas as pd
 
-    frames = [getattr(s, kind)([record_id]) for s in stores]
-    frames = [f for f in frames if not f.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    from harness.store import load_results, stores_under
+
+    rows = load_results(path)
+    ok_ids = list(rows.loc[rows.status == "ok", "record_id"])
+    per_record: dict[str, dict[str, Any]] = {}
+    for kind in ("samples", "predictions"):
+        frames = [f for f in (getattr(s, kind)(ok_ids) for s in stores_under(path)) if not f.empty]
+        df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["record_id"])
+        per_record[kind] = {rid: g for rid, g in df.groupby("record_id")}
+    return rows, per_record
+
+
+def _per_record(data: dict[str, dict[str, Any]], kind: str, record_id: str) -> Any:
+    import pandas as pd
+
+    return data[kind].get(record_id, pd.DataFrame())
 
 
 def compare(
@@ -199,8 +201,8 @@ def compare(
     allow_mismatch: bool = False,
 ) -> CheckResult:
     """Match cells of two results folders and judge every gate on every matched cell."""
-    base_rows, base_stores = _load(Path(baseline))
-    cand_rows, cand_stores = _load(Path(candidate))
+    base_rows, base_data = _load(Path(baseline))
+    cand_rows, cand_data = _load(Path(candidate))
     notes: list[str] = []
     base_rows = _select_model(base_rows, baseline_model, "--baseline-model", baseline)
     cand_rows = _select_model(cand_rows, candidate_model, "--candidate-model", candidate)
@@ -250,7 +252,7 @@ def compare(
         if b["backend_version"] != c["backend_version"]:
             notes.append(f"{label}: backend version {b['backend_version']} → {c['backend_version']}")
         for gate in gates:
-            verdicts.append(_judge(gate, label, b, c, base_stores, cand_stores))
+            verdicts.append(_judge(gate, label, b, c, base_data, cand_data))
     return CheckResult(verdicts, missing, notes)
 
 
@@ -262,7 +264,7 @@ def _select_model(rows: Any, model: str | None, flag: str, where: Any) -> Any:
     return rows[rows["model"] == model]
 
 
-def _judge(gate: Gate, label: str, b: Any, c: Any, bstores: list[Any], cstores: list[Any]) -> Verdict:
+def _judge(gate: Gate, label: str, b: Any, c: Any, bdata: dict[str, Any], cdata: dict[str, Any]) -> Verdict:
     base, cand = float(b[gate.metric]), float(c[gate.metric])
     if math.isnan(base) or math.isnan(cand):
         return Verdict(
@@ -281,8 +283,8 @@ def _judge(gate: Gate, label: str, b: Any, c: Any, bstores: list[Any], cstores: 
     evidence, significant, direction = "point estimate", True, 0
     reason = ""
     if gate.metric in LATENCY_METRICS:
-        xs = _per_record(bstores, "samples", b["record_id"])
-        ys = _per_record(cstores, "samples", c["record_id"])
+        xs = _per_record(bdata, "samples", b["record_id"])
+        ys = _per_record(cdata, "samples", c["record_id"])
         if len(xs) < MIN_SAMPLES or len(ys) < MIN_SAMPLES:
             return Verdict(
                 label,
@@ -303,8 +305,8 @@ def _judge(gate: Gate, label: str, b: Any, c: Any, bstores: list[Any], cstores: 
         # samples are latencies for every timing metric (fps included): slower is worse
         direction = (-1 if np.median(y) > np.median(x) else 1) if significant else 0
     elif gate.metric == "top1":
-        pa = _per_record(bstores, "predictions", b["record_id"])
-        pb = _per_record(cstores, "predictions", c["record_id"])
+        pa = _per_record(bdata, "predictions", b["record_id"])
+        pb = _per_record(cdata, "predictions", c["record_id"])
         if len(pa) and len(pa) == len(pb) and pa["has_label"].all() and b["eval_sha256"] == c["eval_sha256"]:
             a_ok = pa.sort_values("sample_index")["correct"].to_numpy(float)
             b_ok = pb.sort_values("sample_index")["correct"].to_numpy(float)

@@ -349,15 +349,14 @@ SPREAD_HEADER = ["model", "precision", "cells", "mean gap pp", "worst gap pp", "
 def load_report_data(results: list[Path]) -> ReportData:
     import pandas as pd
 
-    from harness.store import MANIFEST, ResultsStore, load_results
+    from harness.store import load_results, stores_under
 
     frames, samples = [], []
     for r in results:
         df = load_results(r)
         frames.append(df)
-        folders = [r] if (Path(r) / MANIFEST).is_file() else [p.parent for p in Path(r).glob(f"*/{MANIFEST}")]
-        for f in folders:
-            samples.append(ResultsStore(f).samples(list(df.loc[df.status == "ok", "record_id"])))
+        ok_ids = list(df.loc[df.status == "ok", "record_id"])
+        samples += [store.samples(ok_ids) for store in stores_under(r)]
     rows = pd.concat(frames, ignore_index=True)
     if rows.empty:
         raise ResultsError(f"{', '.join(map(str, results))}: no rows to report; run a sweep first")

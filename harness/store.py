@@ -179,6 +179,14 @@ def _read_many(files: list[Path], filters: Any = None) -> Any:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def stores_under(path: str | Path) -> list[ResultsStore]:
+    """The store at ``path`` (a sweep folder), or every sweep folder directly inside it."""
+    root = Path(path)
+    if (root / MANIFEST).is_file():
+        return [ResultsStore(root)]
+    return [ResultsStore(p.parent) for p in sorted(root.glob(f"*/{MANIFEST}"))]
+
+
 def load_results(path: str | Path, latest: bool = True) -> Any:
     """Rows of a results folder as a DataFrame.
 
@@ -190,10 +198,10 @@ def load_results(path: str | Path, latest: bool = True) -> Any:
     root = Path(path)
     if not root.is_dir():
         raise ResultsError(f"results folder {root} does not exist; run `qtbench sweep` first or pass its path")
-    folders = [root] if (root / MANIFEST).is_file() else sorted(p.parent for p in root.glob(f"*/{MANIFEST}"))
-    if not folders:
+    stores = stores_under(root)
+    if not stores:
         raise ResultsError(f"{root} holds no qtbench results (no {MANIFEST}); pass a folder written by `qtbench sweep`")
-    df = pd.concat([ResultsStore(f).rows() for f in folders], ignore_index=True)
+    df = pd.concat([s.rows() for s in stores], ignore_index=True)
     if latest and len(df):
         df = df.sort_values("created_utc").drop_duplicates("cell_key", keep="last")
     return df.reset_index(drop=True)

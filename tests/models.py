@@ -74,6 +74,33 @@ def tiny_sweep(tmp: Path, **overrides) -> dict:
     return cfg
 
 
+def make_record(**fields):
+    """A Record with every required field filled with a neutral value; ``fields`` override any of them."""
+    from harness.records import Record
+
+    base = {
+        "record_id": "r0",
+        "run_id": "r1",
+        "sweep": "s",
+        "cell_key": "k",
+        "created_utc": "2026-01-01T00:00:00Z",
+        "model": "m",
+        "model_sha256": "sha",
+        "backend": "ort",
+        "backend_version": "1",
+        "device": "d",
+        "spec_id": "fp32",
+        "precision": "fp32",
+        "weight_bits": 32,
+        "activation_bits": 32,
+        "scaling": "none",
+        "granularity": "",
+        "calibration": "",
+        "status": "ok",
+    }
+    return Record(**{**base, **fields})
+
+
 def synthetic_results(
     root: Path,
     sweep: str,
@@ -101,15 +128,10 @@ def synthetic_results(
     for i, spec in enumerate(specs):
         samples = (latency_ms * 1e6 * rng.lognormal(0, 0.05, n_samples)).astype(np.int64)
         stats = latency_stats(samples, 1, 0.1)
-        rec = Record(
+        rec = make_record(
             record_id=f"{sweep}-{i}",
-            run_id="r1",
             sweep=sweep,
             cell_key=f"k{i}",
-            created_utc="2026-01-01T00:00:00Z",
-            model="m",
-            model_sha256="sha",
-            backend="ort",
             backend_version="onnxruntime=1",
             device=device,
             spec_id=spec,
@@ -119,10 +141,8 @@ def synthetic_results(
             scaling="static",
             granularity="per-channel",
             calibration="minmax",
-            status="ok",
             numbers="measured",
             warmup=2,
-            batch_size=1,
             eval_samples=len(correct),
             eval_sha256="evalsha",
             top1=float(correct.mean()),

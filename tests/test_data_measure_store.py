@@ -14,6 +14,8 @@ from harness.measure import latency_stats, time_inference
 from harness.records import SCHEMA_VERSION, Record
 from harness.store import ResultsStore, load_results
 
+from models import make_record
+
 
 # -- data -----------------------------------------------------------------------------------------------------
 def test_npz_and_npy_folder_give_the_same_dataset_and_hash(tmp_path: Path):
@@ -75,26 +77,8 @@ def test_loop_honours_warmup_iterations_and_min_duration():
 
 # -- store ----------------------------------------------------------------------------------------------------
 def _record(i: int, key: str = "k", status: str = "ok", created: str = "2026-01-01T00:00:00Z") -> Record:
-    return Record(
-        record_id=f"r{i}",
-        run_id="run1",
-        sweep="s",
-        cell_key=key,
-        created_utc=created,
-        model="m",
-        model_sha256="x",
-        backend="ort",
-        backend_version="1",
-        device="d",
-        spec_id="fp32",
-        precision="fp32",
-        weight_bits=32,
-        activation_bits=32,
-        scaling="none",
-        granularity="",
-        calibration="",
-        status=status,
-        top1=0.5 + i / 100,
+    return make_record(
+        record_id=f"r{i}", run_id="run1", cell_key=key, created_utc=created, status=status, top1=0.5 + i / 100
     )
 
 

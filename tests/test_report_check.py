@@ -132,3 +132,4 @@ def test_report_renders_offline_with_escaped_strings(tmp_path: Path):
     md = out["markdown"].read_text()
     assert "| model | backend | spec |" in md and "![" in md
     assert all(p.is_file() for p in out.values())
+
