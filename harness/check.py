@@ -243,7 +243,8 @@ def compare(
                 )
             )
             continue
-        for field in ("warmup", "iterations", "batch_size", "eval_sha256"):
+        # the protocol, not the achieved count: a min_duration_s stop rule runs more iterations on faster cells
+        for field in ("warmup", "min_iterations", "min_duration_s", "batch_size", "eval_sha256"):
             if b[field] != c[field] and not allow_mismatch:
                 raise UserError(
                     f"{label}: {field} differs (baseline {b[field]!r}, candidate {c[field]!r}); "

@@ -53,6 +53,8 @@ class Record:
     model_path: str = ""
     # timing (harness clock, host_to_host)
     warmup: int = 0
+    min_iterations: int = 0  # the protocol's stop rules (iterations below is what the loop actually ran)
+    min_duration_s: float = 0.0
     iterations: int = 0
     batch_size: int = 1
     latency_ms_mean: float = NAN

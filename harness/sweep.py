@@ -305,6 +305,8 @@ def run_sweep(
             "calib_samples": s.calib_samples if s.is_static else 0,
             "quant_format": "" if s.is_float else s.format,
             "warmup": sweep.measure.warmup,
+            "min_iterations": sweep.measure.iterations,
+            "min_duration_s": sweep.measure.min_duration_s,
             "batch_size": sweep.measure.batch_size,
         }
         label = f"{m.display_name} × {b.key} × {s.id}"

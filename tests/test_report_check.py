@@ -133,3 +133,17 @@ def test_report_renders_offline_with_escaped_strings(tmp_path: Path):
     assert "| model | backend | spec |" in md and "![" in md
     assert all(p.is_file() for p in out.values())
 
+
+def test_protocol_not_achieved_iterations_decides_comparability(tmp_path: Path, baseline):
+    """With a min-duration stop rule faster cells run more iterations; that alone must not block a comparison."""
+    import pandas as pd
+
+    base, correct = baseline
+    cand = synthetic_results(tmp_path / "b", "cand", correct=correct, seed=2, n_samples=300)
+    assert compare(base, cand, load_gates(None)).verdicts
+    f = next((tmp_path / "b" / "cand").glob("rows-*.parquet"))
+    df = pd.read_parquet(f)
+    df["min_duration_s"] = 0.5
+    df.to_parquet(f)
+    with pytest.raises(UserError, match="min_duration_s differs"):
+        compare(base, cand, load_gates(None))
