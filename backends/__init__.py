@@ -23,6 +23,8 @@ BUILTIN: dict[str, str] = {
     "openvino": "backends.openvino:OpenVinoBackend",
     "tflite": "backends.tflite:TfliteBackend",
     "tensorrt": "backends.tensorrt:TensorRtBackend",
+    "qnn": "backends.qnn:QnnBackend",
+    "simnpu": "backends.simnpu:SimNpuBackend",
 }
 
 

@@ -56,8 +56,11 @@ class CompiledInfo:
     """What a compilation produced, stored in the row.
 
     ``coverage`` counts nodes per compute unit (``{"cpu": 31}``, ``{"npu": 28, "cpu": 3}``); ``fallback_ops``
-    names ops that left the accelerator and why. ``numbers`` says whether outputs/latency come from the real
-    target (measured), from a simulation of its numerics (simulated) or from a cost model (estimated).
+    names ops that left the accelerator and why. ``est_latency_ms``/``est_source`` hold a target latency that
+    comes from a model, not a clock (vendor cycle counts, a roofline), kept apart from the harness's timing of
+    whatever ran here (a simulator's wall time is not the device's). ``numbers`` says whether outputs/latency
+    come from the real target (measured), from a simulation of its numerics (simulated) or from a cost model
+    (estimated).
     """
 
     artifact_path: Path | None = None
@@ -70,6 +73,9 @@ class CompiledInfo:
     extra: dict[str, Any] = field(default_factory=dict)
     compile_s: float = float("nan")
     cache_hit: bool = False
+    #: Target latency for one batch-1 inference from a model (cycle counts, a cost model), with how it was got.
+    est_latency_ms: float = float("nan")
+    est_source: str = ""
 
     def __post_init__(self) -> None:
         if self.numbers not in NUMBERS:

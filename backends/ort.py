@@ -204,60 +204,8 @@ class OrtBackend(Backend):
         self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path, out: Path, notes: list[str]
     ) -> None:
         import onnxruntime.quantization as q
-        from onnxruntime.quantization.calibrate import (
-            CalibrationMethod,
-            TensorData,
-            TensorsData,
-            create_calibrator,
-            save_tensors_data,
-        )
 
-        from harness import calibration
-
-        if calib is None:
-            raise ConfigError("static quantization needs calibration data: set `calibration:` in the sweep file")
-        data = calib.head(spec.calib_samples)
-        if len(data) < spec.calib_samples:
-            notes.append(f"calibrated on {len(data)} samples (spec asks {spec.calib_samples}; the set is smaller)")
-        method = {
-            "minmax": CalibrationMethod.MinMax,
-            "percentile": CalibrationMethod.Percentile,
-            "entropy": CalibrationMethod.Entropy,  # histogram only; ranges by harness.calibration
-            "mse": CalibrationMethod.Entropy,
-        }[spec.calibration]
-        options: dict[str, Any] = {"symmetric": spec.activation_symmetric}
-        if spec.calibration == "percentile":
-            options.update(percentile=spec.percentile, num_bins=calibration.DEFAULT_NUM_BINS)
-        elif spec.calibration in ("entropy", "mse"):
-            options.update(num_bins=calibration.DEFAULT_NUM_BINS)
-        with tempfile.TemporaryDirectory(dir=workdir) as tmpd:
-            calibrator = create_calibrator(
-                model.path,
-                [],
-                augmented_model_path=str(Path(tmpd) / "augmented.onnx"),
-                calibrate_method=method,
-                extra_options=options,
-            )
-            with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress to stdout
-                calibrator.collect_data(_Reader(data, model.dynamic_batch))
-            if spec.calibration in ("entropy", "mse"):
-                ranges = {}
-                for name, (hist, edges, lo, hi, _t) in calibrator.collector.histogram_dict.items():
-                    if spec.calibration == "entropy":
-                        r = calibration.entropy_range(hist, edges, lo, hi)
-                    else:
-                        r = calibration.mse_range(hist, edges, lo, hi, 8, spec.activation_symmetric)
-                    ranges[name] = TensorData(lowest=np.float32(r[0]), highest=np.float32(r[1]))
-                tensors = TensorsData(CalibrationMethod.MinMax, ranges)
-                method = CalibrationMethod.MinMax
-                notes.append(
-                    f"{spec.calibration} ranges computed by qtbench from {calibration.DEFAULT_NUM_BINS}-bin histograms"
-                )
-            else:
-                with contextlib.redirect_stdout(io.StringIO()):
-                    tensors = calibrator.compute_data()
-            cache = workdir / "calibration.json"
-            save_tensors_data(tensors, cache)
+        cache, method = static_ranges(model, spec, calib, workdir, notes)
         four = spec.precision == "int4"
         wtype = {
             (True, True): q.QuantType.QInt4,
@@ -344,6 +292,70 @@ class OrtBackend(Backend):
         elif not spec.is_float:
             for n in float_compute:
                 info.fallback_ops.setdefault(n.op_type, "not quantized by onnxruntime.quantization (runs in float)")
+
+
+def static_ranges(model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path, notes: list[str]) -> tuple[Path, Any]:
+    """Activation ranges for a static spec, written as ORT's calibration cache (``workdir/calibration.json``).
+
+    Returns the cache and the CalibrationMethod it is tagged with (``quantize_static`` insists they match).
+    Every adapter that quantizes through ``onnxruntime.quantization`` (ort, qnn) reads the same ranges, so a gap
+    between them is the vendor stack's, not a calibration difference. Entropy and MSE ranges come from
+    :mod:`harness.calibration` (ORT's entropy is ~30x slower and has no MSE).
+    """
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        TensorData,
+        TensorsData,
+        create_calibrator,
+        save_tensors_data,
+    )
+
+    from harness import calibration
+
+    if calib is None:
+        raise ConfigError("static quantization needs calibration data: set `calibration:` in the sweep file")
+    data = calib.head(spec.calib_samples)
+    if len(data) < spec.calib_samples:
+        notes.append(f"calibrated on {len(data)} samples (spec asks {spec.calib_samples}; the set is smaller)")
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,  # histogram only; ranges by harness.calibration
+        "mse": CalibrationMethod.Entropy,
+    }[spec.calibration]
+    options: dict[str, Any] = {"symmetric": spec.activation_symmetric}
+    if spec.calibration == "percentile":
+        options.update(percentile=spec.percentile, num_bins=calibration.DEFAULT_NUM_BINS)
+    elif spec.calibration in ("entropy", "mse"):
+        options.update(num_bins=calibration.DEFAULT_NUM_BINS)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmpd:
+        calibrator = create_calibrator(
+            model.path,
+            [],
+            augmented_model_path=str(Path(tmpd) / "augmented.onnx"),
+            calibrate_method=method,
+            extra_options=options,
+        )
+        with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress to stdout
+            calibrator.collect_data(_Reader(data, model.dynamic_batch))
+        if spec.calibration in ("entropy", "mse"):
+            ranges = {}
+            for name, (hist, edges, lo, hi, _t) in calibrator.collector.histogram_dict.items():
+                if spec.calibration == "entropy":
+                    r = calibration.entropy_range(hist, edges, lo, hi)
+                else:
+                    r = calibration.mse_range(hist, edges, lo, hi, 8, spec.activation_symmetric)
+                ranges[name] = TensorData(lowest=np.float32(r[0]), highest=np.float32(r[1]))
+            tensors = TensorsData(CalibrationMethod.MinMax, ranges)
+            notes.append(
+                f"{spec.calibration} ranges computed by qtbench from {calibration.DEFAULT_NUM_BINS}-bin histograms"
+            )
+        else:
+            with contextlib.redirect_stdout(io.StringIO()):
+                tensors = calibrator.compute_data()
+        cache = workdir / "calibration.json"
+        save_tensors_data(tensors, cache)
+    return cache, tensors.calibration_method
 
 
 class _Reader:

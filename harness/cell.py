@@ -154,6 +154,12 @@ def _run_cell(job: CellJob) -> CellResult:
             notes="; ".join(info.notes),
             backend_extra=json.dumps(info.extra, sort_keys=True, default=str),
         )
+        if info.est_source:
+            fields.update(
+                est_latency_ms=info.est_latency_ms,
+                est_fps=1000.0 / info.est_latency_ms if info.est_latency_ms > 0 else float("nan"),
+                est_source=info.est_source,
+            )
         result = CellResult("ok")
         if evaluation is not None:
             ref = reference_logits(job, facts, evaluation, out_index)
@@ -204,6 +210,12 @@ def _run_cell(job: CellJob) -> CellResult:
             stats |= latency_stats(np.concatenate(result.samples), bs, job.measure.cv_threshold)
         fields.update(stats)
         fields.update(power.after([len(s) for s in result.samples], stats["fps"]))
+        if info.numbers != "measured":
+            # the host ran a simulation of the target: its energy is not the target's, so none is reported
+            for k in [k for k in fields if k.startswith(("energy_mj", "power_w", "cost_per"))]:
+                fields[k] = float("nan")
+            fields["energy_source"] = f"unavailable: {info.numbers} cell; the host's energy is not the target's"
+            fields["energy_numbers"] = ""
     fields["cell_wall_s"] = time.perf_counter() - t_cell
     result.fields = fields
     return result

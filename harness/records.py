@@ -70,6 +70,10 @@ class Record:
     fps: float = NAN
     timing_boundary: str = ""
     device_latency_ms_p50: float = NAN  # the runtime's own figure (e.g. OpenVINO InferRequest.latency), beside ours
+    # The target's latency from a model, never a clock: vendor cycle counts (QNN HTP, Vela) or a roofline (simnpu).
+    est_latency_ms: float = NAN
+    est_fps: float = NAN
+    est_source: str = ""  # how it was estimated, with the assumptions (clock, profile, cost model)
     timed_wall_s: float = NAN
     process_cpu_s: float = NAN
     cpu_utilization: float = NAN

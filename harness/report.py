@@ -340,6 +340,14 @@ def spread_table(ok: Any) -> list[list[str]]:
     return out
 
 
+def estimate_sources(rows: Any) -> list[tuple[str, str]]:
+    """(backend, how its est. ms was obtained) for every backend with an estimate; one line per distinct source."""
+    if "est_source" not in rows:
+        return []
+    est = rows[rows["est_source"].fillna("").astype(str) != ""]
+    return sorted({(str(b), str(s)) for b, s in zip(est["backend"], est["est_source"], strict=True)})
+
+
 SPREAD_HEADER = ["model", "precision", "cells", "mean gap pp", "worst gap pp", "spread pp (max–min)", "KL×1e3"]
 
 
@@ -421,13 +429,19 @@ def _html(
         ".prov{color:#555}</style></head><body>",
         f"<h1>{e(title)}</h1>",
         f"<p class='prov'>{len(rows)} cells, {len(ok)} ok. Every number is labelled by origin; {e(provenance)}. "
-        "Latency is the harness's host-to-host clock.</p>",
+        "Latency (p50, p99, FPS) is the harness's host-to-host clock; on simulated rows that clock timed the "
+        "simulator on this host. 'est. ms' is the target's latency from a model, sources below.</p>",
         "<h2>Summary</h2>",
         _html_table([h for _, h, _ in SUMMARY], tables[0]),
     ]
     spread = tables[1]
     if spread:
         parts += ["<h2>Spread across quantization settings</h2>", _html_table(SPREAD_HEADER, spread)]
+    est = estimate_sources(rows)
+    if est:
+        parts.append("<h2>Estimated target latency: sources</h2><ul>")
+        parts += [f"<li><b>{e(b)}</b>: {e(src)}</li>" for b, src in est]
+        parts.append("</ul>")
     if not not_ok.empty:
         parts.append("<h2>Cells that did not run</h2><ul>")
         for _, r in not_ok.iterrows():
@@ -471,6 +485,11 @@ def _markdown(
     spread = tables[1]
     if spread:
         parts += ["## Spread across quantization settings", "", _md_table(SPREAD_HEADER, spread), ""]
+    est = estimate_sources(rows)
+    if est:
+        parts += ["## Estimated target latency: sources", ""]
+        parts += [f"- **{b}**: {src}" for b, src in est]
+        parts.append("")
     if not not_ok.empty:
         parts += ["## Cells that did not run", ""]
         for _, r in not_ok.iterrows():

@@ -20,6 +20,7 @@ SUMMARY_COLUMNS: list[tuple[str, str, str]] = [
     ("latency_ms_p50", "p50 ms", "{:.3f}"),
     ("latency_ms_p99", "p99 ms", "{:.3f}"),
     ("fps", "FPS", "{:.0f}"),
+    ("est_latency_ms", "est. ms", "{:.3f}"),
     ("energy_mj_per_inf", "mJ/inf", "{:.3f}"),
     ("energy_source", "energy source", "{}"),
     ("artifact_bytes", "size KB", "kb"),
