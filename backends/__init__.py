@@ -25,6 +25,10 @@ BUILTIN: dict[str, str] = {
     "tensorrt": "backends.tensorrt:TensorRtBackend",
     "qnn": "backends.qnn:QnnBackend",
     "simnpu": "backends.simnpu:SimNpuBackend",
+    "vela": "backends.vela:VelaBackend",
+    "hailo": "backends.vendors:HailoBackend",
+    "nxp": "backends.vendors:NxpBackend",
+    "edgetpu": "backends.vendors:EdgeTpuBackend",
 }
 
 

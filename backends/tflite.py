@@ -103,6 +103,7 @@ class TfliteBackend(Backend):
         "delegate": None,  # path of a delegate library (libedgetpu.so.1, a vendor NPU delegate, ...)
         "delegate_options": {},
         "converter_python": None,  # a Python with qtbench[tflite-convert], to convert when no .tflite is found
+        "variant_suffix": "",  # e.g. "_edgetpu": run <stem>.<variant>_edgetpu.tflite (an edgetpu_compiler output)
     }
 
     def availability(self) -> Availability:
@@ -185,6 +186,7 @@ class TfliteBackend(Backend):
     def _artifact(
         self, model: ModelInput, spec: QuantSpec, variant: str, calib: Any, workdir: Path, notes: list[str]
     ) -> tuple[Path, bool]:
+        variant = variant + str(self.options["variant_suffix"] or "")
         beside = model.path.with_name(f"{model.path.stem}.{variant}.tflite")
         if beside.is_file():
             notes.append(f"user-supplied/pre-converted {beside.name}")
@@ -192,6 +194,11 @@ class TfliteBackend(Backend):
         cached = workdir / f"{model.path.stem}.{variant}.tflite"
         if cached.is_file():
             return cached, True
+        if self.options["variant_suffix"]:
+            raise BackendUnavailable(
+                f"no {beside.name} beside the model: compile {model.path.stem}.{variant_for(spec)}.tflite with the "
+                "vendor's compiler (e.g. edgetpu_compiler) and put the result there"
+            )
         py = self.options["converter_python"]
         if not py:
             raise BackendUnavailable(
