@@ -26,6 +26,7 @@ BUILTIN: dict[str, str] = {
     "qnn": "backends.qnn:QnnBackend",
     "simnpu": "backends.simnpu:SimNpuBackend",
     "vela": "backends.vela:VelaBackend",
+    "rknn": "backends.rknn:RknnBackend",
     "hailo": "backends.vendors:HailoBackend",
     "nxp": "backends.vendors:NxpBackend",
     "edgetpu": "backends.vendors:EdgeTpuBackend",

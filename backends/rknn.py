@@ -1,0 +1,241 @@
+"""Rockchip RKNN adapter (``rknn``): rknn-toolkit2's compiler and PC simulator, in a worker environment.
+
+rknn-toolkit2 2.5 cannot share an environment with qtbench (numpy ≤ 1.26, onnx ≤ 1.18, an old torch, and builds
+that crash the interpreter), so it runs in its own virtual environment (``qtbench env create rknn``; path in
+``options.python`` or ``QTBENCH_RKNN_PYTHON``) as ``backends/rknn_worker.py``, driven over stdin/fd JSON lines
+with arrays in .npy files. A crash in the worker fails one cell, never the sweep.
+
+Specs: int8 static → ``w8a8`` with ``quantized_method`` channel/layer (granularity) and ``quantized_algorithm``
+normal (minmax) / kl_divergence (entropy) / mmse (mse); fp16 → no quantization (the NPU's float path). The
+simulator can't load a saved ``.rknn``, so every cell builds from ONNX; the calibration ``.npy`` files and dataset
+list (NCHW, as the toolkit wants for ONNX inputs) are cached in the cell's workdir. Numbers are ``simulated``.
+Board-only measurements (``eval_perf``, ``eval_memory``) need ``options.target`` (a device over adb) and
+otherwise stay empty — the simulator has no timing model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from backends._graph import per_sample
+from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput
+from harness.errors import BackendUnavailable, ConfigError
+from harness.spec import QuantSpec
+
+WORKER = Path(__file__).with_name("rknn_worker.py")
+PLATFORMS = ("rk3588", "rk3576", "rk3568", "rk3566", "rk3562", "rv1106", "rv1103", "rk2118")
+ALGORITHMS = {"minmax": "normal", "entropy": "kl_divergence", "mse": "mmse"}
+DEFAULT_ENV = Path.home() / ".cache" / "qtbench" / "envs" / "rknn"
+
+
+def worker_python(option: str | None) -> Path:
+    """The rknn environment's interpreter: option, then $QTBENCH_RKNN_PYTHON, then the env create default."""
+    if option:
+        return Path(option)
+    if os.environ.get("QTBENCH_RKNN_PYTHON"):
+        return Path(os.environ["QTBENCH_RKNN_PYTHON"])
+    return DEFAULT_ENV / "bin" / "python"
+
+
+class RknnWorker:
+    """One worker process; every call checks the reply and turns a dead worker into a clear error."""
+
+    def __init__(self, python: Path, log: Path, timeout_s: float = 600) -> None:
+        self.log_path = log
+        self.timeout_s = timeout_s
+        r, w = os.pipe()
+        self._log = log.open("ab")
+        self.proc = subprocess.Popen(
+            [str(python), "-I", str(WORKER), str(w)],  # -I: no script dir on sys.path (backends/rknn.py shadows rknn)
+            stdin=subprocess.PIPE,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(w,),
+            text=True,
+        )
+        os.close(w)
+        self.replies = os.fdopen(r, "r")
+
+    def call(self, **msg: Any) -> dict[str, Any]:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps(msg) + "\n")
+            self.proc.stdin.flush()
+            line = self.replies.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        if not line:
+            code = self.proc.poll()
+            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError(f"rknn worker died (exit {code}) during {msg['cmd']}: {' | '.join(tail)}")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise RuntimeError(f"rknn {msg['cmd']}: {reply.get('error')}")
+        return reply
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.call(cmd="quit")
+            except RuntimeError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.replies.close()
+        self._log.close()
+
+
+class RknnCompiled(Compiled):
+    def __init__(self, worker: RknnWorker, info: CompiledInfo, io_dir: Path) -> None:
+        super().__init__(info)
+        self.worker = worker
+        self.io_dir = io_dir
+        self._x, self._y = io_dir / "x.npy", io_dir / "y.npz"
+
+    def _one(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        np.save(self._x, np.ascontiguousarray(next(iter(feeds.values())), dtype=np.float32))
+        self.worker.call(cmd="infer", input=str(self._x), output=str(self._y))
+        with np.load(self._y) as z:
+            return [z[f"arr_{i}"].reshape(1, -1) if z[f"arr_{i}"].ndim == 1 else z[f"arr_{i}"] for i in range(len(z))]
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return per_sample(self._one, feeds)
+
+    def _close(self) -> None:
+        self.worker.close()
+
+
+class RknnBackend(Backend):
+    """rknn-toolkit2 (Rockchip RKNPU2): build + PC simulator, in its own environment."""
+
+    slug = "rknn"
+    description = "Rockchip rknn-toolkit2: RKNPU compiler + PC simulator (worker venv; board via adb target)"
+    option_defaults: ClassVar[dict[str, Any]] = {
+        "target_platform": "rk3588",
+        "python": None,  # the rknn env's python; default $QTBENCH_RKNN_PYTHON or ~/.cache/qtbench/envs/rknn
+        "target": None,  # a board (e.g. "rk3588" with device_id) to run on; None = the PC simulator
+        "optimization_level": 3,
+        "timeout_s": 600,
+    }
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
+        if self.options["target_platform"] not in PLATFORMS:
+            raise ConfigError(f"backends.rknn.options.target_platform: choose one of {', '.join(PLATFORMS)}")
+
+    def availability(self) -> Availability:
+        py = worker_python(self.options["python"])
+        if not py.is_file():
+            return Availability(
+                False,
+                f"no rknn worker environment at {py.parent.parent}: run `qtbench env create rknn` "
+                "(or set backends.rknn.options.python / QTBENCH_RKNN_PYTHON)",
+            )
+        with tempfile.TemporaryDirectory() as d:
+            worker = RknnWorker(py, Path(d) / "worker.log", timeout_s=120)
+            try:
+                hello = worker.call(cmd="hello")
+            except RuntimeError as exc:
+                return Availability(False, f"rknn worker at {py} does not start: {exc}")
+            finally:
+                worker.close()
+        where = self.options["target"] or "simulator"
+        return Availability(
+            True, "", {"rknn-toolkit2": hello["rknn_toolkit2"], "worker-numpy": hello["numpy"]}, (where,)
+        )
+
+    def supports(self, spec: QuantSpec) -> str | None:
+        if spec.precision in ("fp32", "bf16"):
+            return "the RKNPU computes float graphs in fp16; use fp16"
+        if spec.precision == "int4":
+            return "rknn-toolkit2's 4-bit mode is w4a16 on rk3576 only; qtbench's int4 specs are W4A8"
+        if spec.scaling != "static" and not spec.is_float:
+            return f"rknn-toolkit2 quantizes statically at build time; {spec.scaling} has no RKNN path"
+        if spec.format == "qoperator":
+            return "format qoperator is an ONNX Runtime notion; use qdq"
+        if not spec.is_float and spec.calibration not in ALGORITHMS:
+            return (
+                f"rknn-toolkit2 calibrates with normal/kl_divergence/mmse (minmax/entropy/mse), not {spec.calibration}"
+            )
+        if not spec.is_float and spec.activation_symmetric:
+            return "rknn-toolkit2 w8a8 quantizes activations asymmetrically (asymmetric_quantized-8)"
+        return None
+
+    def _compile(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path) -> Compiled:
+        import onnx
+
+        t0 = time.perf_counter()
+        graph = onnx.load(str(model.path), load_external_data=False).graph
+        inits = {i.name for i in graph.initializer}
+        inputs = [i for i in graph.input if i.name not in inits]
+        sizes = [[1] + [d.dim_value or 1 for d in i.type.tensor_type.shape.dim[1:]] for i in inputs]
+        config: dict[str, Any] = {
+            "target_platform": self.options["target_platform"],
+            "optimization_level": int(self.options["optimization_level"]),
+        }
+        dataset = None
+        notes: list[str] = []
+        if not spec.is_float:
+            if calib is None:
+                raise ConfigError("rknn static quantization needs calibration data: set `calibration:`")
+            config |= {
+                "quantized_dtype": "w8a8",
+                "quantized_algorithm": ALGORITHMS[spec.calibration],
+                "quantized_method": "channel" if spec.granularity == "per-channel" else "layer",
+            }
+            dataset = self._dataset(calib.head(spec.calib_samples), workdir)
+            if not spec.weight_symmetric:
+                notes.append("rknn-toolkit2 picks its own weight symmetry; the spec's wasym is not forwarded")
+        io_dir = Path(tempfile.mkdtemp(prefix="io-", dir=workdir))
+        worker = RknnWorker(worker_python(self.options["python"]), workdir / "worker.log", self.options["timeout_s"])
+        try:
+            worker.call(
+                cmd="build",
+                model=str(model.path),
+                inputs=[i.name for i in inputs],
+                input_size_list=sizes,
+                dataset=str(dataset) if dataset else None,
+                config=config,
+                target=self.options["target"],
+            )
+        except RuntimeError as exc:
+            worker.close()
+            raise BackendUnavailable(str(exc)) if "died" in str(exc) else exc from None
+        on_board = bool(self.options["target"])
+        info = CompiledInfo(
+            artifact_path=None,
+            numbers="measured" if on_board else "simulated",
+            execution_device="npu",
+            notes=notes + ([] if on_board else ["rknn-toolkit2 PC simulator: vendor numerics, no device timing"]),
+            compile_s=time.perf_counter() - t0,
+        )
+        info.extra.update({"rknn_config": config, "worker": str(worker_python(self.options["python"]))})
+        return RknnCompiled(worker, info, io_dir)
+
+    @staticmethod
+    def _dataset(data: Any, workdir: Path) -> Path:
+        """Calibration samples as NCHW .npy files + the list file rknn.build reads (cached by content)."""
+        folder = workdir / f"calib-{data.sha256[:12]}"
+        listing = folder / "dataset.txt"
+        if listing.is_file():
+            return listing
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i in range(len(data)):
+            x = next(iter(data.batch(i, i + 1).values()))
+            p = folder / f"{i:05d}.npy"
+            np.save(p, np.ascontiguousarray(x, dtype=np.float32))
+            paths.append(str(p))
+        listing.write_text("\n".join(paths) + "\n")
+        return listing
