@@ -172,7 +172,13 @@ class RewriteReport:
 
 
 def partition(proto: Any, ops: frozenset[str]) -> tuple[set[str], int]:
-    """Names of nodes the NPU runs, and the number of NPU↔host segment switches in topological order."""
+    """Names of nodes the NPU runs, and the number of NPU↔host segment switches in topological order.
+
+    Unnamed nodes get ``<op>_<index>`` names first (in place): membership is by name.
+    """
+    for i, n in enumerate(proto.graph.node):
+        if not n.name:
+            n.name = f"{n.op_type}_{i}"
     npu = {n.name for n in proto.graph.node if n.op_type in ops}
     seq = [n.name in npu for n in proto.graph.node]
     switches = sum(1 for a, b in itertools.pairwise(seq) if a != b)

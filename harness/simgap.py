@@ -1,0 +1,99 @@
+"""Sim-vs-real: how far a simulated NPU profile is from the vendor's own toolchain, per output.
+
+Runs the same model, spec, calibration and evaluation set through a real vendor backend (``qnn``, ``rknn``, ...)
+and through ``simnpu`` with a profile, and compares their outputs sample by sample: top-1 agreement, mean KL
+(real ‖ sim), cosine, max abs difference, and each side's agreement with the FP32 reference. A profile that
+matches its vendor has agreement near the vendor's own run-to-run agreement and KL near 0; a large gap says
+the profile misses something the vendor compiler does (rounding, fusion, calibration).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: vendor backend → the simnpu profile that models it
+PAIRS = {"qnn": "qualcomm-htp", "rknn": "rockchip", "vela": "ethos-u", "tensorrt": "tensorrt"}
+
+
+@dataclass
+class Gap:
+    model: str
+    spec: str
+    real: str
+    sim: str
+    samples: int
+    agreement: float
+    kl_real_sim: float
+    cosine: float
+    max_abs: float
+    real_vs_fp_agreement: float
+    sim_vs_fp_agreement: float
+    real_top1: float
+    sim_top1: float
+
+
+def compare(real: np.ndarray, sim: np.ndarray, ref: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
+    from harness import metrics
+
+    real, sim, ref = (a.reshape(len(a), -1).astype(np.float64) for a in (real, sim, ref))
+    p, q = metrics.softmax(real), metrics.softmax(sim)
+    kl = float(np.mean(np.sum(p * (np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(q, 1e-12, None))), axis=1)))
+    cos = float(np.mean(np.sum(real * sim, 1) / (np.linalg.norm(real, axis=1) * np.linalg.norm(sim, axis=1) + 1e-12)))
+    out = {
+        "agreement": float(np.mean(real.argmax(1) == sim.argmax(1))),
+        "kl_real_sim": kl,
+        "cosine": cos,
+        "max_abs": float(np.max(np.abs(real - sim))),
+        "real_vs_fp_agreement": float(np.mean(real.argmax(1) == ref.argmax(1))),
+        "sim_vs_fp_agreement": float(np.mean(sim.argmax(1) == ref.argmax(1))),
+        "real_top1": float(np.mean(real.argmax(1) == labels)) if labels is not None else float("nan"),
+        "sim_top1": float(np.mean(sim.argmax(1) == labels)) if labels is not None else float("nan"),
+    }
+    return out
+
+
+def run_gap(
+    model_path: Path,
+    spec: Any,
+    real: str,
+    real_options: dict[str, Any],
+    profile: str,
+    evaluation: Any,
+    calib: Any,
+    workdir: Path,
+    model_name: str = "",
+) -> Gap:
+    """Compile ``model_path`` under ``spec`` on both sides and compare outputs on ``evaluation``."""
+    import backends
+    from backends.base import ModelInput
+    from harness.cell import model_facts, run_batched
+    from harness.errors import BackendUnavailable, UnsupportedSpec
+    from harness.sweep import file_sha256
+
+    facts = model_facts(model_path)
+    model = ModelInput(model_path, file_sha256(model_path), facts.input_names, facts.output_names, facts.dynamic_batch)
+    batch = 64 if facts.dynamic_batch else 1
+    outs = {}
+    for side, slug, options in (("real", real, real_options), ("sim", "simnpu", {"profile": profile})):
+        backend = backends.create(slug, options)
+        av = backend.availability()
+        if not av.available:
+            raise BackendUnavailable(f"{slug}: {av.reason}")
+        reason = backend.supports(spec)
+        if reason:
+            raise UnsupportedSpec(f"{slug}: {reason}")
+        with backend.compile(model, spec, calib, workdir / model.sha256[:12] / side / spec.id) as compiled:
+            outs[side] = run_batched(compiled.infer, evaluation, 0, batch)
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    ref = run_batched(lambda f: sess.run(None, dict(f)), evaluation, 0, batch)
+    m = compare(outs["real"], outs["sim"], ref, evaluation.labels)
+    return Gap(model_name or model_path.stem, spec.id, real, f"simnpu:{profile}", len(evaluation), **m)
