@@ -84,7 +84,7 @@ class QnnBackend(Backend):
         "soc_model": 57,
         "htp_arch": 75,
         "clock_ghz": 1.0,  # ASSUMED HTP clock for cycles → ms; Qualcomm publishes none; set yours
-        "profile_runs": 10,  # inferences profiled at compile time for the cycle count (median)
+        "profile_runs": 20,  # inferences profiled at compile time for the cycle count (median)
         "cpu_fallback": True,  # ops QNN rejects run on ORT's CPU EP (as deployed); False → the cell fails
         "threads": 1,  # CPU EP threads for the fallback part and I/O (de)quantization
     }
@@ -314,16 +314,24 @@ class QnnBackend(Backend):
         if not cycles:
             info.notes.append("QNN profile holds no accelerator cycle counts; no estimate")
             return
-        runs = cycles[1:] or cycles
-        median = statistics.median(runs)
+        runs = np.asarray(cycles[1:] or cycles, dtype=float)
+        median = float(np.median(runs))
+        p10, p90 = (float(v) for v in np.percentile(runs, [10, 90]))
         clock = float(self.options["clock_ghz"])
         info.est_latency_ms = median / (clock * 1e6)
         info.est_source = (
-            f"QNN HTP profile: median {median:,.0f} accelerator cycles over {len(runs)} runs "
-            f"at an assumed {clock:g} GHz clock (set options.clock_ghz for your SoC); "
+            f"QNN HTP profile: median {median:,.0f} accelerator cycles over {len(runs)} runs (p10–p90 "
+            f"{p10:,.0f}–{p90:,.0f}) at an assumed {clock:g} GHz clock (set options.clock_ghz for your SoC); "
             f"soc_model {self.options['soc_model']}, HTP v{self.options['htp_arch']}"
         )
-        info.extra["htp_cycles_p50"] = median
+        info.extra.update(
+            htp_cycles_p50=median, htp_cycles_p10=p10, htp_cycles_p90=p90, htp_cycles_min=float(runs.min())
+        )
+        if (p90 - p10) > 0.2 * median:
+            info.notes.append(
+                f"HTP simulator cycle counts vary {100 * (p90 - p10) / median:.0f}% (p10–p90) between identical runs "
+                "on this host; treat est. ms as approximate"
+            )
         top = sorted(per_op.items(), key=lambda kv: -kv[1])[:5]
         info.extra["htp_top_ops_cycles"] = {k: round(v) for k, v in top}
 

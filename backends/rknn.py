@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -44,6 +45,34 @@ def worker_python(option: str | None) -> Path:
     if os.environ.get("QTBENCH_RKNN_PYTHON"):
         return Path(os.environ["QTBENCH_RKNN_PYTHON"])
     return DEFAULT_ENV / "bin" / "python"
+
+
+_TABLE_ROW = re.compile(
+    r"^D RKNN: \[[^\]]*\]\s+(\d+)\s+(\w+)\s+(\w+)\s+(NPU|CPU)\s+.*?\s(\d+)/(\d+)/(\d+)\s+(\d+)\s+(\S+)\s*$", re.M
+)
+
+
+def parse_build_table(log: str) -> list[dict[str, Any]]:
+    """rknn.build(verbose) per-op table → [{id, op, dtype, target, cycles_ddr, cycles_npu, cycles_total, name}].
+
+    Rows look like ``D RKNN: [07:56:40.151] 1 ConvRelu INT8 NPU (1,1,14,14),(16,1,3,3),(16) (1,16,14,14)
+    250/1872/1872 2 Conv:/stem/stem.0/Conv``.
+    """
+    rows = []
+    for m in _TABLE_ROW.finditer(log):
+        rows.append(
+            {
+                "id": int(m.group(1)),
+                "op": m.group(2),
+                "dtype": m.group(3),
+                "target": m.group(4),
+                "cycles_ddr": int(m.group(5)),
+                "cycles_npu": int(m.group(6)),
+                "cycles_total": int(m.group(7)),
+                "name": m.group(9),
+            }
+        )
+    return rows
 
 
 class RknnWorker:
@@ -126,6 +155,7 @@ class RknnBackend(Backend):
         "python": None,  # the rknn env's python; default $QTBENCH_RKNN_PYTHON or ~/.cache/qtbench/envs/rknn
         "target": None,  # a board (e.g. "rk3588" with device_id) to run on; None = the PC simulator
         "optimization_level": 3,
+        "npu_clock_ghz": 1.0,  # for the build's cycle estimate; RK3588's NPU runs at up to 1 GHz (set yours)
         "timeout_s": 600,
     }
 
@@ -198,7 +228,9 @@ class RknnBackend(Backend):
             if not spec.weight_symmetric:
                 notes.append("rknn-toolkit2 picks its own weight symmetry; the spec's wasym is not forwarded")
         io_dir = Path(tempfile.mkdtemp(prefix="io-", dir=workdir))
-        worker = RknnWorker(worker_python(self.options["python"]), workdir / "worker.log", self.options["timeout_s"])
+        log = workdir / "worker.log"
+        start = log.stat().st_size if log.is_file() else 0
+        worker = RknnWorker(worker_python(self.options["python"]), log, self.options["timeout_s"])
         try:
             worker.call(
                 cmd="build",
@@ -221,6 +253,26 @@ class RknnBackend(Backend):
             compile_s=time.perf_counter() - t0,
         )
         info.extra.update({"rknn_config": config, "worker": str(worker_python(self.options["python"]))})
+        with log.open("rb") as f:
+            f.seek(start)
+            ops = parse_build_table(f.read().decode(errors="replace"))
+        if ops:
+            compute = [o for o in ops if o["op"] not in ("InputOperator", "OutputOperator")]
+            targets = [o["target"].lower() for o in compute]
+            info.coverage = {k: targets.count(k) for k in ("npu", "cpu") if targets.count(k)}
+            for o in compute:
+                if o["target"] == "CPU":
+                    info.fallback_ops.setdefault(o["op"], "placed on the CPU by rknn-toolkit2's partitioner")
+            cycles = sum(o["cycles_total"] for o in ops)
+            clock = float(self.options["npu_clock_ghz"])
+            info.est_latency_ms = cycles / (clock * 1e6)
+            info.est_source = (
+                f"rknn-toolkit2 build estimate: {cycles:,} cycles summed over {len(compute)} ops at an assumed "
+                f"{clock:g} GHz NPU clock; CPU ops count 0 cycles in RKNN's table (not modelled)"
+            )
+            info.extra["rknn_ops"] = [f"{o['op']}@{o['target']}" for o in compute]
+        else:
+            info.notes.append("rknn build log had no per-op table; coverage and cycle estimate unknown")
         return RknnCompiled(worker, info, io_dir)
 
     @staticmethod

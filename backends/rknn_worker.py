@@ -50,7 +50,7 @@ def main() -> int:
                 from rknn.api import RKNN
 
                 t0 = time.perf_counter()
-                rknn = RKNN(verbose=False)
+                rknn = RKNN(verbose=True)  # the build log holds the per-op target/cycle table the parent parses
                 if rknn.config(**msg["config"]) != 0:
                     raise RuntimeError(f"rknn.config({msg['config']}) failed")
                 ret = rknn.load_onnx(msg["model"], inputs=msg["inputs"], input_size_list=msg["input_size_list"])

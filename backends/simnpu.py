@@ -39,6 +39,8 @@ from harness.spec import QuantSpec
 #: op → (weight input index, output-channel axis of that weight)
 WEIGHTED = {"Conv": (1, 0), "ConvTranspose": (1, 1), "Gemm": (1, 0), "MatMul": (1, -1)}
 FLOAT = 1  # onnx.TensorProto.FLOAT
+#: ops whose output an NPU compiler fuses with a following activation (no requantization in between)
+FUSING_PRODUCERS = {*WEIGHTED, "Add", "Sub", "Mul"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -214,7 +216,7 @@ def rewrite(proto: Any, profile: Any, spec: QuantSpec, ranges: Mapping[str, tupl
     def fused_away(node: Any, out: str) -> bool:
         cons = consumers.get(out, [])
         return (
-            node.op_type in WEIGHTED
+            node.op_type in FUSING_PRODUCERS
             and len(cons) == 1
             and cons[0].op_type in profile.fuse
             and cons[0].name in npu
@@ -610,7 +612,7 @@ class SimNpuBackend(Backend):
 
             onnx.save(convert_float_to_float16(proto, keep_io_types=True), str(out))
             rep = RewriteReport(
-                npu_nodes=sorted(npu), cpu_nodes=[n.name for n in proto.graph.node if n.name not in npu]
+                npu_nodes=sorted(npu), cpu_nodes=[n.name for n in fixed_proto.graph.node if n.name not in npu]
             )
             notes.append("fp16: weights and activations rounded to float16 (ONNX Runtime casts where no fp16 kernel)")
         else:

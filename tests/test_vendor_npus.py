@@ -368,6 +368,26 @@ def test_vela_estimates_the_tiny_int8_model(tmp_path):
 
 
 # -- rknn ------------------------------------------------------------------------------------------------------
+RKNN_LOG = """\
+D RKNN: [07:56:40.151] ID OpType DataType Target InputShape OutputShape Cycles(DDR/NPU/Total) RW(KB) FullName
+D RKNN: [07:56:40.151] 0 InputOperator INT8 NPU \\ (1,1,14,14) 0/0/0 0 InputOperator:input
+D RKNN: [07:56:40.151] 1 ConvRelu INT8 NPU (1,1,14,14),(16,1,3,3) (1,16,14,14) 250/1872/1872 2 Conv:/stem/Conv
+D RKNN: [07:56:40.151] 12 Reshape INT8 CPU (1,10,1,1),(2) (1,10) 0/0/0 0 Reshape:logits_mm_tp_rs
+I rknn building done.
+"""
+
+
+def test_rknn_build_table_parsing():
+    from backends.rknn import parse_build_table
+
+    rows = parse_build_table(RKNN_LOG)
+    assert [(r["op"], r["target"], r["cycles_total"]) for r in rows] == [
+        ("InputOperator", "NPU", 0),
+        ("ConvRelu", "NPU", 1872),
+        ("Reshape", "CPU", 0),
+    ]
+
+
 def test_rknn_without_worker_env_is_unavailable_with_the_fix(tmp_path):
     import backends
 
@@ -396,5 +416,6 @@ def test_rknn_simulator_builds_and_runs(tiny):
     assert b.availability().available
     with b.compile(model, INT8, calib, d / "rknn") as c:
         out = c.infer(ev.batch(0, 4))[0]
-        assert c.info.numbers == "simulated"
-    assert out.shape == (4, 5)
+        info = c.info
+    assert out.shape == (4, 5) and info.numbers == "simulated"
+    assert info.coverage.get("npu", 0) > 0 and info.est_latency_ms > 0 and "cycles" in info.est_source
