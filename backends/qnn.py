@@ -38,6 +38,8 @@ EP = "QNNExecutionProvider"
 BACKEND_TYPES = ("htp", "cpu")
 HTP_ARCHS = (0, 68, 69, 73, 75, 79, 81)
 _registered = False
+#: Bumped when the adapter changes what a cell computes (part of the cache key through the versions).
+ADAPTER_VERSION = 2
 
 
 def _register() -> Any:
@@ -117,6 +119,7 @@ class QnnBackend(Backend):
             "onnxruntime": ort.__version__,
             "onnxruntime-qnn": onnxruntime_qnn.__version__,
             "qnn-sdk": getattr(onnxruntime_qnn.build_and_package_info, "qnn_version", "?"),
+            "adapter": str(ADAPTER_VERSION),
         }
         where = "npu" if on_qualcomm_soc() else "htp-simulator"
         return Availability(True, "", versions, (where,))

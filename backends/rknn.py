@@ -35,6 +35,8 @@ from harness.spec import QuantSpec
 WORKER = Path(__file__).with_name("rknn_worker.py")
 PLATFORMS = ("rk3588", "rk3576", "rk3568", "rk3566", "rk3562", "rv1106", "rv1103", "rk2118")
 ALGORITHMS = {"minmax": "normal", "entropy": "kl_divergence", "mse": "mmse"}
+#: Bumped when the adapter changes what a cell computes (part of the cache key through the versions).
+ADAPTER_VERSION = 2
 DEFAULT_ENV = Path.home() / ".cache" / "qtbench" / "envs" / "rknn"
 
 
@@ -182,7 +184,10 @@ class RknnBackend(Backend):
                 worker.close()
         where = self.options["target"] or "simulator"
         return Availability(
-            True, "", {"rknn-toolkit2": hello["rknn_toolkit2"], "worker-numpy": hello["numpy"]}, (where,)
+            True,
+            "",
+            {"rknn-toolkit2": hello["rknn_toolkit2"], "worker-numpy": hello["numpy"], "adapter": str(ADAPTER_VERSION)},
+            (where,),
         )
 
     def supports(self, spec: QuantSpec) -> str | None:

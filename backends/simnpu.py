@@ -39,6 +39,8 @@ from harness.spec import QuantSpec
 #: op → (weight input index, output-channel axis of that weight)
 WEIGHTED = {"Conv": (1, 0), "ConvTranspose": (1, 1), "Gemm": (1, 0), "MatMul": (1, -1)}
 FLOAT = 1  # onnx.TensorProto.FLOAT
+#: Bumped whenever the rewrite or the cost model changes what a cell computes (cache keys include it).
+REWRITE_VERSION = 2
 #: ops whose output an NPU compiler fuses with a following activation (no requantization in between)
 FUSING_PRODUCERS = {*WEIGHTED, "Add", "Sub", "Mul"}
 
@@ -223,14 +225,13 @@ def rewrite(proto: Any, profile: Any, spec: QuantSpec, ranges: Mapping[str, tupl
             and out not in {o.name for o in g.output}
         )
 
+    fused = {o for n in g.node if n.name in npu for o in n.output if fused_away(n, o)}
     targets: list[str] = []
     for n in g.node:
         if n.name not in npu:
             continue
         for x in [*n.input, *n.output]:
-            if not x or x in inits or x in targets or types.get(x, FLOAT) != FLOAT:
-                continue
-            if x in n.output and fused_away(n, x):
+            if not x or x in inits or x in targets or x in fused or types.get(x, FLOAT) != FLOAT:
                 continue
             targets.append(x)
     grids: dict[str, Grid] = {}
@@ -531,7 +532,12 @@ class SimNpuBackend(Backend):
             import onnxruntime as ort
         except ImportError as exc:
             return Availability(False, f"simnpu executes with onnxruntime, which is not importable ({exc})")
-        return Availability(True, "", {"onnxruntime": ort.__version__, "profile": self.profile.id}, ("simulated",))
+        versions = {
+            "onnxruntime": ort.__version__,
+            "simnpu": str(REWRITE_VERSION),
+            "profile": f"{self.profile.id}@{self.profile.digest}",
+        }
+        return Availability(True, "", versions, ("simulated",))
 
     def supports(self, spec: QuantSpec) -> str | None:
         if spec.format == "qoperator":

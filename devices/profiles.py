@@ -78,6 +78,7 @@ class NpuProfile:
     cost: dict[str, float]
     uncertain: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    digest: str = ""  # sha256 of the profile's YAML mapping: part of the cache key, so an edited profile rebuilds
 
     def check_spec(self, spec: Any) -> str | None:
         """None when the hardware can run ``spec``, else why not (the skipped row's reason)."""
@@ -170,7 +171,11 @@ def parse_profile(pid: str, d: Any, where: str, common: dict[str, Any] | None = 
     bias_bits = d.get("bias_bits", 32)
     if not isinstance(bias_bits, int) or not 8 <= bias_bits <= 32:
         raise ConfigError(f"{where}.bias_bits: an integer 8..32")
+    import hashlib
+    import json
+
     return NpuProfile(
+        digest=hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12],
         id=pid,
         name=str(d.get("name", pid)),
         vendor=str(d.get("vendor", "")),

@@ -154,7 +154,9 @@ def test_rewrite_lands_activations_and_weights_on_the_declared_grid(tiny, profil
     spec = INT8 if profile_id != "vitis-dpu" else QuantSpec.parse("int8-static-pt-sym-minmax")
     proto = onnx.load(str(model.path))
     rep = rewrite(proto, profile, spec, _ranges_from(model.path, calib))
-    assert rep.activation_grids and rep.weight_grids and not rep.cpu_nodes
+    # input, both Relu outputs (Conv→Relu fused: no requantization between), pool, flatten, logits
+    assert len(rep.activation_grids) == 6 and len(rep.weight_grids) == 3 and not rep.cpu_nodes
+    assert not any("Conv" in t for t in rep.activation_grids)
     inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
     for wg in rep.weight_grids.values():
         w = inits[wg["tensor"]].astype(np.float64)
@@ -419,3 +421,50 @@ def test_rknn_simulator_builds_and_runs(tiny):
         info = c.info
     assert out.shape == (4, 5) and info.numbers == "simulated"
     assert info.coverage.get("npu", 0) > 0 and info.est_latency_ms > 0 and "cycles" in info.est_source
+
+
+def test_narrow_accumulator_saturates(tiny):
+    import onnxruntime as ort
+
+    model, calib, ev, _ = tiny
+    ranges = _ranges_from(model.path, calib)
+    outs = {}
+    for bits in (32, 10):
+        proto = onnx.load(str(model.path))
+        rewrite(proto, _base_profile(accumulator={"bits": bits, "saturate": True}), INT8, ranges)
+        outs[bits] = (
+            ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, ev.inputs)[0],
+            sum(n.op_type == "Min" for n in proto.graph.node),
+        )
+    assert outs[32][1] == 0 and outs[10][1] == 3  # two Conv + one Gemm get a saturating clip
+    assert not np.allclose(outs[32][0], outs[10][0])
+
+
+def test_simgap_of_a_profile_against_itself_is_zero(tmp_path):
+    import json
+
+    import yaml
+
+    from harness.cli import main
+
+    cfg = tiny_sweep(tmp_path)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "gap.json"
+    rc = main(
+        [
+            "simgap",
+            str(tmp_path / "s.yaml"),
+            "--real",
+            "simnpu",
+            "--real-option",
+            "profile=rockchip",
+            "--profile",
+            "rockchip",
+            "--json",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    (row,) = json.loads(out.read_text())
+    assert row["agreement"] == 1.0 and row["kl_real_sim"] == pytest.approx(0, abs=1e-12) and row["max_abs"] == 0
+    assert row["samples"] == 64
