@@ -95,26 +95,39 @@ def fig_power_or_accuracy(ok: Any, use_power: bool) -> Figure:
     power_known = has_power(ok)
     if use_power:
         ok = ok[ok["power_w_peak"].notna()]
+    # A simulator's wall clock is not the target's: simulated/estimated rows sit at the target's *estimated*
+    # FPS (dashed outline), or are left out when there is no estimate.
+    ok = ok.copy()
+    measured = ok["numbers"].eq("measured") if "numbers" in ok else True
+    est_fps = ok["est_fps"] if "est_fps" in ok else float("nan")
+    ok["fps"] = ok["fps"].where(measured, est_fps)
+    ok["_est"] = ~measured if "numbers" in ok else False
+    dropped = int(ok["fps"].isna().sum())
+    ok = ok[ok["fps"].notna()]
+    # an estimated point belongs to its target, not to the host that ran the simulation: colour it by backend
+    ok["device"] = ok["device"].where(~ok["_est"], "target: " + ok["backend"].astype(str))
     ycol = "power_w_peak" if use_power else "top1"
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     devices = sorted(ok["device"].unique())
-    colors = {d: plt.cm.tab10(i % 10) for i, d in enumerate(devices)}
+    cmap, n = (plt.cm.tab10, 10) if len(devices) <= 10 else (plt.cm.tab20, 20)
+    colors = {d: cmap(i % n) for i, d in enumerate(devices)}
     scale = 1 if use_power else 100
     exec_dev = ok["execution_device"].fillna("cpu").astype(str) if "execution_device" in ok else "cpu"
     filled = ok["backend"] == (
         exec_dev.map(lambda d: DEFAULT_RUNTIME.get(d, "ort")) if "execution_device" in ok else "ort"
     )
     # one scatter call per (device, precision, filled) group: per-point calls made 1,000-row reports slow
-    for (dev, prec, fill), g in ok.assign(_filled=filled).groupby(["device", "precision", "_filled"]):
+    for (dev, prec, fill, est), g in ok.assign(_filled=filled).groupby(["device", "precision", "_filled", "_est"]):
         c = colors[dev]
         ax.scatter(
             g["fps"],
             g[ycol] * scale,
             marker=PRECISION_MARKERS.get(prec, "o"),
             s=55,
-            facecolors=[c] * len(g) if fill else "none",
+            facecolors=[c] * len(g) if fill and not est else "none",
             edgecolors=[c],
             linewidths=1.4,
+            linestyles="--" if est else "-",
         )
         if use_power and {"power_w_p5", "power_w_p95"} <= set(g.columns):
             w = g.dropna(subset=["power_w_p5", "power_w_p95"])
@@ -142,11 +155,18 @@ def fig_power_or_accuracy(ok: Any, use_power: bool) -> Figure:
         idx = pareto_front(list(ok["fps"]), list(ok["top1"]))
         ax.set_ylabel("top-1 accuracy (%)")
         caption = "Accuracy against throughput. Dashed: Pareto front (more FPS, more accuracy)."
+        if bool(ok["_est"].any()) or dropped:
+            caption += (
+                " Simulated/estimated rows (dashed outline) are placed at the target's ESTIMATED FPS (est_source), "
+                f"not at the simulator's speed on this host; {dropped} such row(s) without an estimate are left out."
+            )
         if not power_known:
             caption += " Power is not known for these rows (no power meter recorded), so there is no power plot."
     front = ok.iloc[idx]
     ax.plot(front["fps"], front[ycol] * (1 if use_power else 100), "k--", lw=1, alpha=0.6, label="Pareto front")
-    ax.set_xlabel("median FPS (batch 1)")
+    ax.set_xlabel("median FPS (batch 1)" + ("; dashed: target's estimated FPS" if bool(ok["_est"].any()) else ""))
+    if len(ok) and ok["fps"].max() > 100 * max(ok["fps"].min(), 1e-9):
+        ax.set_xscale("log")
     from matplotlib.lines import Line2D
 
     handles = [
@@ -158,6 +178,10 @@ def fig_power_or_accuracy(ok: Any, use_power: bool) -> Figure:
     handles += [
         Line2D([], [], marker="o", ls="", markerfacecolor="none", color="gray", label="alt. runtime (unfilled)")
     ]
+    if bool(ok["_est"].any()):
+        handles.append(
+            Line2D([], [], marker="o", ls="", markerfacecolor="none", color="gray", label="est. target FPS (dashed)")
+        )
     ax.legend(handles=handles, fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     if use_power:
@@ -185,7 +209,8 @@ def fig_gap_bars(ok: Any) -> Figure:
     import numpy as np
 
     q = with_gap(ok[ok["precision"].isin(["int8", "int4", "fp16"])])
-    q["cell"] = q["backend"] + " · " + q["spec_id"]
+    tag = q["numbers"].map(lambda n: "" if n == "measured" else f" [{str(n)[:3]}]") if "numbers" in q else ""
+    q["cell"] = q["backend"] + " · " + q["spec_id"] + tag
     cells = sorted(q["cell"].unique())
     models = sorted(q["model"].unique())
     if len(cells) > MAX_BAR_CELLS:  # the worst gaps matter most; the summary table has every cell
@@ -208,7 +233,9 @@ def fig_gap_bars(ok: Any) -> Figure:
         "FP→Q gap",
         _fig_to_png(fig),
         "Top-1 change of each quantized cell against the same "
-        "checkpoint's FP32 reference on the same evaluation set; bars per checkpoint.",
+        "checkpoint's FP32 reference on the same evaluation set; bars per checkpoint. [sim] = numerics of a "
+        "simulated target (vendor simulator or simnpu profile), [est] = outputs from a stand-in runtime with a "
+        "performance model for the target.",
     )
 
 
@@ -257,7 +284,8 @@ def fig_latency(ok: Any, samples: Any) -> Figure | None:
     for _, r in ok.iterrows():
         if r["record_id"] in groups.groups:
             data.append(groups.get_group(r["record_id"]).to_numpy() / 1e6)
-            labels.append(f"{r['model']} · {r['backend']} · {r['spec_id']}")
+            tag = "" if r.get("numbers") in ("measured", None, "") else f" [{r['numbers']}: host runs a simulator]"
+            labels.append(f"{r['model']} · {r['backend']} · {r['spec_id']}{tag}")
     if not data:
         return None
     total = len(data)
@@ -341,11 +369,18 @@ def spread_table(ok: Any) -> list[list[str]]:
 
 
 def estimate_sources(rows: Any) -> list[tuple[str, str]]:
-    """(backend, how its est. ms was obtained) for every backend with an estimate; one line per distinct source."""
+    """(who, how its est. ms was obtained): one line per backend, or per cell where a backend's cells differ."""
     if "est_source" not in rows:
         return []
     est = rows[rows["est_source"].fillna("").astype(str) != ""]
-    return sorted({(str(b), str(s)) for b, s in zip(est["backend"], est["est_source"], strict=True)})
+    out = set()
+    for backend, g in est.groupby("backend"):
+        if g["est_source"].nunique() == 1:
+            out.add((str(backend), str(g["est_source"].iloc[0])))
+        else:
+            for _, r in g.iterrows():
+                out.add((f"{backend} · {r['model']} · {r['spec_id']}", str(r["est_source"])))
+    return sorted(out)
 
 
 SPREAD_HEADER = ["model", "precision", "cells", "mean gap pp", "worst gap pp", "spread pp (max–min)", "KL×1e3"]
