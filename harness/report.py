@@ -88,6 +88,23 @@ def has_power(ok: Any) -> bool:
     return "power_w_peak" in ok and bool(ok["power_w_peak"].notna().any())
 
 
+def throughput_frame(ok: Any) -> tuple[Any, int]:
+    """Rows for a throughput axis, and how many were left out.
+
+    A simulator's wall clock is not the target's: simulated/estimated rows take the target's *estimated* FPS
+    (``est_fps``; flagged ``_est``, coloured by backend as ``target: <backend>``), or are left out without one.
+    """
+    ok = ok.copy()
+    measured = ok["numbers"].eq("measured") if "numbers" in ok else True
+    est_fps = ok["est_fps"] if "est_fps" in ok else float("nan")
+    ok["fps"] = ok["fps"].where(measured, est_fps)
+    ok["_est"] = ~measured if "numbers" in ok else False
+    dropped = int(ok["fps"].isna().sum())
+    ok = ok[ok["fps"].notna()].copy()
+    ok["device"] = ok["device"].where(~ok["_est"], "target: " + ok["backend"].astype(str))
+    return ok, dropped
+
+
 def fig_power_or_accuracy(ok: Any, use_power: bool) -> Figure:
     """Median FPS vs average peak power (paper Fig. 3 encoding) or vs top-1; Pareto front marked."""
     import matplotlib.pyplot as plt
@@ -95,17 +112,7 @@ def fig_power_or_accuracy(ok: Any, use_power: bool) -> Figure:
     power_known = has_power(ok)
     if use_power:
         ok = ok[ok["power_w_peak"].notna()]
-    # A simulator's wall clock is not the target's: simulated/estimated rows sit at the target's *estimated*
-    # FPS (dashed outline), or are left out when there is no estimate.
-    ok = ok.copy()
-    measured = ok["numbers"].eq("measured") if "numbers" in ok else True
-    est_fps = ok["est_fps"] if "est_fps" in ok else float("nan")
-    ok["fps"] = ok["fps"].where(measured, est_fps)
-    ok["_est"] = ~measured if "numbers" in ok else False
-    dropped = int(ok["fps"].isna().sum())
-    ok = ok[ok["fps"].notna()]
-    # an estimated point belongs to its target, not to the host that ran the simulation: colour it by backend
-    ok["device"] = ok["device"].where(~ok["_est"], "target: " + ok["backend"].astype(str))
+    ok, dropped = throughput_frame(ok)
     ycol = "power_w_peak" if use_power else "top1"
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     devices = sorted(ok["device"].unique())

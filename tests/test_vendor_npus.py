@@ -468,3 +468,24 @@ def test_simgap_of_a_profile_against_itself_is_zero(tmp_path):
     (row,) = json.loads(out.read_text())
     assert row["agreement"] == 1.0 and row["kl_real_sim"] == pytest.approx(0, abs=1e-12) and row["max_abs"] == 0
     assert row["samples"] == 64
+
+
+def test_report_places_simulated_rows_at_the_targets_estimated_fps():
+    import pandas as pd
+
+    from harness.records import to_frame
+    from harness.report import throughput_frame
+    from tests.models import make_record
+
+    rows = to_frame(
+        [
+            make_record(record_id="a", backend="ort", numbers="measured", fps=900.0),
+            make_record(record_id="b", backend="qnn", numbers="simulated", fps=150.0, est_fps=1200.0),
+            make_record(record_id="c", backend="rknn", numbers="simulated", fps=300.0),  # no estimate
+        ]
+    )
+    out, dropped = throughput_frame(rows)
+    assert dropped == 1 and list(out["record_id"]) == ["a", "b"]
+    assert list(out["fps"]) == [900.0, 1200.0]  # never the simulator's 150 FPS
+    assert list(out["_est"]) == [False, True] and out["device"].iloc[1] == "target: qnn"
+    assert isinstance(out, pd.DataFrame)
