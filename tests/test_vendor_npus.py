@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -489,3 +490,41 @@ def test_report_places_simulated_rows_at_the_targets_estimated_fps():
     assert list(out["fps"]) == [900.0, 1200.0]  # never the simulator's 150 FPS
     assert list(out["_est"]) == [False, True] and out["device"].iloc[1] == "target: qnn"
     assert isinstance(out, pd.DataFrame)
+
+
+def test_vela_unavailable_without_the_package(monkeypatch):
+    import backends
+
+    monkeypatch.setitem(sys.modules, "ethosu", None)
+    monkeypatch.setitem(sys.modules, "ethosu.vela", None)
+    av = backends.create("vela").availability()
+    assert not av.available and "qtbench[vela]" in av.reason
+
+
+def test_nxp_stub_with_a_broken_delegate_falls_back_and_says_so(tiny, tmp_path):
+    import backends
+
+    model, calib, _, _ = tiny
+    bad = tmp_path / "libvx_delegate.so"
+    bad.write_bytes(b"not an ELF file")
+    b = backends.create("nxp", {"delegate": str(bad)})
+    usable, why = b.real_runtime()
+    assert not usable and "failed to load" in why
+    with b.compile(model, INT8, calib, tmp_path / "w") as c:
+        assert c.info.numbers == "simulated" and "failed to load" in c.info.notes[0]
+
+
+def test_hailo_probe_without_a_device(monkeypatch):
+    import types
+
+    import backends
+
+    fake = types.ModuleType("hailo_platform")
+    fake.Device = types.SimpleNamespace(scan=lambda: [])
+    fake.__spec__ = importlib.machinery.ModuleSpec("hailo_platform", None)
+    monkeypatch.setitem(sys.modules, "hailo_platform", fake)
+    usable, why = backends.create("hailo").real_runtime()
+    assert not usable and why == "HailoRT found but no Hailo device attached"
+    fake.Device = types.SimpleNamespace(scan=lambda: ["0000:01:00.0"])
+    usable, why = backends.create("hailo").real_runtime()
+    assert not usable and "no compiled .hef" in why  # a device alone is not enough: the model must be compiled
