@@ -206,13 +206,7 @@ class OrtBackend(Backend):
         import onnxruntime.quantization as q
 
         cache, method = static_ranges(model, spec, calib, workdir, notes)
-        four = spec.precision == "int4"
-        wtype = {
-            (True, True): q.QuantType.QInt4,
-            (True, False): q.QuantType.QUInt4,
-            (False, True): q.QuantType.QInt8,
-            (False, False): q.QuantType.QUInt8,
-        }[(four, spec.weight_symmetric)]
+        wtype = weight_type(spec)
         atype = q.QuantType.QInt8 if spec.activation_symmetric else q.QuantType.QUInt8
         q.quantize_static(
             str(model.path),
@@ -292,6 +286,18 @@ class OrtBackend(Backend):
         elif not spec.is_float:
             for n in float_compute:
                 info.fallback_ops.setdefault(n.op_type, "not quantized by onnxruntime.quantization (runs in float)")
+
+
+def weight_type(spec: QuantSpec) -> Any:
+    """onnxruntime.quantization's weight QuantType for a spec: 4 or 8 bits, signed when symmetric."""
+    import onnxruntime.quantization as q
+
+    return {
+        (True, True): q.QuantType.QInt4,
+        (True, False): q.QuantType.QUInt4,
+        (False, True): q.QuantType.QInt8,
+        (False, False): q.QuantType.QUInt8,
+    }[(spec.precision == "int4", spec.weight_symmetric)]
 
 
 def static_ranges(model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path, notes: list[str]) -> tuple[Path, Any]:

@@ -31,6 +31,7 @@ import numpy as np
 
 from backends._graph import fix_batch, per_sample
 from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput
+from backends.ort import OrtCompiled
 from harness.errors import BackendUnavailable, ConfigError
 from harness.spec import QuantSpec
 
@@ -60,17 +61,11 @@ def on_qualcomm_soc() -> bool:
     return platform.machine().lower() in ("aarch64", "arm64")
 
 
-class QnnCompiled(Compiled):
-    def __init__(self, session: Any, info: CompiledInfo) -> None:
-        super().__init__(info)
-        self.session = session
-        self._outputs = [o.name for o in session.get_outputs()]
+class QnnCompiled(OrtCompiled):
+    """An ORT session holding the QNN EP; the graph has a fixed batch of 1, so larger batches run per sample."""
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        return per_sample(lambda f: self.session.run(self._outputs, dict(f)), feeds)
-
-    def _close(self) -> None:
-        self.session = None
+        return per_sample(super()._infer, feeds)
 
 
 class QnnBackend(Backend):
@@ -201,18 +196,12 @@ class QnnBackend(Backend):
         import onnxruntime.quantization as q
         from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
-        from backends.ort import static_ranges
+        from backends.ort import static_ranges, weight_type
 
         logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer warns about pre-processing on every call
         fixed_model = ModelInput(fixed, model.sha256, model.input_names, model.output_names, dynamic_batch=False)
         cache, method = static_ranges(fixed_model, spec, calib, workdir, notes)
-        four = spec.precision == "int4"
-        wtype = {
-            (True, True): q.QuantType.QInt4,
-            (True, False): q.QuantType.QUInt4,
-            (False, True): q.QuantType.QInt8,
-            (False, False): q.QuantType.QUInt8,
-        }[(four, spec.weight_symmetric)]
+        wtype = weight_type(spec)
         cfg = get_qnn_qdq_config(
             str(fixed),
             None,

@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput
+from backends.ort import OrtCompiled
 from harness.spec import QuantSpec
 
 #: op → (weight input index, output-channel axis of that weight)
@@ -495,19 +496,6 @@ def estimate_latency(proto: Any, npu: set[str], profile: Any, wbits: int, abits:
 # ---------------------------------------------------------------------------------------------------------
 # The backend
 # ---------------------------------------------------------------------------------------------------------
-class SimCompiled(Compiled):
-    def __init__(self, session: Any, info: CompiledInfo) -> None:
-        super().__init__(info)
-        self.session = session
-        self._outputs = [o.name for o in session.get_outputs()]
-
-    def _infer(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(self._outputs, dict(feeds))
-
-    def _close(self) -> None:
-        self.session = None
-
-
 class SimNpuBackend(Backend):
     """A vendor NPU's quantization and partitioning, simulated from a profile; latency from a roofline."""
 
@@ -590,7 +578,7 @@ class SimNpuBackend(Backend):
         if self.fallback_reason:
             info.notes.insert(0, self.fallback_reason)
         info.notes.append(f"simulated {p.name}: numerics on the profile's grid, executed by ONNX Runtime on CPU")
-        return SimCompiled(session, info)
+        return OrtCompiled(session, info)  # a plain ORT session over the rewritten graph
 
     def _build(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path, out: Path) -> dict[str, Any]:
         import onnx
