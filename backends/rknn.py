@@ -9,8 +9,10 @@ Specs: int8 static → ``w8a8`` with ``quantized_method`` channel/layer (granula
 normal (minmax) / kl_divergence (entropy) / mmse (mse); fp16 → no quantization (the NPU's float path). The
 simulator can't load a saved ``.rknn``, so every cell builds from ONNX; the calibration ``.npy`` files and dataset
 list (NCHW, as the toolkit wants for ONNX inputs) are cached in the cell's workdir. Numbers are ``simulated``.
-Board-only measurements (``eval_perf``, ``eval_memory``) need ``options.target`` (a device over adb) and
-otherwise stay empty — the simulator has no timing model.
+Each build also exports the deployable ``model.rknn`` (its size is the row's artifact size). On a Rockchip board,
+``options.rknn_model`` runs such a file with rknn-toolkit-lite2 on the real NPU (rows ``measured``; written
+against the lite2 API, not exercised in CI). Board-only measurements (``eval_perf``, ``eval_memory``) need a
+board; the PC simulator has no timing model, so ``est. ms`` comes from the build's per-op cycle table.
 """
 
 from __future__ import annotations
@@ -157,6 +159,7 @@ class RknnBackend(Backend):
         "python": None,  # the rknn env's python; default $QTBENCH_RKNN_PYTHON or ~/.cache/qtbench/envs/rknn
         "target": None,  # a board (e.g. "rk3588" with device_id) to run on; None = the PC simulator
         "optimization_level": 3,
+        "rknn_model": None,  # on a Rockchip board: a .rknn (exported by an x86 run) to run with rknn-toolkit-lite2
         "npu_clock_ghz": 1.0,  # for the build's cycle estimate; RK3588's NPU runs at up to 1 GHz (set yours)
         "timeout_s": 600,
     }
@@ -167,6 +170,14 @@ class RknnBackend(Backend):
             raise ConfigError(f"backends.rknn.options.target_platform: choose one of {', '.join(PLATFORMS)}")
 
     def availability(self) -> Availability:
+        if self.options["rknn_model"]:
+            try:
+                import rknnlite.api  # noqa: F401
+            except ImportError as exc:
+                return Availability(
+                    False, f"options.rknn_model runs on a Rockchip board with rknn-toolkit-lite2, not here ({exc})"
+                )
+            return Availability(True, "", {"rknn-toolkit-lite2": _version("rknn-toolkit-lite2")}, ("npu",))
         py = worker_python(self.options["python"])
         if not py.is_file():
             return Availability(
@@ -208,6 +219,8 @@ class RknnBackend(Backend):
         return None
 
     def _compile(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path) -> Compiled:
+        if self.options["rknn_model"]:
+            return _lite_compile(Path(self.options["rknn_model"]))
         import onnx
 
         t0 = time.perf_counter()
@@ -245,13 +258,16 @@ class RknnBackend(Backend):
                 dataset=str(dataset) if dataset else None,
                 config=config,
                 target=self.options["target"],
+                export=str(workdir / "model.rknn"),
             )
         except RuntimeError as exc:
             worker.close()
             raise BackendUnavailable(str(exc)) if "died" in str(exc) else exc from None
         on_board = bool(self.options["target"])
+        exported = workdir / "model.rknn"
         info = CompiledInfo(
-            artifact_path=None,
+            artifact_path=exported if exported.is_file() else None,
+            artifact_bytes=exported.stat().st_size if exported.is_file() else None,
             numbers="measured" if on_board else "simulated",
             execution_device="npu",
             notes=notes + ([] if on_board else ["rknn-toolkit2 PC simulator: vendor numerics, no device timing"]),
@@ -296,3 +312,51 @@ class RknnBackend(Backend):
             paths.append(str(p))
         listing.write_text("\n".join(paths) + "\n")
         return listing
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return "?"
+
+
+class RknnLiteCompiled(Compiled):
+    """rknn-toolkit-lite2 on the board itself: the real NPU, in-process."""
+
+    def __init__(self, runtime: Any, info: CompiledInfo) -> None:
+        super().__init__(info)
+        self.runtime = runtime
+
+    def _one(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        outs = self.runtime.inference(inputs=[next(iter(feeds.values()))], data_format="nchw")
+        return [np.asarray(o, dtype=np.float32) for o in outs]
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return per_sample(self._one, feeds)
+
+    def _close(self) -> None:
+        self.runtime.release()
+
+
+def _lite_compile(path: Path) -> Compiled:
+    """Load a .rknn exported by an x86 run (``workdir/model.rknn``) on the board's NPU (not exercised in CI)."""
+    from rknnlite.api import RKNNLite
+
+    if not path.is_file():
+        raise ConfigError(f"backends.rknn.options.rknn_model: {path} not found; copy the model.rknn an x86 run wrote")
+    t0 = time.perf_counter()
+    rt = RKNNLite()
+    if rt.load_rknn(str(path)) != 0 or rt.init_runtime(core_mask=RKNNLite.NPU_CORE_AUTO) != 0:
+        raise BackendUnavailable(f"rknn-toolkit-lite2 could not load/initialise {path} on this board's NPU")
+    info = CompiledInfo(
+        artifact_path=path,
+        artifact_bytes=path.stat().st_size,
+        numbers="measured",
+        execution_device="npu",
+        notes=["rknn-toolkit-lite2 on the board: quantization fixed by the x86 build that exported this .rknn"],
+        compile_s=time.perf_counter() - t0,
+    )
+    return RknnLiteCompiled(rt, info)

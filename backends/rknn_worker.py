@@ -7,7 +7,7 @@ as argv[1] (rknn-toolkit2 prints its logs to stdout, so replies need their own c
 files in a folder the parent owns. Commands:
 
     {"cmd": "build", "model": ..., "inputs": [...], "input_size_list": [[1,1,14,14]], "dataset": "ds.txt",
-     "config": {...rknn.config kwargs...}, "target": null}      → {"ok": true, "seconds": ...}
+     "config": {...rknn.config kwargs...}, "target": null, "export": "model.rknn"}  → {"ok": true, "seconds": ...}
     {"cmd": "infer", "input": "x.npy", "output": "y.npz"}       → {"ok": true, "outputs": 1}
     {"cmd": "perf"}                                              → {"ok": true, "perf": ...} (board only)
     {"cmd": "quit"}
@@ -60,6 +60,10 @@ def main() -> int:
                 ret = rknn.build(do_quantization=quant, dataset=msg.get("dataset"))
                 if ret != 0:
                     raise RuntimeError(f"rknn.build failed ({ret})")
+                if msg.get("export"):  # the deployable .rknn (for rknn-toolkit-lite2 on a board)
+                    ret = rknn.export_rknn(msg["export"])
+                    if ret != 0:
+                        raise RuntimeError(f"rknn.export_rknn failed ({ret})")
                 ret = rknn.init_runtime(target=msg.get("target"))
                 if ret != 0:
                     raise RuntimeError(f"rknn.init_runtime(target={msg.get('target')!r}) failed ({ret})")

@@ -398,6 +398,13 @@ def test_rknn_without_worker_env_is_unavailable_with_the_fix(tmp_path):
     assert not av.available and "qtbench env create rknn" in av.reason
 
 
+def test_rknn_board_mode_needs_toolkit_lite2(tmp_path):
+    import backends
+
+    av = backends.create("rknn", {"rknn_model": str(tmp_path / "m.rknn")}).availability()
+    assert not av.available and "rknn-toolkit-lite2" in av.reason
+
+
 def test_rknn_worker_crash_is_a_clear_error(tmp_path):
     from backends.rknn import RknnWorker
 
@@ -422,6 +429,7 @@ def test_rknn_simulator_builds_and_runs(tiny):
         info = c.info
     assert out.shape == (4, 5) and info.numbers == "simulated"
     assert info.coverage.get("npu", 0) > 0 and info.est_latency_ms > 0 and "cycles" in info.est_source
+    assert info.artifact_path.name == "model.rknn" and info.artifact_bytes > 1000  # the deployable export
 
 
 def test_narrow_accumulator_saturates(tiny):
