@@ -155,12 +155,17 @@ class QnnBackend(Backend):
             (workdir / "notes.json").write_text(json.dumps(notes))
         quant_s = time.perf_counter() - t0
         trace_dir = workdir / f"trace-{time.time_ns()}"
-        session = self._session(artifact, spec.is_float, trace_dir=trace_dir)
+        htp = self.options["backend_type"] == "htp"
+        ctx = workdir / f"model_ctx_{self.options['soc_model']}_v{self.options['htp_arch']}.onnx"
+        session = self._session(
+            artifact, spec.is_float, trace_dir=trace_dir, context=None if ctx.is_file() or not htp else ctx
+        )
         compile_s = time.perf_counter() - t0
-        simulated = not on_qualcomm_soc() and self.options["backend_type"] == "htp"
+        simulated = not on_qualcomm_soc() and htp
+        shipped = ctx if ctx.is_file() else artifact
         info = CompiledInfo(
-            artifact_path=artifact,
-            artifact_bytes=artifact.stat().st_size,
+            artifact_path=shipped,
+            artifact_bytes=shipped.stat().st_size,
             numbers="simulated" if simulated else "measured",
             execution_device="npu" if self.options["backend_type"] == "htp" else "cpu",
             notes=notes,
@@ -174,6 +179,8 @@ class QnnBackend(Backend):
                 "htp_arch": self.options["htp_arch"],
                 "soc_model": self.options["soc_model"],
                 "quantize_s": round(quant_s, 3),
+                "qdq_onnx_bytes": artifact.stat().st_size,
+                "artifact": "QNN context binary (EPContext model)" if shipped == ctx else "QDQ ONNX",
             }
         )
         if simulated:
@@ -239,7 +246,12 @@ class QnnBackend(Backend):
         return opts | extra
 
     def _session(
-        self, path: Path, float_graph: bool, trace_dir: Path | None = None, profile: Path | None = None
+        self,
+        path: Path,
+        float_graph: bool,
+        trace_dir: Path | None = None,
+        profile: Path | None = None,
+        context: Path | None = None,
     ) -> Any:
         ort = _register()
         devices = [d for d in ort.get_ep_devices() if d.ep_name == EP]
@@ -251,6 +263,10 @@ class QnnBackend(Backend):
         so.log_severity_level = 3
         if not self.options["cpu_fallback"]:
             so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+        if context is not None:  # write the compiled QNN context (what ships to the device) beside the model
+            so.add_session_config_entry("ep.context_enable", "1")
+            so.add_session_config_entry("ep.context_file_path", str(context))
+            so.add_session_config_entry("ep.context_embed_mode", "1")
         extra: dict[str, str] = {}
         if trace_dir is not None:
             extra |= {"enable_framework_op_trace": "1", "framework_op_trace_dir": str(trace_dir)}

@@ -314,6 +314,9 @@ def test_qnn_htp_simulator_runs_int8_with_cycle_estimate(tiny):
     assert info.numbers == "simulated" and info.coverage.get("npu", 0) > 0
     assert info.extra["htp_cycles_p50"] > 0
     assert info.est_latency_ms == pytest.approx(info.extra["htp_cycles_p50"] / 1e6)  # 1 GHz assumed
+    assert info.extra["artifact"].startswith("QNN context") and info.artifact_path.is_file()
+    with b.compile(model, INT8, calib, d / "qnn") as again:  # cached: QDQ model and context reused
+        assert again.info.cache_hit and np.allclose(again.infer(ev.batch(0, 6))[0], out)
     ref = load_ref(model.path, ev)
     assert np.mean(out.argmax(1) == ref[:6].argmax(1)) >= 0.5
 
