@@ -21,6 +21,7 @@ SUMMARY_COLUMNS: list[tuple[str, str, str]] = [
     ("latency_ms_p99", "p99 ms", "{:.3f}"),
     ("fps", "FPS", "{:.0f}"),
     ("est_latency_ms", "est. ms", "{:.3f}"),
+    ("accel_share", "on accel %", "pct"),
     ("energy_mj_per_inf", "mJ/inf", "{:.3f}"),
     ("energy_source", "energy source", "{}"),
     ("artifact_bytes", "size KB", "kb"),
@@ -43,7 +44,23 @@ def format_value(value: Any, fmt: str) -> str:
 
 
 def with_gap(df: Any) -> Any:
-    """A copy with ``gap_pp`` = top-1 change against the same checkpoint's FP32 reference, in points."""
+    """A copy with derived columns: ``gap_pp`` = top-1 change against the same checkpoint's FP32 reference, in
+    points; ``accel_share`` = share of graph nodes the accelerator runs (NaN for CPU backends)."""
     df = df.copy()
     df["gap_pp"] = 100 * (df["top1"] - df["fp_top1"])
+    df["accel_share"] = [
+        accel_share(c, d)
+        for c, d in zip(df.get("coverage", [""] * len(df)), df.get("execution_device", [""] * len(df)), strict=True)
+    ]
     return df
+
+
+def accel_share(coverage: Any, execution_device: Any) -> float:
+    """Nodes not on the CPU / all nodes, from a row's coverage JSON; NaN when the backend runs on the CPU."""
+    import json
+
+    if not isinstance(coverage, str) or execution_device in ("cpu", "", None):
+        return float("nan")
+    counts = json.loads(coverage or "{}")
+    total = sum(counts.values())
+    return sum(v for k, v in counts.items() if k != "cpu") / total if total else float("nan")
