@@ -94,6 +94,7 @@ class RknnWorker:
             stderr=subprocess.STDOUT,
             pass_fds=(w,),
             text=True,
+            cwd=log.parent,  # rknn-toolkit2 drops check*.onnx debug files in its working directory
         )
         os.close(w)
         self.replies = os.fdopen(r, "r")
