@@ -17,7 +17,8 @@ Lifecycle, as the harness drives it in a child process per cell::
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -80,6 +81,20 @@ class CompiledInfo:
     def __post_init__(self) -> None:
         if self.numbers not in NUMBERS:
             raise ValueError(f"numbers must be one of {NUMBERS}, got {self.numbers!r}")
+
+
+def build_once(artifact: Path, build: Callable[[list[str]], None]) -> tuple[list[str], bool]:
+    """Run ``build(notes)`` unless ``artifact`` already exists; returns (notes, cache_hit).
+
+    The notes a build wrote are kept beside the artifact (``notes.json``) so a cache hit reports the same notes.
+    """
+    record = artifact.with_name("notes.json")
+    if artifact.is_file():
+        return (json.loads(record.read_text()) if record.is_file() else []), True
+    notes: list[str] = []
+    build(notes)
+    record.write_text(json.dumps(notes))
+    return notes, False
 
 
 class Compiled(abc.ABC):

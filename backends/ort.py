@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import tempfile
@@ -21,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput
+from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once
 from harness.errors import ConfigError, UnsupportedSpec
 from harness.spec import QuantSpec
 
@@ -115,17 +114,11 @@ class OrtBackend(Backend):
         import time
 
         t0 = time.perf_counter()
-        notes: list[str] = []
         if spec.precision == "fp32":
-            artifact, cache_hit = model.path, True
+            artifact, notes, cache_hit = model.path, [], True
         else:
             artifact = workdir / "model.onnx"
-            cache_hit = artifact.is_file()
-            if not cache_hit:
-                self._build(model, spec, calib, workdir, artifact, notes)
-                (workdir / "notes.json").write_text(json.dumps(notes))
-            else:
-                notes = json.loads((workdir / "notes.json").read_text()) if (workdir / "notes.json").is_file() else []
+            notes, cache_hit = build_once(artifact, lambda n: self._build(model, spec, calib, workdir, artifact, n))
         compile_s = time.perf_counter() - t0
         session = self._session(artifact)
         actual = session.get_providers()

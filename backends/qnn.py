@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from backends._graph import fix_batch, per_sample
-from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput
+from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once
 from backends.ort import OrtCompiled
 from harness.errors import BackendUnavailable, ConfigError
 from harness.spec import QuantSpec
@@ -140,19 +140,17 @@ class QnnBackend(Backend):
     # -- compilation ---------------------------------------------------------------------------------------
     def _compile(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path) -> Compiled:
         t0 = time.perf_counter()
-        notes: list[str] = []
         artifact = workdir / "model.onnx"
-        cache_hit = artifact.is_file()
-        if cache_hit:
-            notes = json.loads((workdir / "notes.json").read_text()) if (workdir / "notes.json").is_file() else []
-        else:
+
+        def build(notes: list[str]) -> None:
             fixed = fix_batch(model.path, workdir / "fixed.onnx")
             if spec.is_float:
                 fixed.replace(artifact)
             else:
                 self._quantize(model, fixed, spec, calib, workdir, artifact, notes)
                 fixed.unlink()
-            (workdir / "notes.json").write_text(json.dumps(notes))
+
+        notes, cache_hit = build_once(artifact, build)
         quant_s = time.perf_counter() - t0
         trace_dir = workdir / f"trace-{time.time_ns()}"
         htp = self.options["backend_type"] == "htp"
@@ -167,7 +165,7 @@ class QnnBackend(Backend):
             artifact_path=shipped,
             artifact_bytes=shipped.stat().st_size,
             numbers="simulated" if simulated else "measured",
-            execution_device="npu" if self.options["backend_type"] == "htp" else "cpu",
+            execution_device="npu" if htp else "cpu",
             notes=notes,
             compile_s=compile_s,
             cache_hit=cache_hit,
@@ -186,7 +184,7 @@ class QnnBackend(Backend):
         if simulated:
             info.notes.append("numerics from Qualcomm's HTP simulator on x86; wall-clock latency is the simulator's")
         self._coverage(trace_dir, info)
-        if self.options["backend_type"] == "htp":
+        if htp:
             self._estimate(artifact, spec.is_float, calib, workdir, info)
         return QnnCompiled(session, info)
 

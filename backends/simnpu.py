@@ -173,7 +173,6 @@ class RewriteReport:
     activation_grids: dict[str, dict[str, Any]] = field(default_factory=dict)  # tensor → scale/zp/qmin/qmax
     unquantized: list[str] = field(default_factory=list)  # NPU tensors with no calibrated range
     partitions: int = 0
-    bn_folded: int = 0
 
 
 def partition(proto: Any, ops: frozenset[str]) -> tuple[set[str], int]:
@@ -198,10 +197,7 @@ def rewrite(proto: Any, profile: Any, spec: QuantSpec, ranges: Mapping[str, tupl
     g = proto.graph
     wbits, abits = profile.bits(spec)
     rep = RewriteReport()
-    for i, n in enumerate(g.node):
-        if not n.name:
-            n.name = f"{n.op_type}_{i}"
-    npu, rep.partitions = partition(proto, profile.ops)
+    npu, rep.partitions = partition(proto, profile.ops)  # also names unnamed nodes
     inits = {i.name: i for i in g.initializer}
     types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
     consumers: dict[str, list[Any]] = {}
@@ -216,6 +212,8 @@ def rewrite(proto: Any, profile: Any, spec: QuantSpec, ranges: Mapping[str, tupl
             )
 
     # -- activations: every float tensor an NPU node reads or writes, except outputs fused into an activation
+    graph_outputs = {o.name for o in g.output}
+
     def fused_away(node: Any, out: str) -> bool:
         cons = consumers.get(out, [])
         return (
@@ -223,7 +221,7 @@ def rewrite(proto: Any, profile: Any, spec: QuantSpec, ranges: Mapping[str, tupl
             and len(cons) == 1
             and cons[0].op_type in profile.fuse
             and cons[0].name in npu
-            and out not in {o.name for o in g.output}
+            and out not in graph_outputs
         )
 
     fused = {o for n in g.node if n.name in npu for o in n.output if fused_away(n, o)}
@@ -284,7 +282,6 @@ def rewrite(proto: Any, profile: Any, spec: QuantSpec, ranges: Mapping[str, tupl
     # -- insert fake-quant for each activation target
     new_nodes: list[Any] = []
     graph_inputs = {i.name for i in g.input}
-    graph_outputs = {o.name for o in g.output}
     for t, grid in grids.items():
         src = t
         if t not in graph_inputs:
@@ -308,7 +305,6 @@ def rewrite(proto: Any, profile: Any, spec: QuantSpec, ranges: Mapping[str, tupl
             "qmin": grid.qmin,
             "qmax": grid.qmax,
         }
-        assert out in graph_outputs or out == t or t in graph_inputs
     g.node.extend(new_nodes)
     _toposort(g)
     used = {x for n in g.node for x in n.input}
@@ -437,10 +433,16 @@ def node_work(n: Any, shapes: Mapping[str, list[int]]) -> tuple[float, float]:
     return 0.0, out
 
 
-def estimate_latency(proto: Any, npu: set[str], profile: Any, wbits: int, abits: int) -> tuple[float, dict[str, Any]]:
-    """Roofline latency (ms) of one inference of the fixed-shape float graph ``proto`` under ``profile``."""
+def estimate_latency(
+    proto: Any, profile: Any, wbits: int, abits: int, split: tuple[set[str], int] | None = None
+) -> tuple[float, dict[str, Any]]:
+    """Roofline latency (ms) of one inference of the fixed-shape float graph ``proto`` under ``profile``.
+
+    ``split`` is ``partition(proto, profile.ops)`` when the caller already has it.
+    """
     from devices.profiles import roofline_peak
 
+    npu, switches = split or partition(proto, profile.ops)
     tops, bw, src = roofline_peak(profile)
     c = profile.cost
     if abits >= 16 and wbits >= 16:
@@ -477,7 +479,6 @@ def estimate_latency(proto: Any, npu: set[str], profile: Any, wbits: int, abits:
     for o in proto.graph.output:
         if producers.get(o.name) in npu:
             t_link += numel(o.name) * abits / 8 / link
-    _, switches = partition(proto, profile.ops)
     ms = 1e3 * (t_npu + t_host + t_link) + c["invoke_overhead_ms"] + switches * c["partition_switch_ms"]
     breakdown = {
         "npu_ms": round(1e3 * t_npu, 5),
@@ -596,11 +597,9 @@ class SimNpuBackend(Backend):
         onnx.save(proto, str(prepared))
         fixed = fix_batch(prepared, workdir / "fixed.onnx")
         fixed_proto = onnx.load(str(fixed))
-        for i, n in enumerate(fixed_proto.graph.node):
-            n.name = n.name or f"{n.op_type}_{i}"
         wbits, abits = p.bits(spec)
         npu, switches = partition(fixed_proto, p.ops)
-        est_ms, cost = estimate_latency(fixed_proto, npu, p, wbits, abits)
+        est_ms, cost = estimate_latency(fixed_proto, p, wbits, abits, (npu, switches))
         if spec.precision == "fp16":
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -612,7 +611,6 @@ class SimNpuBackend(Backend):
         else:
             ranges = self._ranges(model, prepared, spec, calib, workdir, notes)
             rep = rewrite(proto, p, spec, ranges)
-            rep.bn_folded = folded
             if rep.unquantized:
                 notes.append(f"{len(rep.unquantized)} NPU tensor(s) had no calibrated range and stay float")
             onnx.save(proto, str(out))
@@ -621,9 +619,9 @@ class SimNpuBackend(Backend):
             )
         for f in (prepared, fixed):
             f.unlink(missing_ok=True)
+        second_inputs = {n.input[1] for n in fixed_proto.graph.node if len(n.input) > 1}
         packed = sum(
-            int(np.prod(i.dims)) * (wbits if any(i.name in n.input[1:2] for n in fixed_proto.graph.node) else 32)
-            for i in fixed_proto.graph.initializer
+            int(np.prod(i.dims)) * (wbits if i.name in second_inputs else 32) for i in fixed_proto.graph.initializer
         )
         notes.append(f"size: weights packed at {wbits} bits, other constants 32 (the deployed blob, estimated)")
         return {

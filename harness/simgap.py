@@ -37,23 +37,21 @@ class Gap:
 
 
 def compare(real: np.ndarray, sim: np.ndarray, ref: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
-    from harness import metrics
+    """The gap between the two sides, with the harness's own metric definitions (real is the reference)."""
+    from harness import metrics as m
 
     real, sim, ref = (a.reshape(len(a), -1).astype(np.float64) for a in (real, sim, ref))
-    p, q = metrics.softmax(real), metrics.softmax(sim)
-    kl = float(np.mean(np.sum(p * (np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(q, 1e-12, None))), axis=1)))
-    cos = float(np.mean(np.sum(real * sim, 1) / (np.linalg.norm(real, axis=1) * np.linalg.norm(sim, axis=1) + 1e-12)))
-    out = {
-        "agreement": float(np.mean(real.argmax(1) == sim.argmax(1))),
-        "kl_real_sim": kl,
-        "cosine": cos,
-        "max_abs": float(np.max(np.abs(real - sim))),
-        "real_vs_fp_agreement": float(np.mean(real.argmax(1) == ref.argmax(1))),
-        "sim_vs_fp_agreement": float(np.mean(sim.argmax(1) == ref.argmax(1))),
-        "real_top1": float(np.mean(real.argmax(1) == labels)) if labels is not None else float("nan"),
-        "sim_top1": float(np.mean(sim.argmax(1) == labels)) if labels is not None else float("nan"),
+    nan = float("nan")
+    return {
+        "agreement": m.top1_agreement(sim, real),
+        "kl_real_sim": m.kl_divergence(real, sim),
+        "cosine": m.logit_cosine(sim, real),
+        "max_abs": m.max_abs_error(sim, real),
+        "real_vs_fp_agreement": m.top1_agreement(real, ref),
+        "sim_vs_fp_agreement": m.top1_agreement(sim, ref),
+        "real_top1": m.topk_accuracy(real, labels, 1) if labels is not None else nan,
+        "sim_top1": m.topk_accuracy(sim, labels, 1) if labels is not None else nan,
     }
-    return out
 
 
 def run_gap(
@@ -70,7 +68,7 @@ def run_gap(
     """Compile ``model_path`` under ``spec`` on both sides and compare outputs on ``evaluation``."""
     import backends
     from backends.base import ModelInput
-    from harness.cell import model_facts, run_batched
+    from harness.cell import fp32_outputs, model_facts, run_batched
     from harness.errors import BackendUnavailable, UnsupportedSpec
     from harness.sweep import file_sha256
 
@@ -88,12 +86,6 @@ def run_gap(
             raise UnsupportedSpec(f"{slug}: {reason}")
         with backend.compile(model, spec, calib, workdir / model.sha256[:12] / side / spec.id) as compiled:
             outs[side] = run_batched(compiled.infer, evaluation, 0, batch)
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-    ref = run_batched(lambda f: sess.run(None, dict(f)), evaluation, 0, batch)
+    ref = fp32_outputs(model_path, evaluation, 0, batch)
     m = compare(outs["real"], outs["sim"], ref, evaluation.labels)
     return Gap(model_name or model_path.stem, spec.id, real, f"simnpu:{profile}", len(evaluation), **m)

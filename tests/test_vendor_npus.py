@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 from backends.base import ModelInput
-from backends.simnpu import activation_grid, estimate_latency, fold_batchnorm, partition, rewrite, weight_grid
+from backends.simnpu import activation_grid, estimate_latency, fold_batchnorm, rewrite, weight_grid
 from devices.profiles import get_profile, load_profiles, parse_profile
 from harness.cell import model_facts
 from harness.data import load_dataset
@@ -193,10 +193,9 @@ def test_uncovered_ops_run_on_the_host_in_float(tiny):
     consumers = [n.op_type for n in proto.graph.node if pool.output[0] in n.input]
     assert consumers == ["QuantizeLinear"]  # float host result requantized where it re-enters the NPU
     fixed = onnx.load(str(model.path))
-    npu, _ = partition(fixed, profile.ops)
-    ms_fallback, cost = estimate_latency(fixed, npu, profile, 8, 8)
+    ms_fallback, cost = estimate_latency(fixed, profile, 8, 8)
     full = _base_profile()
-    ms_full, cost_full = estimate_latency(fixed, partition(fixed, full.ops)[0], full, 8, 8)
+    ms_full, cost_full = estimate_latency(fixed, full, 8, 8)
     assert cost["host_ms"] > 0 and cost_full["host_ms"] == 0
     assert ms_fallback > ms_full  # host fallback + transfers + two partition switches cost time
 
