@@ -520,10 +520,7 @@ def cmd_simgap(args: argparse.Namespace) -> int:
     profile = args.profile or PAIRS.get(args.real)
     if not profile:
         raise ConfigError(f"no default profile for {args.real}; pass --profile (one of devices/npu_profiles.yaml)")
-    options = {}
-    for kv in args.real_option or []:
-        k, _, v = kv.partition("=")
-        options[k] = json.loads(v) if v[:1] in "[{0123456789tfn" else v
+    options = dict(parse_option(kv) for kv in args.real_option or [])
     specs = [QuantSpec.parse(s) for s in args.specs]
     gaps = []
     with tempfile.TemporaryDirectory(prefix="qtbench-simgap-") as tmp:
@@ -552,6 +549,18 @@ def cmd_simgap(args: argparse.Namespace) -> int:
         )
     _console().print(table)
     return 0
+
+
+def parse_option(kv: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` → (key, value), the value read as YAML like a sweep file's (1.5, true, [a, b], text)."""
+    import yaml
+
+    from harness.errors import ConfigError
+
+    key, sep, value = kv.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--real-option {kv!r}: write KEY=VALUE, e.g. --real-option target_platform=rk3576")
+    return key, yaml.safe_load(value)
 
 
 def _register_simgap(sub: Any) -> None:

@@ -538,3 +538,13 @@ def test_hailo_probe_without_a_device(monkeypatch):
     fake.Device = types.SimpleNamespace(scan=lambda: ["0000:01:00.0"])
     usable, why = backends.create("hailo").real_runtime()
     assert not usable and "no compiled .hef" in why  # a device alone is not enough: the model must be compiled
+
+
+def test_simgap_option_values_read_like_yaml():
+    from harness.cli import parse_option
+
+    assert parse_option("profile=nxp-imx8mp") == ("profile", "nxp-imx8mp")  # a word starting with n is text
+    assert parse_option("clock_ghz=1.5") == ("clock_ghz", 1.5)
+    assert parse_option("cpu_fallback=false") == ("cpu_fallback", False)
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_option("clock_ghz")
