@@ -12,7 +12,6 @@ Notes found on real hardware:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput
+from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once
 from harness.errors import ConfigError
 from harness.spec import QuantSpec
 
@@ -134,18 +133,16 @@ class OpenVinoBackend(Backend):
 
         core = ov.Core()
         t0 = time.perf_counter()
-        notes: list[str] = []
         xml = workdir / "model.xml"
-        cache_hit = xml.is_file()
-        if cache_hit:
-            notes = json.loads((workdir / "notes.json").read_text()) if (workdir / "notes.json").is_file() else []
-        else:
+
+        def build(notes: list[str]) -> None:
             ov_model = self._build(core, model, spec, calib, workdir, notes)
             tmp = workdir / ".tmp.xml"
             ov.save_model(ov_model, str(tmp), compress_to_fp16=False)
             tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
             tmp.replace(xml)
-            (workdir / "notes.json").write_text(json.dumps(notes))
+
+        notes, cache_hit = build_once(xml, build)
         compile_s = time.perf_counter() - t0
         config = {
             "PERFORMANCE_HINT": self.options["hint"],
