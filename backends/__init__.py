@@ -94,5 +94,19 @@ def probe(slug: str) -> BackendStatus:
     return BackendStatus(slug, target, origin, av.available, av.reason, dict(av.versions), cls.description)
 
 
-def list_backends() -> list[BackendStatus]:
-    return [probe(slug) for slug in sorted(registry())]
+def list_backends(timeout_s: float | None = None) -> list[BackendStatus]:
+    """Every registered backend's status; with ``timeout_s``, each probe runs in a child process with that limit,
+    so one plugin that hangs or crashes while probing costs its own line only."""
+    if timeout_s is None:
+        return [probe(slug) for slug in sorted(registry())]
+    from harness.isolate import call_isolated
+
+    out = []
+    for slug, (target, origin) in sorted(registry().items()):
+        kind, value = call_isolated(probe, (slug,), timeout_s)
+        if kind == "ok":
+            out.append(value)
+        else:
+            why = f"probe did not finish within {timeout_s:g}s" if kind == "timeout" else f"probe failed: {value}"
+            out.append(BackendStatus(slug, target, origin, False, why, {}))
+    return out

@@ -84,17 +84,58 @@ class CompiledInfo:
 
 
 def build_once(artifact: Path, build: Callable[[list[str]], None]) -> tuple[list[str], bool]:
-    """Run ``build(notes)`` unless ``artifact`` already exists; returns (notes, cache_hit).
+    """Run ``build(notes)`` unless a complete cache entry for ``artifact`` exists; returns (notes, cache_hit).
 
-    The notes a build wrote are kept beside the artifact (``notes.json``) so a cache hit reports the same notes.
+    An entry is the artifact plus ``notes.json``, which is written last (atomically) and records the artifact's
+    size: it is the entry's commit marker. An artifact without a valid marker (a build killed between its rename
+    and the marker, an empty or truncated file) is discarded and rebuilt, never trusted. Builds of one entry are
+    serialised by a lock file, and temp files a killed build left behind are removed before building.
     """
+    import contextlib
+    import fcntl
+    import os
+    import shutil
+
+    artifact.parent.mkdir(parents=True, exist_ok=True)
     record = artifact.with_name("notes.json")
-    if artifact.is_file():
-        return (json.loads(record.read_text()) if record.is_file() else []), True
-    notes: list[str] = []
-    build(notes)
-    record.write_text(json.dumps(notes))
-    return notes, False
+    with open(artifact.with_name(".build.lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cached = _read_entry(artifact, record)
+        if cached is not None:
+            return cached, True
+        for leftover in artifact.parent.iterdir():  # under the lock no other build is running here
+            if leftover.name.startswith((".tmp", "tmp")) and leftover != artifact:
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        record.unlink(missing_ok=True)
+        notes: list[str] = []
+        build(notes)
+        if not artifact.exists():
+            raise RuntimeError(f"the backend's build finished without writing {artifact}")
+        marker = {"notes": notes, "artifact": artifact.name, "bytes": _entry_bytes(artifact)}
+        tmp = record.with_name(f".tmp-notes-{os.getpid()}.json")
+        tmp.write_text(json.dumps(marker))
+        os.replace(tmp, record)
+        return notes, False
+
+
+def _entry_bytes(artifact: Path) -> int:
+    return artifact.stat().st_size if artifact.is_file() else sum(p.stat().st_size for p in artifact.rglob("*"))
+
+
+def _read_entry(artifact: Path, record: Path) -> list[str] | None:
+    """The notes of a complete cache entry, or None when the entry is missing, partial or corrupt."""
+    if not artifact.exists() or not record.is_file():
+        return None
+    try:
+        marker = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(marker, list):  # entries written before the marker recorded a size
+        return [str(n) for n in marker] if _entry_bytes(artifact) > 0 else None
+    if not isinstance(marker, dict) or marker.get("bytes") != _entry_bytes(artifact):
+        return None
+    return [str(n) for n in marker.get("notes", [])]
 
 
 class Compiled(abc.ABC):
@@ -142,6 +183,9 @@ class Backend(abc.ABC):
     description: str = ""
     #: Options the adapter accepts, with defaults; unknown options are rejected with this list.
     option_defaults: ClassVar[Mapping[str, Any]] = {}
+    #: Options whose value names a program to run or a library to load: refused from untrusted sweep files
+    #: (see :mod:`harness.trust`).
+    executable_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         options = dict(options or {})
@@ -149,6 +193,9 @@ class Backend(abc.ABC):
         if unknown:
             allowed = ", ".join(self.option_defaults) or "none"
             raise ConfigError(f"backends.{self.slug}.options.{unknown[0]}: unknown option; allowed: {allowed}")
+        from harness.trust import check_options
+
+        check_options(self.slug, options, self.executable_options)
         self.options = {**self.option_defaults, **options}
 
     @abc.abstractmethod
@@ -186,3 +233,52 @@ class Backend(abc.ABC):
     def reference_key(self) -> str:
         """Options that change numerics or speed, for the cache and comparability keys."""
         return ";".join(f"{k}={self.options[k]}" for k in sorted(self.options))
+
+    def artifact_inputs(self, model_path: Path, spec: Any) -> dict[str, str]:
+        """Files besides the ONNX model that decide this cell's artifact, as name → sha256 (default: none).
+
+        A pre-converted ``.tflite`` beside the model is one: when it changes, the cell key must change with it.
+        Cheap (hashes files, imports no SDK), so the parent process may call it while planning.
+        """
+        return {}
+
+
+class _Quiet:
+    """See :func:`quiet`."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = Path(log)
+
+    def __enter__(self) -> Path:
+        import os
+        import sys
+
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._file = self.log.open("a", buffering=1, errors="replace")
+        self._saved_fds = (os.dup(1), os.dup(2))
+        self._saved_streams = (sys.stdout, sys.stderr)
+        os.dup2(self._file.fileno(), 1)
+        os.dup2(self._file.fileno(), 2)
+        sys.stdout = sys.stderr = self._file
+        return self.log
+
+    def __exit__(self, *exc: object) -> None:
+        import os
+        import sys
+
+        self._file.flush()
+        sys.stdout, sys.stderr = self._saved_streams
+        for fd, saved in zip((1, 2), self._saved_fds, strict=True):
+            os.dup2(saved, fd)
+            os.close(saved)
+        self._file.close()
+
+
+def quiet(log: Path) -> _Quiet:
+    """``with quiet(workdir / "backend.log"):`` sends everything written to stdout/stderr to ``log``, file
+    descriptors 1 and 2 included, so C/C++ libraries' chatter (LiteRT's "Created TensorFlow Lite XNNPACK delegate",
+    NNCF's progress bars and bit-width tables) lands in the cell's log instead of between the CLI's cell lines.
+    Not thread-safe (it swaps process-wide descriptors): use it around an SDK call in the cell's own process."""
+    return _Quiet(log)

@@ -60,7 +60,12 @@ class OrtBackend(Backend):
         "spinning": True,  # ORT's default: worker threads spin between ops (lower latency, more CPU)
         "providers": "auto",  # or a list of execution provider names, in priority order
         "graph_optimization": "all",
-        "int4_block_size": 32,  # MatMulNBits block size for int4 weight-only
+        # int4 weight-only: "channel" = one MatMulNBits block spanning K (per output channel, as the spec id says);
+        # an integer (power of two ≥ 16) = group-wise blocks of that many weights, recorded as such in the row
+        "int4_block_size": "channel",
+        # original-model node names kept in float (onnxruntime.quantization nodes_to_exclude): mixed precision,
+        # e.g. from `qtbench localize --fallback-search`
+        "exclude_nodes": [],
     }
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
@@ -72,6 +77,13 @@ class OrtBackend(Backend):
             raise ConfigError(f"backends.ort.options.graph_optimization: choose one of {', '.join(GRAPH_OPT)}")
         if o["providers"] != "auto" and not isinstance(o["providers"], list):
             raise ConfigError("backends.ort.options.providers: 'auto' or a list such as [CPUExecutionProvider]")
+        if not isinstance(o["exclude_nodes"], list) or not all(isinstance(n, str) for n in o["exclude_nodes"]):
+            raise ConfigError("backends.ort.options.exclude_nodes: a list of node names of the original model")
+        bs = o["int4_block_size"]
+        if bs != "channel" and not (isinstance(bs, int) and bs >= 16 and bs & (bs - 1) == 0):
+            raise ConfigError(
+                f"backends.ort.options.int4_block_size: {bs!r}; use 'channel' or a power of two ≥ 16 (e.g. 32)"
+            )
 
     # -- probing -------------------------------------------------------------------------------------------
     def availability(self) -> Availability:
@@ -107,6 +119,8 @@ class OrtBackend(Backend):
             return "ORT has no dynamic activation quantization with 4-bit weights; use int4-weightonly"
         if spec.scaling == "dynamic" and spec.format == "qoperator":
             return "dynamic quantization has a single graph form in ORT; drop format qoperator"
+        if spec.scaling == "weightonly" and spec.granularity == "per-tensor":
+            return "ORT int4 weight-only (MatMulNBits) scales per block or per output channel, not per tensor; use -pc"
         return None
 
     # -- compilation ---------------------------------------------------------------------------------------
@@ -142,6 +156,9 @@ class OrtBackend(Backend):
                 "graph_optimization": self.options["graph_optimization"],
             }
         )
+        if self.options["exclude_nodes"] and not spec.is_float:
+            info.extra["exclude_nodes"] = list(self.options["exclude_nodes"])
+            info.notes.append(f"kept {len(self.options['exclude_nodes'])} node(s) in float (exclude_nodes)")
         if actual != requested:
             info.notes.append(f"providers fell back: requested {requested}, session holds {actual}")
         self._coverage(artifact, actual, spec, info)
@@ -168,11 +185,21 @@ class OrtBackend(Backend):
         return ort.InferenceSession(str(path), so, providers=self.providers())
 
     def _build(
-        self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path, out: Path, notes: list[str]
+        self,
+        model: ModelInput,
+        spec: QuantSpec,
+        calib: Any,
+        workdir: Path,
+        out: Path,
+        notes: list[str],
+        quantize_bias: bool = True,
     ) -> None:
+        """Write ``spec``'s graph of ``model`` to ``out``. ``quantize_bias=False`` keeps biases float (TensorRT's
+        parser rejects ORT's int32 bias DequantizeLinear, onnx-tensorrt#850)."""
         import onnxruntime.quantization as q
 
         logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer warns on every call about pre-processing
+        model = local_model(model, workdir)
         tmp = workdir / f".tmp-{os.getpid()}.onnx"
         if spec.precision == "fp16":
             import onnx
@@ -188,13 +215,21 @@ class OrtBackend(Backend):
                 per_channel=spec.granularity == "per-channel",
                 weight_type=q.QuantType.QInt8 if spec.weight_symmetric else q.QuantType.QUInt8,
                 extra_options={"WeightSymmetric": spec.weight_symmetric},
+                nodes_to_exclude=list(self.options["exclude_nodes"]),
             )
         else:
-            self._static(model, spec, calib, workdir, tmp, notes)
+            self._static(model, spec, calib, workdir, tmp, notes, quantize_bias)
         os.replace(tmp, out)
 
     def _static(
-        self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path, out: Path, notes: list[str]
+        self,
+        model: ModelInput,
+        spec: QuantSpec,
+        calib: Any,
+        workdir: Path,
+        out: Path,
+        notes: list[str],
+        quantize_bias: bool = True,
     ) -> None:
         import onnxruntime.quantization as q
 
@@ -211,8 +246,15 @@ class OrtBackend(Backend):
             weight_type=wtype,
             calibrate_method=method,
             calibration_cache_path=str(cache),
-            extra_options={"WeightSymmetric": spec.weight_symmetric, "ActivationSymmetric": spec.activation_symmetric},
+            nodes_to_exclude=list(self.options["exclude_nodes"]),
+            extra_options={
+                "WeightSymmetric": spec.weight_symmetric,
+                "ActivationSymmetric": spec.activation_symmetric,
+                "QuantizeBias": quantize_bias,
+            },
         )
+        if not quantize_bias:
+            notes.append("biases kept in float (no int32 bias DequantizeLinear)")
 
     def _int4_weightonly(self, model: ModelInput, spec: QuantSpec, out: Path, notes: list[str]) -> None:
         import onnx
@@ -221,9 +263,19 @@ class OrtBackend(Backend):
         logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.CRITICAL)
         proto = onnx.load(str(model.path))
         before = Counter(n.op_type for n in proto.graph.node)
+        block = self.options["int4_block_size"]
+        if block == "channel":
+            # one block spanning each weight column (K, zero-padded to MatMulNBits' power of two ≥ 16): one scale
+            # per output channel; zero padding changes neither max|w| nor a range that already includes 0
+            k = max([_matmul_k(proto, n) for n in proto.graph.node if n.op_type in ("MatMul", "Gemm")] or [16])
+            block = max(16, 1 << (k - 1).bit_length())
+            grouping = "per output channel (one block spans K)"
+        else:
+            grouping = f"group-wise: blocks of {block} weights along K, one scale each (not per output channel)"
+            notes.append(f"int4 weight-only scales are {grouping}; the spec's granularity is {spec.granularity}")
         quant = MatMulNBitsQuantizer(
             proto,
-            block_size=int(self.options["int4_block_size"]),
+            block_size=int(block),
             is_symmetric=spec.weight_symmetric,
             op_types_to_quantize=("MatMul", "Gemm"),
         )
@@ -239,6 +291,7 @@ class OrtBackend(Backend):
         float_convs = before.get("Conv", 0)
         if float_convs:
             notes.append(f"weight-only INT4 covers {n_nbits} MatMul/Gemm layer(s); {float_convs} Conv stay fp32")
+        notes.append(f"int4 block_size={block} ({grouping})")
         onnx.save(result, str(out))
 
     # -- coverage ------------------------------------------------------------------------------------------
@@ -268,6 +321,13 @@ class OrtBackend(Backend):
         info.extra["nodes"] = len(nodes)
         info.extra["quantized_compute_nodes"] = (len(compute) - len(float_compute)) + len(quantized_ops)
         info.extra["float_compute_nodes"] = len(float_compute)
+        nbits = [n for n in nodes if n.op_type == "MatMulNBits"]
+        blocks = sorted({a.i for n in nbits for a in n.attribute if a.name == "block_size"})
+        if blocks:
+            info.extra["int4_block_size"] = blocks[0] if len(blocks) == 1 else blocks
+            info.extra["int4_grouping"] = (
+                "per-channel" if self.options["int4_block_size"] == "channel" else f"group-{blocks[0]}"
+            )
         if spec.precision == "fp16":
             fp16 = sum(1 for n in compute if types.get(n.input[0]) == onnx.TensorProto.FLOAT16)
             info.extra["fp16_executed_as"] = "fp16" if fp16 == len(compute) else "fp32" if fp16 == 0 else "mixed"
@@ -279,6 +339,45 @@ class OrtBackend(Backend):
         elif not spec.is_float:
             for n in float_compute:
                 info.fallback_ops.setdefault(n.op_type, "not quantized by onnxruntime.quantization (runs in float)")
+
+
+def _matmul_k(proto: Any, node: Any) -> int:
+    """The reduction length K of a MatMul/Gemm whose weight is an initializer (0 when it is not one)."""
+    w = next((i for i in proto.graph.initializer if len(node.input) > 1 and i.name == node.input[1]), None)
+    if w is None or len(w.dims) < 2:
+        return 0
+    trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+    return int(w.dims[-1] if node.op_type == "Gemm" and trans_b else w.dims[-2])
+
+
+def local_model(model: ModelInput, workdir: Path) -> ModelInput:
+    """``model`` copied into the cell's ``workdir`` (``source-<tag>.onnx``), for ORT's quantizer and calibrators.
+
+    They write ``<model>-inferred.onnx`` beside the file they are given and delete it: given the user's model, two
+    sweeps of one model race on that file, and a read-only model folder fails every quantized cell with a
+    misleading FileNotFoundError. External data is gathered into the copy.
+    """
+    import hashlib
+    import shutil
+
+    import onnx
+
+    src = model.path.resolve()
+    if src.parent == workdir.resolve():
+        return model  # already a file of this cell (a fixed-batch or prepared copy)
+    st = src.stat()
+    tag = hashlib.sha256(f"{src}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    dst = workdir / f"source-{tag}.onnx"  # one name per source file version: a workdir may serve several models
+    if not dst.is_file():
+        workdir.mkdir(parents=True, exist_ok=True)
+        tmp = workdir / f".source-{os.getpid()}.onnx"
+        head = onnx.load(str(model.path), load_external_data=False)
+        if any(i.data_location == onnx.TensorProto.EXTERNAL for i in head.graph.initializer):
+            onnx.save(onnx.load(str(model.path)), str(tmp))
+        else:
+            shutil.copyfile(model.path, tmp)
+        os.replace(tmp, dst)
+    return ModelInput(dst, model.sha256, model.input_names, model.output_names, model.dynamic_batch)
 
 
 def weight_type(spec: QuantSpec) -> Any:
@@ -313,6 +412,7 @@ def static_ranges(model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path,
 
     if calib is None:
         raise ConfigError("static quantization needs calibration data: set `calibration:` in the sweep file")
+    model = local_model(model, workdir)  # the calibrator writes <model>-inferred.onnx beside its input
     data = calib.head(spec.calib_samples)
     if len(data) < spec.calib_samples:
         notes.append(f"calibrated on {len(data)} samples (spec asks {spec.calib_samples}; the set is smaller)")

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from backends._graph import fix_batch, per_sample
-from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once
+from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once, quiet
 from backends.ort import OrtCompiled
 from harness.errors import BackendUnavailable, ConfigError
 from harness.spec import QuantSpec
@@ -155,9 +155,10 @@ class QnnBackend(Backend):
         trace_dir = workdir / f"trace-{time.time_ns()}"
         htp = self.options["backend_type"] == "htp"
         ctx = workdir / f"model_ctx_{self.options['soc_model']}_v{self.options['htp_arch']}.onnx"
-        session = self._session(
-            artifact, spec.is_float, trace_dir=trace_dir, context=None if ctx.is_file() or not htp else ctx
-        )
+        with quiet(workdir / "qnn.log"):  # the HTP library prints its LIBNATIVE/thread-local banner on load
+            session = self._session(
+                artifact, spec.is_float, trace_dir=trace_dir, context=None if ctx.is_file() or not htp else ctx
+            )
         compile_s = time.perf_counter() - t0
         simulated = not on_qualcomm_soc() and htp
         shipped = ctx if ctx.is_file() else artifact
@@ -185,7 +186,8 @@ class QnnBackend(Backend):
             info.notes.append("numerics from Qualcomm's HTP simulator on x86; wall-clock latency is the simulator's")
         self._coverage(trace_dir, info)
         if htp:
-            self._estimate(artifact, spec.is_float, calib, workdir, info)
+            with quiet(workdir / "qnn.log"):
+                self._estimate(artifact, spec.is_float, calib, workdir, info)
         return QnnCompiled(session, info)
 
     def _quantize(

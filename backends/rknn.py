@@ -3,7 +3,9 @@
 rknn-toolkit2 2.5 cannot share an environment with qtbench (numpy ≤ 1.26, onnx ≤ 1.18, an old torch, and builds
 that crash the interpreter), so it runs in its own virtual environment (``qtbench env create rknn``; path in
 ``options.python`` or ``QTBENCH_RKNN_PYTHON``) as ``backends/rknn_worker.py``, driven over stdin/fd JSON lines
-with arrays in .npy files. A crash in the worker fails one cell, never the sweep.
+with arrays in .npy files. A crash in the worker fails one cell, never the sweep; a build the toolkit rejects is a
+``failed`` cell with its message. Probing reads the env's installed packages and never starts its interpreter
+(``options.python`` is refused from untrusted sweep files, see :mod:`harness.trust`).
 
 Specs: int8 static → ``w8a8`` with ``quantized_method`` channel/layer (granularity) and ``quantized_algorithm``
 normal (minmax) / kl_divergence (entropy) / mmse (mse); fp16 → no quantization (the NPU's float path). The
@@ -31,7 +33,7 @@ import numpy as np
 
 from backends._graph import per_sample
 from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput
-from harness.errors import BackendUnavailable, ConfigError
+from harness.errors import BackendUnavailable, CompileError, ConfigError
 from harness.spec import QuantSpec
 
 WORKER = Path(__file__).with_name("rknn_worker.py")
@@ -49,6 +51,21 @@ def worker_python(option: str | None) -> Path:
     if os.environ.get("QTBENCH_RKNN_PYTHON"):
         return Path(os.environ["QTBENCH_RKNN_PYTHON"])
     return DEFAULT_ENV / "bin" / "python"
+
+
+def installed_versions(python: Path, packages: tuple[str, ...]) -> dict[str, str]:
+    """Versions of ``packages`` installed in the virtual environment of ``python``, read from its dist-info
+    metadata (``<env>/lib/python*/site-packages``) without running the interpreter."""
+    found: dict[str, str] = {}
+    env = python.parent.parent
+    wanted = {p.replace("-", "_").lower(): p for p in packages}
+    for site in sorted(env.glob("lib/python*/site-packages")) + sorted(env.glob("Lib/site-packages")):
+        for dist in site.glob("*.dist-info"):
+            name, _, version = dist.name[: -len(".dist-info")].partition("-")
+            pkg = wanted.get(name.replace("-", "_").lower())
+            if pkg and pkg not in found:
+                found[pkg] = version
+    return found
 
 
 _TABLE_ROW = re.compile(
@@ -155,6 +172,7 @@ class RknnBackend(Backend):
 
     slug = "rknn"
     description = "Rockchip rknn-toolkit2: RKNPU compiler + PC simulator (worker venv; board via adb target)"
+    executable_options: ClassVar[tuple[str, ...]] = ("python",)
     option_defaults: ClassVar[dict[str, Any]] = {
         "target_platform": "rk3588",
         "python": None,  # the rknn env's python; default $QTBENCH_RKNN_PYTHON or ~/.cache/qtbench/envs/rknn
@@ -186,19 +204,25 @@ class RknnBackend(Backend):
                 f"no rknn worker environment at {py.parent.parent}: run `qtbench env create rknn` "
                 "(or set backends.rknn.options.python / QTBENCH_RKNN_PYTHON)",
             )
-        with tempfile.TemporaryDirectory() as d:
-            worker = RknnWorker(py, Path(d) / "worker.log", timeout_s=120)
-            try:
-                hello = worker.call(cmd="hello")
-            except RuntimeError as exc:
-                return Availability(False, f"rknn worker at {py} does not start: {exc}")
-            finally:
-                worker.close()
+        # Read the environment's installed packages instead of starting its interpreter: probing (and `qtbench
+        # backends`) never executes a program named by a sweep file or $QTBENCH_RKNN_PYTHON. The worker is
+        # started, and checked, when a cell compiles.
+        found = installed_versions(py, ("rknn-toolkit2", "numpy"))
+        if "rknn-toolkit2" not in found:
+            return Availability(
+                False,
+                f"the environment of {py} has no rknn-toolkit2 installed: run `qtbench env create rknn` "
+                "(or point backends.rknn.options.python / QTBENCH_RKNN_PYTHON at an env that has it)",
+            )
         where = self.options["target"] or "simulator"
         return Availability(
             True,
             "",
-            {"rknn-toolkit2": hello["rknn_toolkit2"], "worker-numpy": hello["numpy"], "adapter": str(ADAPTER_VERSION)},
+            {
+                "rknn-toolkit2": found["rknn-toolkit2"],
+                "worker-numpy": found.get("numpy", "?"),
+                "adapter": str(ADAPTER_VERSION),
+            },
             (where,),
         )
 
@@ -251,6 +275,13 @@ class RknnBackend(Backend):
         start = log.stat().st_size if log.is_file() else 0
         worker = RknnWorker(worker_python(self.options["python"]), log, self.options["timeout_s"])
         try:
+            worker.call(cmd="hello")
+        except RuntimeError as exc:
+            worker.close()
+            raise BackendUnavailable(
+                f"rknn worker {worker_python(self.options['python'])} does not start: {exc}"
+            ) from None
+        try:
             worker.call(
                 cmd="build",
                 model=str(model.path),
@@ -263,7 +294,8 @@ class RknnBackend(Backend):
             )
         except RuntimeError as exc:
             worker.close()
-            raise BackendUnavailable(str(exc)) if "died" in str(exc) else exc from None
+            # the toolkit ran (or crashed) on this model: a failed cell with its message, not a missing SDK
+            raise CompileError(f"rknn-toolkit2 build failed: {exc} (full log: {log})") from None
         on_board = bool(self.options["target"])
         exported = workdir / "model.rknn"
         info = CompiledInfo(

@@ -17,6 +17,10 @@ What it models, from a declarative profile (``devices/npu_profiles.yaml``, see :
   ``backend_extra``.
 
 Rows say ``numbers: simulated``; the harness's wall-clock figures time ONNX Runtime on this host, not the NPU.
+``Constant`` nodes (and nodes computed from constants only) are folded into initializers first, as an NPU
+compiler would, so they are neither counted as host fallbacks nor priced by the roofline. No deployable blob
+exists, so ``artifact_bytes`` is not reported (-1); the packed-size estimate is ``est_artifact_bytes`` in
+``backend_extra``.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from harness.spec import QuantSpec
 WEIGHTED = {"Conv": (1, 0), "ConvTranspose": (1, 1), "Gemm": (1, 0), "MatMul": (1, -1)}
 FLOAT = 1  # onnx.TensorProto.FLOAT
 #: Bumped whenever the rewrite or the cost model changes what a cell computes (cache keys include it).
-REWRITE_VERSION = 2
+REWRITE_VERSION = 3
 #: ops whose output an NPU compiler fuses with a following activation (no requantization in between)
 FUSING_PRODUCERS = {*WEIGHTED, "Add", "Sub", "Mul"}
 
@@ -123,6 +127,66 @@ def activation_grid(lo: float, hi: float, bits: int, symmetric: bool, pow2: bool
 # ---------------------------------------------------------------------------------------------------------
 # Graph preparation and rewrite
 # ---------------------------------------------------------------------------------------------------------
+def fold_constants(proto: Any) -> int:
+    """Turn ``Constant`` nodes, and nodes computed from constants only, into initializers; returns how many.
+
+    Exporters emit ``Constant`` nodes for shapes, scalars and sometimes weights. Left as nodes they would count
+    as host-fallback operators (no NPU profile lists ``Constant``), split partitions and inflate the estimated
+    latency; an NPU compiler folds them at build time. A weight behind a Constant node also becomes an
+    initializer, so it is quantized like any other weight. Only default-domain, deterministic ops are evaluated
+    (onnx's reference implementation); anything that fails to evaluate is left in place.
+    """
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    g = proto.graph
+    inits = {i.name for i in g.initializer}
+    values: dict[str, np.ndarray] = {}
+    folded = 0
+    changed = True
+    while changed:
+        changed = False
+        for n in list(g.node):
+            if n.domain not in ("", "ai.onnx") or n.op_type.startswith("Random") or n.op_type == "Multinomial":
+                continue
+            if n.op_type != "Constant" and (not n.input or not all(x == "" or x in inits for x in n.input)):
+                continue
+            try:
+                if n.op_type == "Constant":
+                    outs = [ReferenceEvaluator(_single_node_model(proto, n, {})).run(None, {})[0]]
+                else:
+                    feeds = {x: values.get(x) for x in n.input if x}
+                    for x in feeds:
+                        if feeds[x] is None:
+                            feeds[x] = numpy_helper.to_array(next(i for i in g.initializer if i.name == x))
+                            values[x] = feeds[x]
+                    outs = ReferenceEvaluator(_single_node_model(proto, n, feeds)).run(None, feeds)
+            except Exception:  # noqa: BLE001 - an op the reference runtime cannot evaluate stays a node
+                continue
+            for name, value in zip(n.output, outs, strict=False):
+                arr = np.asarray(value)
+                g.initializer.append(numpy_helper.from_array(arr, name))
+                inits.add(name)
+                values[name] = arr
+            g.node.remove(n)
+            folded += 1
+            changed = True
+    return folded
+
+
+def _single_node_model(proto: Any, node: Any, feeds: Mapping[str, np.ndarray]) -> Any:
+    """A one-node model around ``node`` with ``feeds`` as typed inputs, at the source model's opsets."""
+    from onnx import helper
+
+    inputs = [
+        helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(arr.dtype), list(arr.shape))
+        for name, arr in feeds.items()
+    ]
+    outputs = [helper.make_tensor_value_info(o, 0, None) for o in node.output if o]
+    graph = helper.make_graph([node], "fold", inputs, outputs)
+    return helper.make_model(graph, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
+
+
 def fold_batchnorm(proto: Any) -> int:
     """Fold BatchNormalization that directly follows a Conv (sole consumer) into the Conv; returns how many."""
     from onnx import numpy_helper
@@ -175,21 +239,28 @@ class RewriteReport:
     partitions: int = 0
 
 
-def partition(proto: Any, ops: frozenset[str]) -> tuple[set[str], int]:
+def partition(proto: Any, ops: frozenset[str], exclude: frozenset[str] = frozenset()) -> tuple[set[str], int]:
     """Names of nodes the NPU runs, and the number of NPU↔host segment switches in topological order.
 
-    Unnamed nodes get ``<op>_<index>`` names first (in place): membership is by name.
+    Unnamed nodes get ``<op>_<index>`` names first (in place): membership is by name. Nodes named in ``exclude``
+    stay on the host in float (mixed precision, the ``exclude_nodes`` option).
     """
     for i, n in enumerate(proto.graph.node):
         if not n.name:
             n.name = f"{n.op_type}_{i}"
-    npu = {n.name for n in proto.graph.node if n.op_type in ops}
+    npu = {n.name for n in proto.graph.node if n.op_type in ops and n.name not in exclude}
     seq = [n.name in npu for n in proto.graph.node]
     switches = sum(1 for a, b in itertools.pairwise(seq) if a != b)
     return npu, switches
 
 
-def rewrite(proto: Any, profile: Any, spec: QuantSpec, ranges: Mapping[str, tuple[float, float]]) -> RewriteReport:
+def rewrite(
+    proto: Any,
+    profile: Any,
+    spec: QuantSpec,
+    ranges: Mapping[str, tuple[float, float]],
+    exclude: frozenset[str] = frozenset(),
+) -> RewriteReport:
     """Rewrite ``proto`` (float, BN already folded, node names unique) in place onto ``profile``'s grid."""
     import onnx
     from onnx import numpy_helper
@@ -197,7 +268,7 @@ def rewrite(proto: Any, profile: Any, spec: QuantSpec, ranges: Mapping[str, tupl
     g = proto.graph
     wbits, abits = profile.bits(spec)
     rep = RewriteReport()
-    npu, rep.partitions = partition(proto, profile.ops)  # also names unnamed nodes
+    npu, rep.partitions = partition(proto, profile.ops, exclude)  # also names unnamed nodes
     inits = {i.name: i for i in g.initializer}
     types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
     consumers: dict[str, list[Any]] = {}
@@ -206,7 +277,9 @@ def rewrite(proto: Any, profile: Any, spec: QuantSpec, ranges: Mapping[str, tupl
             consumers.setdefault(x, []).append(n)
     for n in g.node:
         (rep.npu_nodes if n.name in npu else rep.cpu_nodes).append(n.name)
-        if n.name not in npu:
+        if n.name in exclude and n.op_type in profile.ops:
+            rep.fallback_ops.setdefault(n.op_type, "kept in float on the host by exclude_nodes")
+        elif n.name not in npu:
             rep.fallback_ops.setdefault(
                 n.op_type, f"not in the {profile.name} operator list: runs on the host in float"
             )
@@ -506,6 +579,7 @@ class SimNpuBackend(Backend):
         "profile": "qualcomm-htp",  # an id in devices/npu_profiles.yaml (or in profile_file)
         "profile_file": None,  # your own profiles YAML, same schema
         "threads": 1,
+        "exclude_nodes": [],  # original-model node names kept in float on the host (mixed precision)
     }
     #: Set by the vendor stubs (hailo, nxp, edgetpu): why the simulation stands in for the real runtime.
     fallback_reason: str = ""
@@ -547,7 +621,7 @@ class SimNpuBackend(Backend):
         p = self.profile
         info = CompiledInfo(
             artifact_path=artifact,
-            artifact_bytes=facts["artifact_bytes"],
+            artifact_bytes=None,  # no deployable blob exists here; its estimated size is in extra
             numbers="simulated",
             execution_device="npu",
             notes=list(facts["notes"]),
@@ -574,8 +648,12 @@ class SimNpuBackend(Backend):
                 "cost": facts["cost"],
                 "quantized_activations": facts["quantized_activations"],
                 "partitions": facts["partitions"],
+                "est_artifact_bytes": facts["est_artifact_bytes"],
+                "est_artifact_source": "estimated: weights packed at the profile's bits, other constants 32-bit",
             }
         )
+        if self.options["exclude_nodes"]:
+            info.extra["exclude_nodes"] = list(self.options["exclude_nodes"])
         if self.fallback_reason:
             info.notes.insert(0, self.fallback_reason)
         info.notes.append(f"simulated {p.name}: numerics on the profile's grid, executed by ONNX Runtime on CPU")
@@ -589,6 +667,9 @@ class SimNpuBackend(Backend):
         p = self.profile
         notes: list[str] = []
         proto = onnx.load(str(model.path))
+        constants = fold_constants(proto)
+        if constants:
+            notes.append(f"folded {constants} constant node(s) into initializers (not counted as operators)")
         folded = fold_batchnorm(proto) if p.bn_folding else 0
         if folded:
             notes.append(f"folded {folded} BatchNormalization into Conv")
@@ -598,7 +679,8 @@ class SimNpuBackend(Backend):
         fixed = fix_batch(prepared, workdir / "fixed.onnx")
         fixed_proto = onnx.load(str(fixed))
         wbits, abits = p.bits(spec)
-        npu, switches = partition(fixed_proto, p.ops)
+        exclude = frozenset(self.options["exclude_nodes"])
+        npu, switches = partition(fixed_proto, p.ops, exclude)
         est_ms, cost = estimate_latency(fixed_proto, p, wbits, abits, (npu, switches))
         if spec.precision == "fp16":
             from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -610,7 +692,9 @@ class SimNpuBackend(Backend):
             notes.append("fp16: weights and activations rounded to float16 (ONNX Runtime casts where no fp16 kernel)")
         else:
             ranges = self._ranges(model, prepared, spec, calib, workdir, notes)
-            rep = rewrite(proto, p, spec, ranges)
+            rep = rewrite(proto, p, spec, ranges, exclude)
+            if exclude:
+                notes.append(f"kept {len(exclude)} node(s) in float on the host (exclude_nodes)")
             if rep.unquantized:
                 notes.append(f"{len(rep.unquantized)} NPU tensor(s) had no calibrated range and stay float")
             onnx.save(proto, str(out))
@@ -623,10 +707,13 @@ class SimNpuBackend(Backend):
         packed = sum(
             int(np.prod(i.dims)) * (wbits if i.name in second_inputs else 32) for i in fixed_proto.graph.initializer
         )
-        notes.append(f"size: weights packed at {wbits} bits, other constants 32 (the deployed blob, estimated)")
+        notes.append(
+            f"artifact_bytes not measured (no deployable blob); est_artifact_bytes={packed // 8} assumes weights "
+            f"packed at {wbits} bits, other constants 32"
+        )
         return {
             "notes": notes,
-            "artifact_bytes": packed // 8,
+            "est_artifact_bytes": packed // 8,
             "npu_nodes": len(rep.npu_nodes),
             "cpu_nodes": len(rep.cpu_nodes),
             "fallback_ops": rep.fallback_ops,

@@ -1,12 +1,18 @@
-"""TensorRT adapter (``tensorrt``, extra ``qtbench[tensorrt]``: tensorrt ≥ 10 + pycuda or cuda-python).
+"""TensorRT adapter (``tensorrt``, extra ``qtbench[tensorrt]``: tensorrt 10.x + pycuda).
 
 Written against the TensorRT 10 Python API: parse ONNX, build FP32/FP16/BF16 engines, and INT8 engines from
 explicit QDQ graphs (TensorRT 10's recommended path; implicit calibration is deprecated there). The QDQ graph is
 made by ONNX Runtime's quantizer with the sweep's calibration data, symmetric on both sides (TensorRT's INT8 has
-no zero-point). Engines are cached by content. The harness times host to host (copy in, execute, copy out,
-synchronise); the adapter adds the GPU's own time from CUDA events as ``device_latency_ms_p50``.
+no zero-point), with float biases (TensorRT's parser rejects int32 bias DequantizeLinear). TF32 is off unless
+``options.tf32`` (TensorRT turns it on by default, so "fp32" engines would otherwise run 10-bit-mantissa math);
+the math mode is recorded. TensorRT 11 removed the weak-typing precision flags this adapter uses, so it is
+refused with that reason (the extra pins ``tensorrt<11``). Engines are cached by content. Host buffers are
+page-locked; every TensorRT call that reports failure (``set_input_shape``, ``execute_async_v3``) raises instead
+of returning stale buffers. The harness times host to host (copy in, execute, copy out, synchronise); the adapter
+adds the GPU's own time from CUDA events as ``device_latency_ms_p50``.
 
-No GPU and no TensorRT here: ``availability()`` says so with the reason, and the cells are ``unavailable``.
+No GPU and no TensorRT here: ``availability()`` says so with the reason, and the cells are ``unavailable``;
+``tests/test_tensorrt.py`` drives the control flow with stand-in ``tensorrt``/``pycuda`` modules.
 The ORT adapter's TensorRT/CUDA execution providers are the other route to NVIDIA hardware.
 """
 
@@ -19,66 +25,90 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput
+from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once
 from harness.errors import BackendUnavailable
 from harness.spec import QuantSpec
 
+#: Bumped when the adapter changes what a cell computes (part of the cache key through the versions).
+ADAPTER_VERSION = 2
 
-def _cuda() -> Any:
-    """pycuda's driver with a context, or None."""
+
+def _cuda() -> tuple[Any, str]:
+    """(pycuda's driver with a context, "") or (None, why not)."""
     try:
-        import pycuda.autoinit  # noqa: F401 - creates the context
         import pycuda.driver as cuda
+    except ImportError as exc:
+        return None, f"pycuda is not importable ({exc}): pip install 'qtbench[tensorrt]'"
+    try:
+        import pycuda.autoinit  # noqa: F401 - initialises the driver and makes a context on device 0
+    except Exception as exc:  # noqa: BLE001 - pycuda raises its own driver errors (cuInit failed, no device)
+        return None, f"pycuda is installed but CUDA is not usable here (no GPU or driver?): {type(exc).__name__}: {exc}"
+    return cuda, ""
 
-        return cuda
-    except ImportError:
-        return None
+
+def math_mode(precision: str, tf32: bool) -> str:
+    """What the engine's float layers may compute in: TensorRT enables TF32 (10-bit mantissa) for fp32 by default."""
+    base = {"fp32": "fp32", "fp16": "fp16+fp32", "bf16": "bf16+fp32", "int8": "int8+fp32"}[precision]
+    return base + ("/tf32" if tf32 else " (TF32 off)")
 
 
 class TensorRtCompiled(Compiled):
+    """An engine with page-locked host buffers (async copies from pageable memory are synchronous in CUDA)."""
+
     def __init__(self, engine: Any, info: CompiledInfo, cuda: Any, max_batch: int) -> None:
         super().__init__(info)
         import tensorrt as trt
 
         self.engine, self.cuda = engine, cuda
         self.context = engine.create_execution_context()
+        if self.context is None:
+            raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?)")
         self.stream = cuda.Stream()
         self.names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.inputs = [n for n in self.names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in self.names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in self.names}
         self.max_batch = max_batch
-        self.device: dict[str, Any] = {}
+        self.device: dict[str, tuple[Any, int]] = {}
+        self.host: dict[str, np.ndarray] = {}
         self._device_ms: list[float] = []
         self.start, self.end = cuda.Event(), cuda.Event()
 
-    def _buffer(self, name: str, nbytes: int) -> Any:
+    def _buffers(self, name: str, shape: tuple[int, ...]) -> tuple[np.ndarray, Any]:
+        """The pinned host array and device allocation for ``name`` at ``shape`` (grown on demand)."""
+        host = self.host.get(name)
+        if host is None or host.shape != shape:
+            host = self.host[name] = self.cuda.pagelocked_empty(shape, self.dtypes[name])
+        nbytes = max(host.nbytes, 1)
         buf = self.device.get(name)
         if buf is None or buf[1] < nbytes:
-            self.device[name] = (self.cuda.mem_alloc(nbytes), nbytes)
-            self.context.set_tensor_address(name, int(self.device[name][0]))
-        return self.device[name][0]
+            self.device[name] = buf = (self.cuda.mem_alloc(nbytes), nbytes)
+            if not self.context.set_tensor_address(name, int(buf[0])):
+                raise RuntimeError(f"TensorRT rejected the device address of tensor {name!r}")
+        return host, buf[0]
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        import tensorrt as trt
-
         for name in self.inputs:
-            x = np.ascontiguousarray(feeds[name], dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
-            self.context.set_input_shape(name, x.shape)
-            self.cuda.memcpy_htod_async(self._buffer(name, x.nbytes), x, self.stream)
-        outs = []
-        for name in self.outputs:
-            shape = tuple(self.context.get_tensor_shape(name))
-            out = np.empty(shape, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
-            self._buffer(name, out.nbytes)
-            outs.append(out)
+            x = np.asarray(feeds[name])
+            if not self.context.set_input_shape(name, tuple(x.shape)):
+                raise RuntimeError(
+                    f"TensorRT rejected input shape {tuple(x.shape)} for {name!r} (outside the engine's "
+                    f"optimisation profile: batch 1..{self.max_batch}, other dims fixed)"
+                )
+            host, dev = self._buffers(name, tuple(x.shape))
+            np.copyto(host, x, casting="same_kind")
+            self.cuda.memcpy_htod_async(dev, host, self.stream)
+        outs = [self._buffers(name, tuple(self.context.get_tensor_shape(name))) for name in self.outputs]
         self.start.record(self.stream)
-        self.context.execute_async_v3(self.stream.handle)
+        if not self.context.execute_async_v3(self.stream.handle):
+            self.stream.synchronize()
+            raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log); no outputs were produced")
         self.end.record(self.stream)
-        for name, out in zip(self.outputs, outs, strict=True):
-            self.cuda.memcpy_dtoh_async(out, self.device[name][0], self.stream)
+        for host, dev in outs:
+            self.cuda.memcpy_dtoh_async(host, dev, self.stream)
         self.stream.synchronize()
         self._device_ms.append(self.end.time_since(self.start))
-        return [o.astype(np.float32, copy=False) for o in outs]
+        return [host.astype(np.float32, copy=True) for host, _ in outs]  # the pinned buffers are reused
 
     def device_latencies_ms(self) -> list[float]:
         out, self._device_ms = self._device_ms, []
@@ -88,6 +118,7 @@ class TensorRtCompiled(Compiled):
         self.context = None
         self.engine = None
         self.device.clear()
+        self.host.clear()
 
 
 class TensorRtBackend(Backend):
@@ -97,6 +128,7 @@ class TensorRtBackend(Backend):
         "workspace_mb": 1024,
         "max_batch": 256,  # optimisation-profile max for dynamic-batch models (evaluation batches)
         "builder_optimization_level": 3,
+        "tf32": False,  # TensorRT enables TF32 for fp32 layers by default; off so an fp32 row is IEEE fp32
     }
 
     def availability(self) -> Availability:
@@ -108,15 +140,25 @@ class TensorRtBackend(Backend):
                 f"tensorrt is not importable ({exc}): pip install 'qtbench[tensorrt]' "
                 "on a machine with an NVIDIA GPU (its wheels come from NVIDIA's package index)",
             )
-        versions = {"tensorrt": trt.__version__}
-        if int(trt.__version__.split(".")[0]) < 10:
-            return Availability(False, f"TensorRT {trt.__version__} found; this adapter needs ≥ 10", versions)
-        cuda = _cuda()
-        if cuda is None:
+        versions = {"tensorrt": trt.__version__, "adapter": str(ADAPTER_VERSION)}
+        major = int(trt.__version__.split(".")[0])
+        if major < 10:
+            return Availability(False, f"TensorRT {trt.__version__} found; this adapter needs 10.x", versions)
+        if major >= 11:
             return Availability(
-                False, "pycuda is not importable (pip install pycuda) or no CUDA device/driver", versions
+                False,
+                f"TensorRT {trt.__version__} found; TensorRT 11 removed the precision builder flags (FP16/BF16/"
+                "INT8) this adapter builds with: install tensorrt 10.x (pip install 'qtbench[tensorrt]' pins <11)",
+                versions,
             )
-        return Availability(True, "", versions, (cuda.Device(0).name(),))
+        cuda, why = _cuda()
+        if cuda is None:
+            return Availability(False, why, versions)
+        try:
+            name = cuda.Device(0).name()
+        except Exception as exc:  # noqa: BLE001 - a driver error is an unusable GPU, not a crash
+            return Availability(False, f"no usable CUDA device: {type(exc).__name__}: {exc}", versions)
+        return Availability(True, "", versions, (name,))
 
     def supports(self, spec: QuantSpec) -> str | None:
         if spec.scaling == "dynamic":
@@ -132,48 +174,17 @@ class TensorRtBackend(Backend):
     def _compile(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path) -> Compiled:
         import tensorrt as trt
 
-        cuda = _cuda()
+        cuda, why = _cuda()
         if cuda is None:
-            raise BackendUnavailable("no CUDA device or pycuda")
+            raise BackendUnavailable(why)
         logger = trt.Logger(trt.Logger.WARNING)
         plan = workdir / "engine.plan"
         t0 = time.perf_counter()
-        notes: list[str] = []
-        cache_hit = plan.is_file()
-        if not cache_hit:
-            onnx_path = model.path
-            if spec.precision == "int8":
-                from backends.ort import OrtBackend
-
-                onnx_path = workdir / "qdq.onnx"
-                OrtBackend()._build(model, spec, calib, workdir, onnx_path, notes)
-                notes.append("INT8 from an explicit QDQ graph made by onnxruntime.quantization")
-            builder = trt.Builder(logger)
-            network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-            parser = trt.OnnxParser(network, logger)
-            if not parser.parse_from_file(str(onnx_path)):
-                errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-                raise RuntimeError(f"TensorRT could not parse {onnx_path.name}: {errors}")
-            config = builder.create_builder_config()
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(self.options["workspace_mb"]) << 20)
-            config.builder_optimization_level = int(self.options["builder_optimization_level"])
-            flag = {"fp16": trt.BuilderFlag.FP16, "bf16": trt.BuilderFlag.BF16, "int8": trt.BuilderFlag.INT8}
-            if spec.precision in flag:
-                config.set_flag(flag[spec.precision])
-            if model.dynamic_batch:
-                profile = builder.create_optimization_profile()
-                for i in range(network.num_inputs):
-                    inp = network.get_input(i)
-                    rest = tuple(inp.shape)[1:]
-                    profile.set_shape(inp.name, (1, *rest), (1, *rest), (int(self.options["max_batch"]), *rest))
-                config.add_optimization_profile(profile)
-            serialized = builder.build_serialized_network(network, config)
-            if serialized is None:
-                raise RuntimeError("TensorRT engine build failed; see the TensorRT log above")
-            tmp = plan.with_suffix(".tmp")
-            tmp.write_bytes(bytes(serialized))
-            tmp.replace(plan)
+        tf32 = bool(self.options["tf32"])
+        notes, cache_hit = build_once(plan, lambda n: self._build(trt, logger, model, spec, calib, workdir, plan, n))
         engine = trt.Runtime(logger).deserialize_cuda_engine(plan.read_bytes())
+        if engine is None:
+            raise RuntimeError(f"TensorRT could not deserialize {plan} (built by another TensorRT version or GPU?)")
         inspector = engine.create_engine_inspector()
         layers = engine.num_layers
         info = CompiledInfo(
@@ -190,7 +201,61 @@ class TensorRtBackend(Backend):
             {
                 "tensorrt": trt.__version__,
                 "layers": layers,
+                "math_mode": math_mode(spec.precision, tf32),
+                "tf32": tf32,
                 "engine_summary": inspector.get_engine_information(trt.LayerInformationFormat.ONELINE)[:2000],
             }
         )
         return TensorRtCompiled(engine, info, cuda, int(self.options["max_batch"]))
+
+    def _build(
+        self,
+        trt: Any,
+        logger: Any,
+        model: ModelInput,
+        spec: QuantSpec,
+        calib: Any,
+        workdir: Path,
+        plan: Path,
+        notes: list[str],
+    ) -> None:
+        """Parse ONNX (a QDQ graph for INT8), set precision flags, build and write the serialized engine."""
+        onnx_path = model.path
+        if spec.precision == "int8":
+            from backends.ort import OrtBackend
+
+            onnx_path = workdir / "qdq.onnx"
+            # biases stay float: TensorRT's parser rejects ORT's int32 bias DequantizeLinear (onnx-tensorrt#850)
+            # and quantizes biases itself from the input and weight scales
+            OrtBackend()._build(model, spec, calib, workdir, onnx_path, notes, quantize_bias=False)
+            notes.append("INT8 from an explicit QDQ graph made by onnxruntime.quantization")
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise RuntimeError(f"TensorRT could not parse {onnx_path.name}: {errors}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(self.options["workspace_mb"]) << 20)
+        config.builder_optimization_level = int(self.options["builder_optimization_level"])
+        if self.options["tf32"]:
+            config.set_flag(trt.BuilderFlag.TF32)
+        else:
+            config.clear_flag(trt.BuilderFlag.TF32)
+        flag = {"fp16": trt.BuilderFlag.FP16, "bf16": trt.BuilderFlag.BF16, "int8": trt.BuilderFlag.INT8}
+        if spec.precision in flag:
+            config.set_flag(flag[spec.precision])
+        notes.append(f"math mode {math_mode(spec.precision, config.get_flag(trt.BuilderFlag.TF32))}")
+        if model.dynamic_batch:
+            profile = builder.create_optimization_profile()
+            for i in range(network.num_inputs):
+                inp = network.get_input(i)
+                rest = tuple(inp.shape)[1:]
+                profile.set_shape(inp.name, (1, *rest), (1, *rest), (int(self.options["max_batch"]), *rest))
+            config.add_optimization_profile(profile)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise RuntimeError("TensorRT engine build failed; see the TensorRT log above")
+        tmp = plan.with_suffix(".tmp")
+        tmp.write_bytes(bytes(serialized))
+        tmp.replace(plan)

@@ -7,6 +7,12 @@ variants: fp32 → float32, fp16 → float16 (weights fp16, compute fp32 on CPU)
 int8 static per-channel → full_integer_quant, per-tensor → full_integer_quant_pt (int8 in/out; the adapter
 quantizes inputs and dequantizes outputs with the model's own scale/zero-point).
 
+A pre-converted static INT8 file was calibrated when it was made, so it stands for exactly one spec
+(``CANONICAL``: ``int8-static-pc-wsym-minmax`` for full_integer_quant, ``int8-static-pt-wsym-minmax`` for
+full_integer_quant_pt); other static specs (``-n64``, …) are skipped with that reason instead of silently
+reusing it. Rows record the .tflite's sha256, how it was calibrated and the dtype its compute ops ran in (fp16
+variants compute in fp32 on CPU: their weights are dequantized at load).
+
 onnx2tf converts NCHW graphs to NHWC; the adapter transposes 4-D inputs and records the layout. XNNPACK (the
 default CPU delegate) can be turned off; other delegates (NNAPI on Android, GPU, EdgeTPU, vendor) load by path.
 """
@@ -22,8 +28,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput
-from harness.errors import BackendUnavailable, ConfigError
+from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, quiet
+from harness.errors import BackendUnavailable, ConfigError, UnsupportedSpec
 from harness.spec import QuantSpec
 
 CONVERTER = Path(__file__).resolve().parents[1] / "scripts" / "convert_tflite.py"
@@ -41,15 +47,45 @@ def variant_for(spec: QuantSpec) -> str | None:
     return None
 
 
+#: The one spec each pre-converted static INT8 variant stands for. Such a file was calibrated when it was made
+#: (by scripts/convert_tflite.py or the user's converter), so a spec asking for other calibration settings (a
+#: sample count, a method) cannot be honoured by it and is skipped with that reason.
+CANONICAL = {
+    "full_integer_quant": QuantSpec.parse("int8-static-pc-wsym-minmax"),
+    "full_integer_quant_pt": QuantSpec.parse("int8-static-pt-wsym-minmax"),
+}
+
+
 def _interpreter_module() -> Any:
     try:
         from ai_edge_litert import interpreter
 
         return interpreter
-    except ImportError:
-        from tflite_runtime import interpreter  # the pre-LiteRT package; needs numpy<2
-
+    except ImportError as first:
+        try:
+            from tflite_runtime import interpreter  # the pre-LiteRT package; needs numpy<2
+        except ImportError:
+            raise ImportError(f"ai-edge-litert is not importable ({first})") from None
         return interpreter
+
+
+def pre_converted(model_path: Path, spec: QuantSpec, suffix: str = "") -> Path | None:
+    """The ``<stem>.<variant><suffix>.tflite`` beside the model that ``spec`` would run, if there is one."""
+    variant = variant_for(spec)
+    if variant is None:
+        return None
+    beside = model_path.with_name(f"{model_path.stem}.{variant}{suffix}.tflite")
+    return beside if beside.is_file() else None
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class TfliteCompiled(Compiled):
@@ -97,6 +133,7 @@ class TfliteCompiled(Compiled):
 class TfliteBackend(Backend):
     slug = "tflite"
     description = "LiteRT / TFLite interpreter (XNNPACK; delegates by path), .tflite via onnx2tf"
+    executable_options: ClassVar[tuple[str, ...]] = ("converter_python", "delegate")
     option_defaults: ClassVar[dict[str, Any]] = {
         "threads": 1,
         "xnnpack": True,  # False: builtin kernels without the default XNNPACK delegate
@@ -110,7 +147,7 @@ class TfliteBackend(Backend):
         try:
             mod = _interpreter_module()
         except ImportError as exc:
-            return Availability(False, f"no TFLite runtime ({exc}): pip install 'qtbench[tflite]'")
+            return Availability(False, f"no TFLite runtime: {exc}: pip install 'qtbench[tflite]'")
         versions = {}
         from importlib.metadata import PackageNotFoundError, version
 
@@ -125,6 +162,11 @@ class TfliteBackend(Backend):
             except (ValueError, OSError, RuntimeError) as exc:
                 return Availability(False, f"delegate {self.options['delegate']} failed to load: {exc}", versions)
         return Availability(True, "", versions)
+
+    def artifact_inputs(self, model_path: Path, spec: QuantSpec) -> dict[str, str]:
+        """The pre-converted .tflite this cell would run, by sha256: replacing the file must change the cell key."""
+        beside = pre_converted(model_path, spec, str(self.options["variant_suffix"] or ""))
+        return {beside.name: _sha256(beside)} if beside else {}
 
     def supports(self, spec: QuantSpec) -> str | None:
         if variant_for(spec) is None:
@@ -150,8 +192,9 @@ class TfliteBackend(Backend):
             kwargs["experimental_delegates"] = [
                 mod.load_delegate(self.options["delegate"], dict(self.options["delegate_options"]))
             ]
-        interp = mod.Interpreter(**kwargs)
-        interp.allocate_tensors()
+        with quiet(workdir / "tflite.log"):  # LiteRT prints "Created TensorFlow Lite XNNPACK delegate" on fd 2
+            interp = mod.Interpreter(**kwargs)
+            interp.allocate_tensors()
         nhwc = {}
         for name, d in zip(model.input_names, interp.get_input_details(), strict=False):
             shape = list(d["shape"])
@@ -162,6 +205,11 @@ class TfliteBackend(Backend):
         if int_io:
             notes.append(f"integer input/output ({int_io[0]['dtype'].__name__}); the adapter (de)quantizes them")
         ops = _op_names(interp)
+        executed = _compute_dtypes(interp)
+        if spec.precision == "fp16" and "float16" not in executed:
+            notes.append(
+                "fp16 weights are dequantized to fp32 at load (DEQUANTIZE ops): arithmetic is fp32 on this CPU"
+            )
         info = CompiledInfo(
             artifact_path=path,
             artifact_bytes=path.stat().st_size,
@@ -179,6 +227,15 @@ class TfliteBackend(Backend):
                 "threads": self.options["threads"],
                 "layout": "NHWC" if any(nhwc.values()) else "as-is",
                 "ops": sorted(set(ops)),
+                "tflite_sha256": _sha256(path),
+                "executed_precision": "+".join(executed) or "unknown",
+                "calibration": (
+                    "external (pre-converted file)"
+                    if spec.is_static and path.parent != workdir
+                    else "by the converter"
+                    if spec.is_static
+                    else "none"
+                ),
             }
         )
         return TfliteCompiled(interp, info, nhwc)
@@ -186,10 +243,20 @@ class TfliteBackend(Backend):
     def _artifact(
         self, model: ModelInput, spec: QuantSpec, variant: str, calib: Any, workdir: Path, notes: list[str]
     ) -> tuple[Path, bool]:
-        variant = variant + str(self.options["variant_suffix"] or "")
+        suffix = str(self.options["variant_suffix"] or "")
+        canonical = CANONICAL.get(variant)
+        variant = variant + suffix
         beside = model.path.with_name(f"{model.path.stem}.{variant}.tflite")
         if beside.is_file():
+            if canonical is not None and spec != canonical:
+                raise UnsupportedSpec(
+                    f"{beside.name} is pre-converted and was calibrated when it was made; it cannot honour "
+                    f"{spec.id}'s calibration settings. It runs as {canonical.id} only (or set "
+                    "options.converter_python to convert per spec)"
+                )
             notes.append(f"user-supplied/pre-converted {beside.name}")
+            if canonical is not None:
+                notes.append("calibrated externally: the sweep's calibration set was not used for this .tflite")
             return beside, True
         cached = workdir / f"{model.path.stem}.{variant}.tflite"
         if cached.is_file():
@@ -221,7 +288,25 @@ class TfliteBackend(Backend):
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             raise RuntimeError(f"onnx2tf conversion failed ({proc.returncode}): {' | '.join(tail)}")
         notes.append(f"converted with onnx2tf via {py}")
+        if canonical is not None:
+            notes.append(f"calibrated by the converter on {len(calib.head(spec.calib_samples))} sample(s)")
         return cached, False
+
+
+_COMPUTE_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV"}
+
+
+def _compute_dtypes(interp: Any) -> list[str]:
+    """The dtypes the interpreter's compute ops take as activations (what actually ran, not the variant's name)."""
+    try:
+        tensors = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+        ops = interp._get_ops_details()
+    except (AttributeError, KeyError, RuntimeError):
+        return []
+    seen = {
+        np.dtype(tensors[op["inputs"][0]]).name for op in ops if op["op_name"] in _COMPUTE_OPS and len(op["inputs"])
+    }
+    return sorted(seen)
 
 
 def _op_names(interp: Any) -> list[str]:

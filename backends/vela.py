@@ -10,7 +10,9 @@ is attached here, so:
 * rows say ``numbers: estimated``; coverage is Vela's NPU/CPU operator split, fallback reasons are Vela's.
 
 The ``.tflite`` comes from the tflite adapter's lookup (``<stem>.full_integer_quant[_pt].tflite`` beside the model,
-or converted with ``converter_python``).
+or converted with ``converter_python``), with its rules: a pre-converted file runs for its one canonical spec only
+(other calibration settings are skipped) and its sha256 is recorded. A Vela error is a ``failed`` cell with the
+compiler's message (full output in the workdir's ``vela.log``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from backends.base import Availability, Backend, Compiled, ModelInput
-from harness.errors import BackendUnavailable, ConfigError
+from harness.errors import CompileError, ConfigError
 from harness.spec import QuantSpec
 
 ACCELERATORS = (
@@ -80,6 +82,7 @@ class VelaBackend(Backend):
 
     slug = "vela"
     description = "Arm Ethos-U via the Vela compiler (performance model) + TFLite int8 numerics"
+    executable_options: ClassVar[tuple[str, ...]] = ("converter_python",)
     option_defaults: ClassVar[dict[str, Any]] = {
         "accelerator_config": "ethos-u55-256",
         "system_config": None,  # a section of the Vela .ini; None = Vela's default for the accelerator
@@ -115,6 +118,11 @@ class VelaBackend(Backend):
         if not tfl.available:
             return Availability(False, f"vela needs a TFLite runtime for accuracy: {tfl.reason}")
         return Availability(True, "", {"ethos-u-vela": vela_version, **tfl.versions}, ("estimated",))
+
+    def artifact_inputs(self, model_path: Path, spec: QuantSpec) -> dict[str, str]:
+        from backends.tflite import TfliteBackend
+
+        return TfliteBackend().artifact_inputs(model_path, spec)
 
     def supports(self, spec: QuantSpec) -> str | None:
         if spec.precision != "int8" or not spec.is_static:
@@ -181,12 +189,14 @@ class VelaBackend(Backend):
             if o[key]:
                 cmd += [flag, str(o[key])]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        (workdir / "vela.log").write_text(proc.stdout + proc.stderr)  # the compiler's full output, for the user
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            raise BackendUnavailable(f"vela failed on {tflite.name} (exit {proc.returncode}): {' | '.join(tail)}")
+            # the compiler ran and rejected the model: a failed cell with its message, not a missing SDK
+            raise CompileError(f"vela failed on {tflite.name} (exit {proc.returncode}): {' | '.join(tail)}")
         summaries = sorted(out.glob(f"{tflite.stem}_summary_*.csv"))
         if not summaries:
-            raise BackendUnavailable(f"vela wrote no summary CSV in {out}")
+            raise CompileError(f"vela exited 0 but wrote no summary CSV in {out}; see {workdir / 'vela.log'}")
         vela_tflite = out / f"{tflite.stem}_vela.tflite"
         facts = parse_vela(proc.stdout + proc.stderr, summaries[-1].read_text())
         facts["vela_tflite_bytes"] = vela_tflite.stat().st_size if vela_tflite.is_file() else None

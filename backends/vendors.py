@@ -68,6 +68,7 @@ class _DelegateStub(_VendorStub):
     """Vendors whose NPU is reached through a TFLite delegate on the full-integer .tflite."""
 
     delegate_candidates: ClassVar[tuple[str, ...]] = ()
+    executable_options: ClassVar[tuple[str, ...]] = ("delegate",)
     variant_suffix: ClassVar[str] = ""
 
     def _delegate(self) -> str | None:
@@ -98,13 +99,11 @@ class _DelegateStub(_VendorStub):
         from backends.tflite import TfliteBackend
 
         tfl = TfliteBackend(
-            {
-                "threads": self.options["threads"],
-                "xnnpack": False,
-                "delegate": self._delegate(),
-                "variant_suffix": self.variant_suffix,
-            }
+            {"threads": self.options["threads"], "xnnpack": False, "variant_suffix": self.variant_suffix}
         )
+        # set after construction: the path was vetted by this stub's own trust check (options.delegate) or found
+        # in the BSP's standard locations, so it is not a sweep-file value to check again
+        tfl.options["delegate"] = self._delegate()
         compiled = tfl.compile(model, spec, calib, workdir)
         compiled.info.execution_device = "npu"
         compiled.info.notes.append(f"{self.vendor} NPU through its TFLite delegate ({self._delegate()})")

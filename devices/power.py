@@ -16,6 +16,7 @@ All sysfs paths hang off ``root`` so tests run against a fixture tree laid out l
 from __future__ import annotations
 
 import csv
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -86,22 +87,41 @@ class PowerMeter:
 # Real meters
 # ---------------------------------------------------------------------------------------------------------
 class RaplMeter(PowerMeter):
-    """Intel/AMD RAPL package energy counters (``/sys/class/powercap/intel-rapl:N``), summed over packages."""
+    """Intel/AMD RAPL energy counters (``/sys/class/powercap/intel-rapl:N[:M]``).
+
+    Default: the CPU *package* zones, summed over sockets. ``psys`` (the platform zone on laptops) already
+    contains the packages, so it is never added to them; it is used alone when ``rail: psys`` asks for it (its
+    scope differs between platforms, packages exist on every RAPL machine, so packages are the default). Any
+    other zone name (``dram``, ``core``, ``uncore``, ``package-0``) selects the zones of that name.
+    """
 
     name = "rapl"
 
-    def __init__(self, root: str | Path = "/") -> None:
+    def __init__(self, root: str | Path = "/", rail: str | None = None) -> None:
         self.base = Path(root) / "sys/class/powercap"
+        self.rail = rail
         self.zones: list[Path] = []
         self._last_e: float | None = None
         self._last_t: float | None = None
 
+    def _zone_name(self, z: Path) -> str:
+        return _read_label(z / "name") or z.name
+
     def probe(self) -> tuple[bool, str]:
         if not self.base.is_dir():
             return False, f"{self.base} does not exist (no powercap driver: VM, container or non-Intel/AMD CPU)"
-        zones = sorted(p for p in self.base.glob("intel-rapl:*") if p.name.count(":") == 1)
+        every = sorted(self.base.glob("intel-rapl:*"))
+        top = [z for z in every if z.name.count(":") == 1]
+        if not top:
+            return False, f"no intel-rapl zones under {self.base}"
+        rail = self.rail or "package"
+        if rail == "package":
+            zones = [z for z in top if self._zone_name(z).startswith("package")]
+        else:
+            zones = [z for z in every if self._zone_name(z) == rail]
         if not zones:
-            return False, f"no intel-rapl package zones under {self.base}"
+            names = ", ".join(sorted({self._zone_name(z) for z in every}))
+            return False, f"no RAPL zone named {rail!r} (zones here: {names}); set device.rail to one of them"
         try:
             for z in zones:
                 int((z / "energy_uj").read_text())
@@ -113,7 +133,10 @@ class RaplMeter(PowerMeter):
         return True, ""
 
     def label(self) -> str:
-        return f"rapl ({', '.join((z / 'name').read_text().strip() for z in self.zones if (z / 'name').is_file())})"
+        names = " + ".join(self._zone_name(z) for z in self.zones)
+        if not self.rail or self.rail == "package":
+            return f"rapl {names} (CPU package; psys not counted)"
+        return f"rapl {names} (device.rail)"
 
     def _raw(self) -> list[tuple[int, int]]:
         return [(int((z / "energy_uj").read_text()), int((z / "max_energy_range_uj").read_text())) for z in self.zones]
@@ -138,43 +161,81 @@ class RaplMeter(PowerMeter):
         return watts
 
 
+#: hwmon channel labels that are a board's input rail (the total: CPU/GPU/SoC rails are parts of it): Jetson's
+#: INA3221 VDD_IN (Orin, Xavier NX, TX2) and POM_5V_IN (Nano); any label ending in _IN.
+INPUT_RAIL = re.compile(r"(^|_)V?IN$", re.IGNORECASE)
+#: hwmon chips that measure a whole system's input power (ACPI power meter).
+INPUT_CHIPS = ("power_meter",)
+INA_CHIPS = ("ina2", "ina3")  # ina219/226/230/238, ina3221: current/power monitors on boards
+
+
 class HwmonMeter(PowerMeter):
     """Board rails through hwmon (INA219/INA226/INA3221 …): ``power*_input`` (µW) or ``in*_input`` (mV) ×
-    ``curr*_input`` (mA). ``rails`` picks channels by label; default: every power channel, summed."""
+    ``curr*_input`` (mA).
+
+    Rails overlap (on Jetson, VDD_IN is the module input and VDD_CPU_GPU_CV, VDD_SOC are parts of it), so one
+    rail is read, never a sum by default: ``rail`` (``device.rail``) names a channel label; unset, the board
+    input rail (a label ending in ``_IN``, or an ACPI power meter) is chosen, or the only channel of a single INA
+    chip. Boards without an input rail (AGX Xavier/Orin list disjoint rails) need ``rail: sum`` or a label;
+    channels of other chips (a GPU's own hwmon) are never picked unasked.
+    """
 
     name = "hwmon"
 
-    def __init__(self, root: str | Path = "/", rails: list[str] | None = None) -> None:
+    def __init__(self, root: str | Path = "/", rail: str | None = None) -> None:
         self.base = Path(root) / "sys/class/hwmon"
-        self.rails = rails
+        self.rail = rail
         self.channels: list[tuple[str, Path, Path | None]] = []  # (label, power-or-voltage file, current file)
+        self.why = ""
 
-    def probe(self) -> tuple[bool, str]:
-        if not self.base.is_dir():
-            return False, f"{self.base} does not exist"
+    def _all_channels(self) -> list[tuple[str, str, Path, Path | None]]:
         found = []
         for dev in sorted(self.base.glob("hwmon*")):
-            chip = (dev / "name").read_text().strip() if (dev / "name").is_file() else dev.name
-            for p in sorted(dev.glob("power*_input")):
+            chip = _read_label(dev / "name") or dev.name
+            powers = sorted(dev.glob("power*_input"))
+            for p in powers:
                 idx = p.name[len("power") : -len("_input")]
-                label = _read_label(dev / f"power{idx}_label") or f"{chip}/power{idx}"
-                found.append((label, p, None))
-            if not any(dev.glob("power*_input")):
+                found.append((_read_label(dev / f"power{idx}_label") or f"{chip}/power{idx}", chip, p, None))
+            if not powers:
                 for v in sorted(dev.glob("in*_input")):
                     idx = v.name[2:-6]
                     c = dev / f"curr{idx}_input"
                     if c.is_file():
-                        label = _read_label(dev / f"in{idx}_label") or f"{chip}/in{idx}"
-                        found.append((label, v, c))
-        if self.rails:
-            found = [f for f in found if f[0] in self.rails]
+                        found.append((_read_label(dev / f"in{idx}_label") or f"{chip}/in{idx}", chip, v, c))
+        return found
+
+    def probe(self) -> tuple[bool, str]:
+        if not self.base.is_dir():
+            return False, f"{self.base} does not exist"
+        found = self._all_channels()
         if not found:
             return False, "no hwmon power or voltage×current channels (no INA-type rail sensors on this board)"
-        self.channels = found
+        labels = ", ".join(f[0] for f in found)
+        if self.rail == "sum":
+            chosen, self.why = found, "sum of every rail (device.rail: sum)"
+        elif self.rail:
+            chosen, self.why = [f for f in found if f[0] == self.rail], "device.rail"
+            if not chosen:
+                return False, f"no hwmon rail labelled {self.rail!r} (rails here: {labels}); fix device.rail"
+        else:
+            inputs = [f for f in found if INPUT_RAIL.search(f[0]) or f[1] in INPUT_CHIPS]
+            ina = [f for f in found if f[1].startswith(INA_CHIPS)]
+            if len(inputs) == 1:
+                chosen, self.why = inputs, "board input"
+            elif len(inputs) > 1:
+                return False, f"several input rails ({', '.join(f[0] for f in inputs)}): set device.rail to one"
+            elif len(found) == 1 and ina:
+                chosen, self.why = found, "the only rail"
+            else:
+                return False, (
+                    f"rails {labels}: none is a board input (…_IN or an ACPI power meter) and rails may overlap, "
+                    "so none is summed unasked: set device.rail to one label, or 'sum' if they are disjoint"
+                )
+        self.channels = [(label, p, c) for label, _chip, p, c in chosen]
         return True, ""
 
     def label(self) -> str:
-        return "hwmon (" + " + ".join(c[0] for c in self.channels) + ")"
+        return "hwmon " + " + ".join(c[0] for c in self.channels) + (f" ({self.why})" if self.why else "")
 
     def read_watts(self) -> float:
         total = 0.0
@@ -296,8 +357,9 @@ class ExternalLogMeter(PowerMeter):
 class EstimatedMeter(PowerMeter):
     """Estimate: this process's CPU time × ``watts_per_core``. Labelled *estimated*; measures nothing.
 
-    Power(t) = watts_per_core × (CPU seconds used in the sample interval / interval). Idle is unknown (0), so
-    total and above-idle energy are the same number.
+    Energy of a timed loop = watts_per_core × the loop's own process CPU seconds (``devices.probe`` takes them
+    from the harness's clock around the loop); the sampled power(t) = watts_per_core × CPU seconds per interval
+    gives the peaks. Idle is unknown (0), so total and above-idle energy are the same number.
     """
 
     name = "estimate"
@@ -311,7 +373,7 @@ class EstimatedMeter(PowerMeter):
         return True, ""
 
     def label(self) -> str:
-        return f"estimated: process CPU time × {self.watts_per_core:g} W/core"
+        return f"estimated: timed loop's process CPU time × {self.watts_per_core:g} W/core"
 
     def _cpu(self) -> float:
         t = time.process_time()
@@ -333,15 +395,33 @@ class EstimatedMeter(PowerMeter):
 # Selection and sampling
 # ---------------------------------------------------------------------------------------------------------
 METER_ORDER = ("jtop", "hwmon", "rapl", "nvml", "external", "estimate")
+#: ``auto`` per execution device: a cell is metered by what sees the silicon it runs on. A CPU cell never gets
+#: the GPU's NVML figure; a GPU (CUDA/TensorRT) cell never gets the CPU package or a CPU-time estimate; an NPU or
+#: delegate cell gets board rails or a bench meter only. Board input rails (jtop, hwmon) include everything.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "cpu": ("jtop", "hwmon", "rapl", "external", "estimate"),
+    "gpu": ("jtop", "nvml", "hwmon", "external"),
+    "other": ("jtop", "hwmon", "external"),
+}
+
+
+def auto_order(execution_device: str | None) -> tuple[str, ...]:
+    """The meters ``auto`` tries, best first, for a cell running on ``execution_device`` (cpu, gpu, npu …)."""
+    dev = (execution_device or "cpu").lower()
+    return AUTO_ORDER.get(dev, AUTO_ORDER["gpu" if dev in ("cuda", "tensorrt") else "other"])
 
 
 def make_meter(
-    name: str, root: str | Path = "/", log: str | None = None, watts_per_core: float | None = None
+    name: str,
+    root: str | Path = "/",
+    log: str | None = None,
+    watts_per_core: float | None = None,
+    rail: str | None = None,
 ) -> PowerMeter:
     if name == "rapl":
-        return RaplMeter(root)
+        return RaplMeter(root, rail)
     if name == "hwmon":
-        return HwmonMeter(root)
+        return HwmonMeter(root, rail)
     if name == "nvml":
         return NvmlMeter()
     if name == "jtop":
@@ -355,35 +435,44 @@ def make_meter(
     raise ValueError(f"unknown meter {name!r}; choose auto, none or one of {', '.join(METER_ORDER)}")
 
 
-def survey(root: str | Path = "/", log: str | None = None) -> list[tuple[str, bool, str]]:
+def survey(root: str | Path = "/", log: str | None = None, rail: str | None = None) -> list[tuple[str, bool, str]]:
     """Every meter kind: (name, available, reason or label)."""
     out = []
     for name in METER_ORDER:
         if name == "external" and not log:
             out.append((name, False, "no meter log configured (device.meter_log: CSV of timestamp,watts)"))
             continue
-        m = make_meter(name, root, log)
+        m = make_meter(name, root, log, rail=rail)
         ok, why = m.probe()
         out.append((name, ok, m.label() if ok else why))
     return out
 
 
 def choose_meter(
-    preference: str = "auto", root: str | Path = "/", log: str | None = None, watts_per_core: float | None = None
+    preference: str = "auto",
+    root: str | Path = "/",
+    log: str | None = None,
+    watts_per_core: float | None = None,
+    rail: str | None = None,
+    execution_device: str | None = "cpu",
 ) -> tuple[PowerMeter | None, list[str]]:
-    """The best available meter for ``preference`` (auto = first available in METER_ORDER), and why others lost."""
+    """The best available meter for ``preference`` and the cell's execution device (auto = first available in
+    :func:`auto_order`), and why the better ones lost. An explicit meter is used whatever the device."""
     if preference == "none":
         return None, ["power measurement disabled (device.meter: none)"]
-    names = METER_ORDER if preference == "auto" else (preference,)
+    names = auto_order(execution_device) if preference == "auto" else (preference,)
     why = []
     for name in names:
         if name == "external" and not log:
             continue
-        m = make_meter(name, root, log, watts_per_core)
+        m = make_meter(name, root, log, watts_per_core, rail if name in ("hwmon", "rapl") else None)
         ok, reason = m.probe()
         if ok:
             return m, why
         why.append(f"{name}: {reason}")
+    if preference == "auto":
+        left_out = [n for n in METER_ORDER if n not in names]
+        why.append(f"not used for a {execution_device or 'cpu'} cell: {', '.join(left_out)}")
     return None, why
 
 
@@ -459,7 +548,7 @@ def energy_fields(
         above = float(np.mean([(e - idle_w * d) / n for e, d, n in zip(energies, durations, iterations, strict=True)]))
     elif meter.kind == "estimated" and per_inf:
         above = float(np.mean(per_inf))  # the CPU-time model has no idle term: all of it is above idle
-    upd = float(np.nanmedian([tr.update_period_s() for tr in traces])) if traces else nan
+    upd = _nanstat(np.nanmedian, [tr.update_period_s() for tr in traces])
     window = float(np.mean([tr.duration_s for tr in traces])) if traces else nan
     return {
         "energy_mj_per_inf": 1000 * float(np.mean(per_inf)) if per_inf else nan,

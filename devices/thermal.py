@@ -60,3 +60,12 @@ def throttled(before: dict[str, Any], after: dict[str, Any]) -> tuple[bool, str]
     if b == b and a == a and b > 0 and a < (1 - CLOCK_DROP) * b:
         return True, f"mean CPU clock fell {b:.0f} → {a:.0f} MHz"
     return False, ""
+
+
+def describe(snap: dict[str, Any]) -> str:
+    """One line for ``qtbench devices``: 'no sensor' where a reading is missing, never ``nan``."""
+    temp = snap["temp_c_max"]
+    mhz = snap["cpu_mhz_mean"]
+    zones = f"{snap['sensors']} zone(s), max {temp:.1f} °C" if temp == temp else "no temperature sensor"
+    clock = f"mean CPU clock {mhz:.0f} MHz" if mhz == mhz else "CPU clock: no sensor (no cpufreq)"
+    return f"{zones}; {clock}; throttle events so far {snap['throttle_count']}"

@@ -20,12 +20,17 @@ _LAZY = {
     "QuantSpec": "harness.spec",
     "Record": "harness.records",
     "demo_config_path": "harness.demo",
+    "load_localization": "harness.localize",
+    "localize": "harness.localize",
+    "compare": "harness.compare",  # a callable module: harness.compare(results, "fp", "quanttrim") -> DataFrame
 }
 
 __all__ = [*_LAZY, "__version__"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "compare":  # the module is callable (and becomes this attribute once imported)
+        return importlib.import_module(_LAZY[name])
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'harness' has no attribute {name!r}")

@@ -39,6 +39,8 @@ class CellJob:
     cache_dir: str
     artifact_key: str
     device: DeviceSettings = field(default_factory=DeviceSettings)
+    timed: bool = True  # False: fidelity only (models[].timing), compile + evaluate without the timed loop
+    task: str | dict[str, Any] | None = None  # models[].task: how each output is scored (harness.tasks)
 
 
 @dataclass
@@ -120,9 +122,11 @@ def run_cell(job: CellJob) -> CellResult:
 
 def _run_cell(job: CellJob) -> CellResult:
     import backends
-    from harness import metrics
+    from harness import metrics, tasks
     from harness.data import load_dataset
     from harness.measure import time_inference
+    from harness.zoo import META_NOTE, META_WEIGHTS, RANDOM_WEIGHTS_NOTE
+    from harness.zoo import model_metadata as zoo_metadata
 
     t_cell = time.perf_counter()
     backend = backends.create(job.backend, job.backend_options, job.backend_target)
@@ -133,12 +137,13 @@ def _run_cell(job: CellJob) -> CellResult:
     if reason:
         return CellResult("skipped", reason)
     facts = model_facts(job.model_path)
-    out_index = facts.output_names.index(job.output) if job.output else 0
     evaluation = calib = None
     if job.eval_path:
-        evaluation = load_dataset(job.eval_path, facts.input_names, job.evaluation.labels, job.evaluation.limit)
+        evaluation = load_dataset(
+            job.eval_path, facts.input_names, job.evaluation.labels, job.evaluation.limit, lazy=True
+        )
     if job.calib_path:
-        calib = load_dataset(job.calib_path, facts.input_names, None, job.calibration.limit)
+        calib = load_dataset(job.calib_path, facts.input_names, None, job.calibration.limit, role="calibration")
     from backends.base import ModelInput
 
     model = ModelInput(
@@ -166,31 +171,38 @@ def _run_cell(job: CellJob) -> CellResult:
                 est_source=info.est_source,
             )
         result = CellResult("ok")
+        meta = zoo_metadata(job.model_path)
+        if meta.get(META_WEIGHTS) == "random":  # the `weights` column comes from the sweep, for every row
+            fields["notes"] = "; ".join(n for n in (meta.get(META_NOTE, RANDOM_WEIGHTS_NOTE), fields["notes"]) if n)
         if evaluation is not None:
-            ref = reference_logits(job, facts, evaluation, out_index)
+            # the task(s) score each planned output batch by batch against the cached FP32 references
+            plan = tasks.plan_outputs(job.task, job.output, facts.output_names, meta)
             batch = job.measure.eval_batch_size if facts.dynamic_batch else 1
-            logits = run_batched(compiled.infer, evaluation, out_index, batch)
-            if logits.ndim > 2:
-                logits = logits.reshape(len(logits), -1)
-                ref = ref.reshape(len(ref), -1)
-            q = metrics.quality(logits, ref, evaluation.labels)
-            fields.update(q)
+            refs = tasks.fp32_references(
+                job.model_path, job.model_sha256, evaluation, [i for _o, i, _t in plan.scored], batch, job.cache_dir
+            )
+            scored = tasks.evaluate(compiled.infer, evaluation, plan, refs, batch)
+            fields.update(scored.row_fields())
             fields.update(
                 eval_samples=len(evaluation), eval_sha256=evaluation.sha256, metrics_version=metrics.METRICS_VERSION
             )
-            if evaluation.labels is not None:
-                fields["fp_top1"] = metrics.topk_accuracy(ref, evaluation.labels, 1)
-                bins = metrics.calibration_bins(metrics.softmax(logits), evaluation.labels)
-                fields["reliability"] = json.dumps(
-                    {k: [None if np.isnan(v) else float(v) for v in arr] for k, arr in bins.items()}
-                )
-            result.predictions = np.argmax(logits, axis=1)
-            result.labels = evaluation.labels
+            if scored.notes():
+                fields["notes"] = "; ".join(n for n in (fields["notes"], *scored.notes()) if n)
+            result.predictions = scored.predictions
+            if result.predictions is not None and evaluation.labels is not None:
+                result.labels = np.asarray(evaluation.labels)
             timing_source = evaluation
         else:
             timing_source = calib
         if calib is not None and job.spec.is_static:
             fields["calib_sha256"] = calib.head(job.spec.calib_samples).sha256
+        if not job.timed:
+            if evaluation is None:
+                return CellResult("failed", "models[].timing is false but there is no evaluation data to score")
+            fields.update(timing_boundary="none (fidelity only)", energy_source="unavailable: no timed loop ran")
+            fields["cell_wall_s"] = time.perf_counter() - t_cell
+            result.fields = fields
+            return result
         if timing_source is None:
             return CellResult("failed", "no evaluation or calibration data to time with; set `evaluation:`")
         bs = job.measure.batch_size
@@ -198,12 +210,15 @@ def _run_cell(job: CellJob) -> CellResult:
             return CellResult("failed", f"measure.batch_size={bs} but the model's batch axis is fixed; use 1")
         feeds = timing_source.batch(0, bs)
         stats: dict[str, Any] = {}
-        power = _PowerProbe(job.device)
+        from devices.probe import LoopProbe
+
+        power = LoopProbe(job.device, info.execution_device)
         fields.update(power.before())
         device_ms: list[float] = []
         for _ in range(job.measure.repeats):
             compiled.device_latencies_ms()  # drop warm-up and evaluation calls
             timing = time_inference(compiled.infer, feeds, job.measure, power.start, power.stop)
+            power.loop_done(timing.process_cpu_s, timing.wall_s)
             result.samples.append(timing.samples_ns)
             stats = timing.stats(job.measure.cv_threshold)
             device_ms += (compiled.device_latencies_ms() or [])[-len(timing.samples_ns) :]
@@ -226,67 +241,40 @@ def _run_cell(job: CellJob) -> CellResult:
     return result
 
 
-class _PowerProbe:
-    """Meter + idle baseline + thermal snapshots around the timed loops of one cell."""
+def compile_cell(job: CellJob) -> CellResult:
+    """The compile phase of a cell: build its artifact into the cache and report how long that took.
 
-    def __init__(self, settings: DeviceSettings) -> None:
-        from devices.power import PowerSession, choose_meter
+    Nothing is timed or evaluated: the sweep measures the cell later, alone, from the cached artifact. Failures
+    become statuses exactly as in :func:`run_cell`.
+    """
+    try:
+        import backends
+        from backends.base import ModelInput
+        from harness.data import load_dataset
 
-        self.settings = settings
-        self.meter, self.why_not = choose_meter(
-            settings.meter, log=settings.meter_log, watts_per_core=settings.watts_per_core
+        backend = backends.create(job.backend, job.backend_options, job.backend_target)
+        av = backend.availability()
+        if not av.available:
+            return CellResult("unavailable", av.reason)
+        reason = backend.supports(job.spec)
+        if reason:
+            return CellResult("skipped", reason)
+        facts = model_facts(job.model_path)
+        calib = None
+        if job.calib_path and job.calibration is not None:
+            calib = load_dataset(job.calib_path, facts.input_names, None, job.calibration.limit, role="calibration")
+        model = ModelInput(
+            Path(job.model_path), job.model_sha256, facts.input_names, facts.output_names, facts.dynamic_batch
         )
-        self.session = PowerSession(self.meter, settings.sample_period_ms / 1000) if self.meter else None
-        self.traces: list[Any] = []
-        self.idle = None
-        self.thermal0: dict[str, Any] = {}
-
-    def before(self) -> dict[str, Any]:
-        from devices.thermal import snapshot
-
-        self.thermal0 = snapshot()
-        if self.session and self.meter.kind == "measured" and self.settings.idle_s > 0:
-            self.idle = self.session.idle(self.settings.idle_s)
-        return {"temp_c_before": self.thermal0["temp_c_max"], "cpu_mhz_before": self.thermal0["cpu_mhz_mean"]}
-
-    def start(self) -> None:
-        if self.session:
-            self.session.start()
-
-    def stop(self) -> None:
-        if self.session:
-            self.traces.append(self.session.stop())
-
-    def after(self, iterations: list[int], fps: float) -> dict[str, Any]:
-        from devices.catalog import cost_per_million, load_catalog, match_board
-        from devices.host import host_info
-        from devices.power import energy_fields
-        from devices.thermal import snapshot, throttled
-
-        t1 = snapshot()
-        hot, why = throttled(self.thermal0, t1)
-        out: dict[str, Any] = {
-            "temp_c_after": t1["temp_c_max"],
-            "cpu_mhz_after": t1["cpu_mhz_mean"],
-            "throttled": hot,
-            "throttle_reason": why,
-        }
-        if not self.session:
-            out["energy_source"] = "unavailable: " + "; ".join(self.why_not)
-            return out
-        out.update(energy_fields(self.traces, self.idle, iterations, self.meter, self.session.period_s))
-        board = (
-            load_catalog().get(self.settings.catalog)
-            if self.settings.catalog
-            else match_board(host_info()["board_model"])
-        )
-        price = self.settings.price_usd if self.settings.price_usd is not None else (board or {}).get("price_usd")
-        out["cost_per_million_inferences"] = cost_per_million(
-            out["energy_mj_per_inf"] / 1000,
-            fps,
-            price,
-            self.settings.electricity_usd_per_kwh,
-            self.settings.lifetime_years,
-            self.settings.duty_cycle,
-        )
-        return out
+        workdir = Path(job.cache_dir) / "artifacts" / job.backend / job.artifact_key
+        with backend.compile(model, job.spec, calib, workdir) as compiled:
+            info = compiled.info
+            return CellResult("ok", fields={"compile_s": info.compile_s, "cache_hit": info.cache_hit})
+    except UnsupportedSpec as exc:
+        return CellResult("skipped", str(exc))
+    except BackendUnavailable as exc:
+        return CellResult("unavailable", str(exc))
+    except QtbenchError as exc:
+        return CellResult("failed", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - an SDK error costs this cell only
+        return CellResult("failed", f"compile: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}")

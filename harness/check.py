@@ -8,12 +8,19 @@ Gates are data (``metric: rule``). Rules:
 - ``+0.01`` (no unit): the allowed absolute change;
 - ``>= 0.99``, ``<= 0.05``, ``>``, ``<``: an absolute bound on the candidate's value.
 
-A gate **fails** only when the threshold is crossed *and* the change is significant (asv's rule): latency gates
-use the raw samples (two-sided Mann–Whitney U, α = 0.01, plus a bootstrap CI of the median ratio); ``top1`` and
-``top5``-style accuracy gates use a paired bootstrap over the evaluation samples (95 % CI of the change).
+A gate **fails** only when the threshold is crossed *and* the change is significant (asv's rule), judged on an
+interval of the very statistic the gate names: a ``latency_ms_p50: +5%`` gate on the (1 − α) interval of the
+median ratio, a p99 gate on the p99 ratio, ``top1: -0.5pp`` on the change in points. The interval must lie
+wholly past the threshold. Latency intervals come from the raw samples with a resampling that respects how
+they were taken: a circular block bootstrap within each timed run (consecutive iterations are correlated) and,
+when a cell has several repeats (``measure.repeats`` > 1), resampling of repeats, so repeat-to-repeat drift widens
+the interval. ``top1`` uses a paired bootstrap over the evaluation samples. α = 0.05 (95 % intervals).
 Crossed but not significant → **inconclusive** (with why). Metrics without per-sample data are judged on the
 point estimate and say so. Marks (asv style): ``x`` fail, ``~`` inconclusive, ``+`` significantly better,
 ``-`` significantly worse but within the gate, blank unchanged.
+
+Drift shared by every repeat of a run (another process loading the machine for the whole sweep) cannot be told
+from a regression with one run per side; more repeats per cell, or re-running both sides back to back, can.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from harness.errors import ConfigError, UserError
 
 DEFAULT_GATES = {"top1": "-0.5pp", "ece": "+1pp", "latency_ms_p50": "+5%"}
 LATENCY_METRICS = {"latency_ms_mean", "latency_ms_p50", "latency_ms_p90", "latency_ms_p95", "latency_ms_p99", "fps"}
-ALPHA = 0.01
+ALPHA = 0.05  # every verdict uses the two-sided (1 − ALPHA) bootstrap interval
 MIN_SAMPLES = 10
 BOOTSTRAP = 2000
 _RULE = re.compile(
@@ -90,13 +97,21 @@ def load_gates(path: str | Path | None) -> list[Gate]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"gates file {p} does not exist")
-    data = yaml.safe_load(p.read_text())
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text; save the gates file as UTF-8") from None
+    except yaml.YAMLError as exc:  # syntax errors and tags safe_load refuses (!!python/...)
+        raise ConfigError(f"{p}: not valid YAML for gates: {' '.join(str(exc).split())[:300]}") from None
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{p}: expected a mapping of metric: rule, e.g. 'top1: -0.5pp'")
     gates = []
     for metric, rules in data.items():
         for rule in rules if isinstance(rules, list) else [rules]:
-            gates.append(Gate.parse(str(metric), rule))
+            try:
+                gates.append(Gate.parse(str(metric), rule))
+            except ConfigError as exc:
+                raise ConfigError(f"{p}: {exc}") from None
     return gates
 
 
@@ -104,7 +119,11 @@ def load_gates(path: str | Path | None) -> list[Gate]:
 # Statistics
 # ---------------------------------------------------------------------------------------------------------
 def mann_whitney_p(x: np.ndarray, y: np.ndarray) -> float:
-    """Two-sided Mann–Whitney U p-value, normal approximation with tie correction (n ≥ 10 per side)."""
+    """Two-sided Mann–Whitney U p-value, normal approximation with tie correction (n ≥ 10 per side).
+
+    Kept as a descriptive figure only: it assumes independent samples, and per-iteration latencies are not
+    (consecutive iterations share cache, clock and scheduler state), so it calls run-to-run drift significant.
+    """
     x, y = np.asarray(x, float), np.asarray(y, float)
     n1, n2 = len(x), len(y)
     allv = np.concatenate([x, y])
@@ -122,21 +141,113 @@ def mann_whitney_p(x: np.ndarray, y: np.ndarray) -> float:
     return math.erfc(abs(z) / math.sqrt(2))
 
 
-def bootstrap_median_ratio(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """95 % bootstrap CI of median(y) / median(x)."""
-    rng = np.random.default_rng(seed)
-    mx = np.median(rng.choice(x, (BOOTSTRAP, len(x))), axis=1)
-    my = np.median(rng.choice(y, (BOOTSTRAP, len(y))), axis=1)
-    r = my / mx
-    return float(np.percentile(r, 2.5)), float(np.percentile(r, 97.5))
+def optimal_block_length(x: np.ndarray) -> int:
+    """Block length for the circular block bootstrap of one run (Politis & White 2004, with the correction of
+    Patton, Politis & White 2009), on log latency so that a few outliers do not dominate the autocorrelations.
+
+    1 for independent samples; longer the more slowly the autocorrelation decays (drift within a run gives long
+    blocks). Clamped to ``min(3√n, n/3)`` so that every resample still draws several blocks.
+    """
+    x = np.log(np.maximum(np.asarray(x, float), 1.0))
+    n = len(x)
+    if n < 8:
+        return 1
+    x = x - x.mean()
+    var = float(x @ x) / n
+    if var == 0:
+        return 1
+    k_n = max(5, math.ceil(math.sqrt(math.log10(n))))
+    m_max = math.ceil(math.sqrt(n)) + k_n
+    m_max = min(m_max, n - 1)
+    acov = np.array([float(x[: n - k] @ x[k:]) / n for k in range(m_max + 1)])
+    rho = acov[1:] / var
+    crit = 2.0 * math.sqrt(math.log10(n) / n)
+    insignificant = np.abs(rho) < crit
+    m_hat = m_max - k_n  # default when no run of k_n insignificant lags is found
+    for m in range(len(rho) - k_n + 1):
+        if insignificant[m : m + k_n].all():
+            m_hat = m  # lags m+1 .. m+k_n are all insignificant
+            break
+    big_m = max(1, min(2 * m_hat, m_max))
+    k = np.arange(1, big_m + 1)
+    t = k / big_m
+    lam = np.where(t <= 0.5, 1.0, 2.0 * (1.0 - t))
+    g = 2.0 * float(np.sum(lam * k * acov[1 : big_m + 1]))
+    g0 = acov[0] + 2.0 * float(np.sum(lam * acov[1 : big_m + 1]))
+    d_cb = 4.0 / 3.0 * g0**2
+    if d_cb <= 0 or g == 0:
+        return 1
+    b = (2.0 * g**2 / d_cb) ** (1.0 / 3.0) * n ** (1.0 / 3.0)
+    b_max = max(1, math.ceil(min(3.0 * math.sqrt(n), n / 3.0)))
+    return min(max(1, round(b)), b_max)
 
 
-def paired_bootstrap_delta(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """95 % CI of mean(b) − mean(a) over the same samples, resampling sample indices."""
+def resample_runs(
+    runs: list[np.ndarray],
+    stat: Any,
+    reps: int = BOOTSTRAP,
+    seed: int = 0,
+    block: int | None = None,
+) -> np.ndarray:
+    """``reps`` bootstrap replicates of ``stat`` (a function of a (reps, n) array, along axis 1) over one cell's
+    raw samples, respecting how they were taken:
+
+    - between repeats: when the cell has several repeats (``measure.repeats`` > 1), each replicate draws that
+      many repeats with replacement, so repeat-to-repeat drift widens the interval;
+    - within a repeat: a circular block bootstrap, so autocorrelated iterations are not treated as independent.
+      The block length is the longest :func:`optimal_block_length` of the repeats unless ``block`` is given.
+
+    A replicate pools its resampled repeats the way the row's statistics pool the raw repeats. Repeats of
+    unequal length each contribute their mean length. Resampled in chunks, so memory stays bounded.
+    """
+    runs = [np.asarray(r, float) for r in runs if len(r)]
+    if not runs:
+        raise ValueError("no samples to resample")
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(a), (BOOTSTRAP, len(a)))
-    d = b[idx].mean(axis=1) - a[idx].mean(axis=1)
-    return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+    n_runs = len(runs)
+    lengths = np.array([len(r) for r in runs])
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    flat = np.concatenate(runs)
+    length = round(float(lengths.mean()))
+    block = block or max(optimal_block_length(r) for r in runs)
+    n_blocks = -(-length // block)
+    out = np.empty(reps)
+    chunk = max(1, 2_000_000 // (n_runs * n_blocks * block))
+    for lo in range(0, reps, chunk):
+        m = min(chunk, reps - lo)
+        pick = rng.integers(0, n_runs, (m, n_runs)) if n_runs > 1 else np.zeros((m, 1), np.int64)
+        n_j = lengths[pick][..., None, None]  # (m, runs, 1, 1)
+        starts = (rng.random((m, n_runs, n_blocks, 1)) * n_j).astype(np.int64)
+        within = ((starts + np.arange(block)) % n_j).reshape(m, n_runs, n_blocks * block)[..., :length]
+        idx = offsets[pick][..., None] + within
+        out[lo : lo + m] = stat(flat[idx.reshape(m, n_runs * length)])
+    return out
+
+
+def percentile_rows(a: np.ndarray, q: float) -> np.ndarray:
+    """``np.percentile(a, q, axis=1)`` (linear interpolation) by partitioning: ~5× faster on bootstrap arrays."""
+    h = (a.shape[1] - 1) * q / 100.0
+    lo, hi = math.floor(h), math.ceil(h)
+    part = np.partition(a, sorted({lo, hi}), axis=1)
+    return part[:, lo] + (h - lo) * (part[:, hi] - part[:, lo])
+
+
+def latency_statistic(metric: str, batch_size: int = 1) -> Any:
+    """The function of raw latencies (ns, along axis 1) that produces a row's timing column, in its units."""
+    if metric == "latency_ms_mean":
+        return lambda a: np.mean(a, axis=1) / 1e6
+    if metric == "fps":
+        return lambda a: batch_size * 1e9 / percentile_rows(a, 50)
+    q = int(metric.rsplit("_p", 1)[1])
+    return lambda a: percentile_rows(a, q) / 1e6
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, reps: int = BOOTSTRAP, seed: int = 0) -> tuple[Any, Any]:
+    """Replicates of (mean(a), mean(b)) over the same resampled sample indices (evaluation samples are
+    independent draws, so i.i.d. resampling is right here)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), (reps, len(a)))
+    return a[idx].mean(axis=1), b[idx].mean(axis=1)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -154,6 +265,14 @@ class Verdict:
     mark: str
     reason: str = ""
 
+    @property
+    def verdict_text(self) -> str:
+        """The verdict with its mark spelled out: 'x fail', '~ inconclusive', '+ pass (better)', 'pass'."""
+        extra = (
+            {"+": " (better)", "-": " (worse, within the gate)"}.get(self.mark, "") if self.verdict == "pass" else ""
+        )
+        return f"{self.mark} {self.verdict}{extra}".strip()
+
 
 @dataclass
 class CheckResult:
@@ -168,6 +287,19 @@ class CheckResult:
     @property
     def inconclusive(self) -> bool:
         return any(v.verdict == "inconclusive" for v in self.verdicts)
+
+    def counts(self) -> dict[str, int]:
+        return {k: sum(v.verdict == k for v in self.verdicts) for k in ("fail", "inconclusive", "pass")}
+
+    def summary(self) -> str:
+        """One line for logs: verdict counts, cells compared and cells left out."""
+        c = self.counts()
+        cells = len({v.cell for v in self.verdicts})
+        line = (
+            f"{c['fail']} fail, {c['inconclusive']} inconclusive, {c['pass']} pass "
+            f"({len(self.verdicts)} gate(s) on {cells} cell(s)"
+        )
+        return line + (f"; {len(self.missing)} not compared)" if self.missing else ")")
 
 
 def _load(path: Path) -> tuple[Any, dict[str, dict[str, Any]]]:
@@ -244,17 +376,42 @@ def compare(
             )
             continue
         # the protocol, not the achieved count: a min_duration_s stop rule runs more iterations on faster cells
-        for field in ("warmup", "min_iterations", "min_duration_s", "batch_size", "eval_sha256"):
-            if b[field] != c[field] and not allow_mismatch:
+        for field, bv, cv in _comparability(b, c):
+            if bv == cv:
+                continue
+            if not allow_mismatch:
                 raise UserError(
-                    f"{label}: {field} differs (baseline {b[field]!r}, candidate {c[field]!r}); "
+                    f"{label}: {field} differs (baseline {bv!r}, candidate {cv!r}); "
                     "results are not comparable — rerun with the same settings or pass --allow-mismatch"
                 )
+            notes.append(f"{label}: {field} differs ({bv!r} vs {cv!r}); compared anyway (--allow-mismatch)")
         if b["backend_version"] != c["backend_version"]:
             notes.append(f"{label}: backend version {b['backend_version']} → {c['backend_version']}")
         for gate in gates:
             verdicts.append(_judge(gate, label, b, c, base_data, cand_data))
     return CheckResult(verdicts, missing, notes)
+
+
+COMPARABLE = ("warmup", "min_iterations", "min_duration_s", "batch_size", "eval_sha256", "numbers")
+
+
+def _comparability(b: Any, c: Any) -> list[tuple[str, Any, Any]]:
+    """(field, baseline, candidate) for everything that must match for two cells to be compared: the timing
+    protocol, the evaluation set, what kind of numbers they are (measured vs simulated) and the backend options
+    (threads, execution provider, ...), compared as parsed JSON so key order does not matter."""
+    import json
+
+    out = [(f, b.get(f), c.get(f)) for f in COMPARABLE]
+
+    def opts(row: Any) -> Any:
+        text = row.get("backend_options") or "{}"
+        try:
+            return json.loads(text)
+        except (TypeError, ValueError):
+            return text
+
+    out.append(("backend_options", opts(b), opts(c)))
+    return out
 
 
 def _select_model(rows: Any, model: str | None, flag: str, where: Any) -> Any:
@@ -265,84 +422,127 @@ def _select_model(rows: Any, model: str | None, flag: str, where: Any) -> Any:
     return rows[rows["model"] == model]
 
 
+def _bad(gate: Gate, q: float) -> bool:
+    """Whether the gated quantity (the change for delta gates, the candidate's value for bounds) is past the gate."""
+    if gate.kind == "bound":
+        return not {">=": q >= gate.value, "<=": q <= gate.value, ">": q > gate.value, "<": q < gate.value}[gate.unit]
+    return q > gate.value if gate.value >= 0 else q < gate.value
+
+
+def _worse_sign(gate: Gate) -> int:
+    """+1 when a rise of the metric is bad (latency +5%, ece +1pp, <= bounds), -1 when a drop is."""
+    if gate.kind == "bound":
+        return -1 if gate.unit in (">=", ">") else 1
+    return 1 if gate.value >= 0 else -1
+
+
+def decide(gate: Gate, base: float, cand: float, base_reps: Any, cand_reps: Any) -> tuple[str, str, int, str]:
+    """Verdict of one gate from the point estimates and bootstrap replicates of both sides.
+
+    The interval is the (1 − ALPHA) percentile interval of the gated quantity itself (median ratio for a
+    ``latency_ms_p50: +5%`` gate, p99 ratio for a p99 gate, the top-1 change in pp ...). **fail**: the point
+    estimate is past the gate and the whole interval is too; **inconclusive**: they disagree; **pass**: neither.
+    The direction (for the marks) is the interval of the change against zero. Returns (verdict, mark text,
+    direction, interval text).
+    """
+    lo_q, hi_q = 100 * ALPHA / 2, 100 * (1 - ALPHA / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if gate.kind == "delta":
+            q_reps = np.asarray(gate.change(base_reps, cand_reps) if gate.unit != "%" else _pct(base_reps, cand_reps))
+            d_reps = q_reps
+        else:
+            q_reps = np.asarray(cand_reps, float)
+            d_reps = np.asarray(cand_reps, float) - np.asarray(base_reps, float)
+    q_point = gate.change(base, cand) if gate.kind == "delta" else cand
+    lo, hi = (float(v) for v in np.nanpercentile(q_reps, [lo_q, hi_q]))
+    d_lo, d_hi = (float(v) for v in np.nanpercentile(d_reps, [lo_q, hi_q]))
+    worse = _worse_sign(gate)
+    direction = 0
+    if d_lo > 0 or d_hi < 0:
+        direction = -1 if (d_lo > 0) == (worse > 0) else 1
+    point_bad = _bad(gate, q_point)
+    all_bad = _bad(gate, lo) and _bad(gate, hi)
+    unit = "" if gate.kind == "bound" else gate.unit
+    interval = f"{100 * (1 - ALPHA):.0f}% CI [{lo:+.3g}, {hi:+.3g}]{unit}"
+    if point_bad and all_bad:
+        return "fail", "x", direction, interval
+    if point_bad or all_bad:
+        return "inconclusive", "~", direction, interval
+    return "pass", "+" if direction > 0 else ("-" if direction < 0 else ""), direction, interval
+
+
+def _pct(base: Any, cand: Any) -> Any:
+    return 100.0 * (np.asarray(cand, float) / np.asarray(base, float) - 1.0)
+
+
+def _samples_by_repeat(frame: Any) -> list[np.ndarray]:
+    """A record's raw latencies as one array per repeat, in the order they were timed."""
+    if "repeat" not in frame:
+        return [frame["latency_ns"].to_numpy(float)]
+    frame = frame.sort_values(["repeat", "iteration"])
+    return [g["latency_ns"].to_numpy(float) for _, g in frame.groupby("repeat", sort=True)]
+
+
 def _judge(gate: Gate, label: str, b: Any, c: Any, bdata: dict[str, Any], cdata: dict[str, Any]) -> Verdict:
     base, cand = float(b[gate.metric]), float(c[gate.metric])
+    name = f"{gate.metric} {gate.rule}"
     if math.isnan(base) or math.isnan(cand):
         return Verdict(
-            label,
-            f"{gate.metric} {gate.rule}",
-            base,
-            cand,
-            "",
-            "",
-            "inconclusive",
-            "~",
+            label, name, base, cand, "", "", "inconclusive", "~",
             f"{gate.metric} is missing on one side (no labels or no reference?)",
-        )
+        )  # fmt: skip
     change = f"{gate.change(base, cand):+.3g}{gate.unit}" if gate.kind == "delta" else ""
-    violated = gate.violated(base, cand)
-    evidence, significant, direction = "point estimate", True, 0
-    reason = ""
+    reps: tuple[Any, Any] | None = None
+    evidence = "point estimate (no per-sample data stored for this metric)"
     if gate.metric in LATENCY_METRICS:
         xs = _per_record(bdata, "samples", b["record_id"])
         ys = _per_record(cdata, "samples", c["record_id"])
         if len(xs) < MIN_SAMPLES or len(ys) < MIN_SAMPLES:
             return Verdict(
-                label,
-                f"{gate.metric} {gate.rule}",
-                base,
-                cand,
-                change,
-                f"{len(xs)}/{len(ys)} samples",
-                "inconclusive",
-                "~",
+                label, name, base, cand, change, f"{len(xs)}/{len(ys)} samples", "inconclusive", "~",
                 f"too few raw samples (need ≥ {MIN_SAMPLES} per side)",
-            )
-        x, y = xs["latency_ns"].to_numpy(float), ys["latency_ns"].to_numpy(float)
-        p = mann_whitney_p(x, y)
-        lo, hi = bootstrap_median_ratio(x, y)
-        evidence = f"MWU p={p:.2g}, median ratio CI [{lo:.3f}, {hi:.3f}]"
-        significant = p < ALPHA
-        # samples are latencies for every timing metric (fps included): slower is worse
-        direction = (-1 if np.median(y) > np.median(x) else 1) if significant else 0
+            )  # fmt: skip
+        xr, yr = _samples_by_repeat(xs), _samples_by_repeat(ys)
+        stat = latency_statistic(gate.metric, int(b.get("batch_size", 1) or 1))
+        bx, by = max(optimal_block_length(r) for r in xr), max(optimal_block_length(r) for r in yr)
+        reps = (resample_runs(xr, stat, seed=0, block=bx), resample_runs(yr, stat, seed=1, block=by))
+        evidence = f"block bootstrap (blocks {bx}/{by}, repeats {len(xr)}/{len(yr)})"
     elif gate.metric == "top1":
         pa = _per_record(bdata, "predictions", b["record_id"])
         pb = _per_record(cdata, "predictions", c["record_id"])
         if len(pa) and len(pa) == len(pb) and pa["has_label"].all() and b["eval_sha256"] == c["eval_sha256"]:
             a_ok = pa.sort_values("sample_index")["correct"].to_numpy(float)
             b_ok = pb.sort_values("sample_index")["correct"].to_numpy(float)
-            lo, hi = paired_bootstrap_delta(a_ok, b_ok)
-            evidence = f"paired bootstrap Δ CI [{100 * lo:+.2f}, {100 * hi:+.2f}] pp (n={len(a_ok)})"
-            if gate.kind == "bound":
-                significant = (base + hi < gate.value) if gate.unit in (">=", ">") else (base + lo > gate.value)
-            else:
-                significant = hi < 0 or lo > 0
-            direction = 1 if lo > 0 else (-1 if hi < 0 else 0)
+            reps = paired_bootstrap(a_ok, b_ok)
+            evidence = f"paired bootstrap (n={len(a_ok)})"
         else:
             evidence = "point estimate (no paired per-sample predictions)"
-    else:
-        evidence = "point estimate (no per-sample data stored for this metric)"
-    if violated and significant:
-        verdict, mark = "fail", "x"
-        reason = "threshold crossed and the change is significant"
-    elif violated:
-        verdict, mark = "inconclusive", "~"
-        reason = "threshold crossed but the change is not significant (noise cannot be ruled out)"
-    else:
-        verdict = "pass"
-        mark = "+" if direction > 0 else ("-" if direction < 0 else "")
-    return Verdict(label, f"{gate.metric} {gate.rule}", base, cand, change, evidence, verdict, mark, reason)
+    if reps is None:
+        # no data to resample: the point estimate decides, and the evidence column says so
+        bad = _bad(gate, gate.change(base, cand) if gate.kind == "delta" else cand)
+        verdict, mark = ("fail", "x") if bad else ("pass", "")
+        reason = "threshold crossed (point estimate; no per-sample data to judge noise)" if bad else ""
+        return Verdict(label, name, base, cand, change, evidence, verdict, mark, reason)
+    verdict, mark, _, interval = decide(gate, base, cand, *reps)
+    reason = {
+        "fail": "threshold crossed and the whole interval is past it",
+        "inconclusive": "threshold crossed but not significant: the interval reaches back inside the gate "
+        "(noise cannot be ruled out)"
+        if _bad(gate, gate.change(base, cand) if gate.kind == "delta" else cand)
+        else "the point estimate is within the gate but the interval is past it (too few samples to say)",
+        "pass": "",
+    }[verdict]
+    return Verdict(label, name, base, cand, change, f"{interval}; {evidence}", verdict, mark, reason)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------------------------
 def to_markdown(result: CheckResult) -> str:
-    counts = {v: sum(1 for x in result.verdicts if x.verdict == v) for v in ("pass", "fail", "inconclusive")}
     lines = [
-        f"## qtbench check: {counts['fail']} fail, {counts['inconclusive']} inconclusive, {counts['pass']} pass",
+        f"## qtbench check: {result.summary()}",
         "",
-        "| | cell | gate | baseline | candidate | change | evidence | verdict |",
+        "| mark | cell | gate | baseline | candidate | change | evidence | verdict |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for v in result.verdicts:

@@ -33,14 +33,19 @@ def results_table(df: Any, title: str = "") -> Any:
     from rich.table import Table
 
     df = with_gap(df)
+    columns = list(SUMMARY_COLUMNS)
+    if "sweep" in df and df["sweep"].nunique() > 1:  # a folder of several sweeps: say which row is whose
+        columns.insert(0, ("sweep", "sweep", "{}"))
     table = Table(title=title or None, show_lines=False, header_style="bold")
-    for _, header, _ in SUMMARY_COLUMNS:
-        table.add_column(header, justify="left" if header in ("model", "backend", "spec", "status") else "right")
+    for _, header, _ in columns:
+        table.add_column(
+            header, justify="left" if header in ("sweep", "model", "backend", "spec", "status") else "right"
+        )
     style = {"ok": "", "skipped": "yellow", "failed": "red", "timeout": "red", "unavailable": "magenta"}
     for _, row in df.iterrows():
-        cells = [_fmt(row[col], fmt) for col, _, fmt in SUMMARY_COLUMNS]
+        cells = [_fmt(row[col], fmt) for col, _, fmt in columns]
         if row["unstable"]:
-            cells[SUMMARY_COLUMNS.index(("latency_ms_p50", "p50 ms", "{:.3f}"))] += "!"
+            cells[columns.index(("latency_ms_p50", "p50 ms", "{:.3f}"))] += "!"
         table.add_row(*(escape(c) for c in cells), style=style.get(row["status"], ""))
     return table
 
@@ -68,6 +73,17 @@ def _console() -> Any:
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
+def with_overrides(sweep: Any, overrides: dict[str, dict[str, Any]]) -> Any:
+    """Apply command-line values through the same validation as the YAML file (bad values: the same errors)."""
+    from harness.config import parse_sweep
+
+    data = sweep.to_dict()
+    base_dir = data.pop("base_dir")
+    for section, values in overrides.items():
+        data[section] = {**data[section], **values}
+    return parse_sweep(data, base_dir=base_dir)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -78,21 +94,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     console = _console()
     is_demo = args.config is None
     sweep = load_sweep(args.config or demo_config_path())
-    run = sweep.run
+    overrides: dict[str, dict[str, Any]] = {"run": {}, "measure": {}}
     if is_demo:  # the demo's inputs live in the package; its results land where the user stands
-        run = dataclasses.replace(run, results_dir=str(Path.cwd() / "results"))
+        overrides["run"]["results_dir"] = str(Path.cwd() / "results")
     if args.results_dir:
-        run = dataclasses.replace(run, results_dir=str(Path(args.results_dir).resolve()))
+        overrides["run"]["results_dir"] = str(Path(args.results_dir).resolve())
     if args.rerun:
-        run = dataclasses.replace(run, rerun=True)
+        overrides["run"]["rerun"] = True
     if args.no_isolate:
-        run = dataclasses.replace(run, isolate=False)
-    measure = sweep.measure
+        overrides["run"]["isolate"] = False
     if args.iterations is not None:
-        measure = dataclasses.replace(measure, iterations=args.iterations)
+        overrides["measure"]["iterations"] = args.iterations
     if args.warmup is not None:
-        measure = dataclasses.replace(measure, warmup=args.warmup)
-    sweep = dataclasses.replace(sweep, run=run, measure=measure)
+        overrides["measure"]["warmup"] = args.warmup
+    sweep = with_overrides(sweep, overrides)
     if args.backends:
         from harness.config import BackendEntry
 
@@ -113,7 +128,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         rec = ev.record
         extra = ""
         if rec is not None and rec.status == "ok":
-            extra = f"top1={100 * rec.top1:.2f}% p50={rec.latency_ms_p50:.3f}ms"
+            from harness.tasks import quality_summary
+
+            extra = f"{quality_summary(rec)} p50={rec.latency_ms_p50:.3f}ms"
         elif ev.message:
             extra = ev.message.strip().splitlines()[0][:100]
         console.print(
@@ -141,7 +158,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
     import backends
 
-    statuses = backends.list_backends()
+    statuses = backends.list_backends(timeout_s=args.timeout if args.timeout > 0 else None)
     if args.json:
         print(json.dumps([s.__dict__ for s in statuses], indent=2))
         return 0
@@ -185,7 +202,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if df.empty:
         console.print("no rows match", highlight=False)
         return 0
-    df = df.sort_values(["model", "backend", "spec_id"]) if not args.history else df.sort_values("created_utc")
+    df = df.sort_values(["sweep", "model", "backend", "spec_id"]) if not args.history else df.sort_values("created_utc")
     console.print(results_table(df, title=f"{args.results}: {len(df)} row(s)"))
     _print_reasons(console, df)
     return 0
@@ -228,10 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-report", action="store_true", help="do not write the HTML/Markdown report")
     s.add_argument("--report-dir", help="report folder (default reports/<sweep name>)")
     s.add_argument("-q", "--quiet", action="store_true", help="no per-cell progress lines")
+    from harness.trust import UntrustedAction  # light: os + argparse only
+
+    s.add_argument("--untrusted", action=UntrustedAction)  # sets QTBENCH_TRUSTED=0 for the sweep and its cells
     s.set_defaults(func=cmd_sweep)
 
     b = sub.add_parser("backends", help="list registered backends: available or why not, with versions")
     b.add_argument("--json", action="store_true")
+    b.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds each backend's probe may take (0: probe in-process)"
+    )
     b.set_defaults(func=cmd_backends)
 
     sh = sub.add_parser("show", help="print results as a table, filtered by backend/spec/model/status")
@@ -274,6 +297,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "q_end": args.q_end,
         "fake_quant": not args.prune_only,
     }
+    trained: list[dict[str, Any]] = []
     for seed in args.seeds:
         cfg = TrainConfig(
             arch=args.arch,
@@ -309,11 +333,28 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "arch": args.arch,
                 "seed": seed,
                 "epochs": args.epochs,
+                # the exported FP model's accuracy (fake quantization off): what this ONNX file scores
                 "test_accuracy": res.test_accuracy,
+                **{k: res.history[-1][k] for k in ("fakequant_test_accuracy",) if k in res.history[-1]},
             },
         )
         print(f"{path}: test accuracy {100 * res.test_accuracy:.2f}% ({res.seconds:.1f}s); log {out / (stem + '.csv')}")
+        trained.append({"path": path.name, "name": f"{args.method}-s{seed}", "group": args.method, "seed": seed})
+    snippet = out / f"{data.name}_{args.arch}_{args.method}.models.yaml"
+    _write_models_snippet(snippet, trained)
+    print(f"sweep snippet: {snippet} (paste under `models:`, or merge the fp and quanttrim snippets of one study)")
     return 0
+
+
+def _write_models_snippet(path: Path, models: list[dict[str, Any]]) -> None:
+    """A sweep file's ``models:`` block for what was trained (paths relative to the snippet's folder)."""
+    import yaml
+
+    text = (
+        "# models block for a study sweep written by `qtbench train`; `qtbench compare` contrasts groups over seeds\n"
+        + yaml.safe_dump({"models": models}, sort_keys=False)
+    )
+    path.write_text(text)
 
 
 def _register_train(sub: Any) -> None:
@@ -371,20 +412,19 @@ def cmd_check(args: argparse.Namespace) -> int:
         args.allow_mismatch,
     )
     table = Table(header_style="bold", title=f"{args.candidate} vs {args.baseline}")
-    for col in ("", "cell", "gate", "baseline", "candidate", "change", "evidence", "verdict"):
+    for col in ("verdict", "cell", "gate", "baseline", "candidate", "change", "evidence", "why"):
         table.add_column(col)
     style = {"fail": "red", "inconclusive": "yellow", "pass": ""}
     for v in result.verdicts:
-        why = f" ({v.reason})" if v.verdict != "pass" and v.reason else ""
         table.add_row(
-            escape(v.mark),
+            escape(v.verdict_text),
             escape(v.cell),
             escape(v.gate),
             f"{v.baseline:.6g}",
             f"{v.candidate:.6g}",
             v.change,
             escape(v.evidence),
-            escape(v.verdict + why),
+            escape(v.reason if v.verdict != "pass" else ""),
             style=style[v.verdict],
         )
     console = _console()
@@ -393,6 +433,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         console.print(f"not compared: {m}", highlight=False)
     for n in result.notes:
         console.print(f"note: {n}", highlight=False)
+    console.print(f"qtbench check: {result.summary()}", highlight=False)
     if args.markdown:
         Path(args.markdown).write_text(to_markdown(result))
     if args.junit:
@@ -420,26 +461,75 @@ def _register_check(sub: Any) -> None:
     c.set_defaults(func=cmd_check)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from harness.compare import compare, difference_table, group_table, headlines, to_markdown
+
+    df = compare(args.results, args.baseline_group, args.candidate_group, n_boot=args.bootstrap)
+    console = _console()
+    if df.empty:
+        raise UserError("no quantized cells with per-sample predictions and an FP32 cell to compare")
+    for line in headlines(df):
+        console.print(line, markup=False, highlight=False)
+    slices = ("all", "backend", "family") if args.details else ("all",)
+    diff_title = f"{df.attrs['candidate']} − {df.attrs['baseline']}, 95 % CI over seeds and samples"
+    for title, (header, body) in (
+        ("per group: mean ± sd over seeds", group_table(df)),
+        (diff_title, difference_table(df, slices)),
+    ):
+        table = Table(header_style="bold", title=title)
+        for h in header:
+            table.add_column(escape(h))
+        for r in body:
+            table.add_row(*(escape(c) for c in r))
+        console.print(table)
+    for n in df.attrs.get("notes", []):
+        console.print(f"note: {n}", markup=False, highlight=False)
+    if args.markdown:
+        Path(args.markdown).write_text(to_markdown(df))
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+    return 0
+
+
+def _register_compare(sub: Any) -> None:
+    c = sub.add_parser(
+        "compare",
+        help="is group B more robust than group A? FP→Q gaps per precision/backend/spec with 95 %% intervals",
+    )
+    c.add_argument("results", nargs="+", help="results folders holding both groups (models[].group / seed)")
+    c.add_argument("--baseline-group", help="e.g. fp (default: 'fp' when the results hold two groups)")
+    c.add_argument("--candidate-group", help="e.g. quanttrim (default: the other group)")
+    c.add_argument("--details", action="store_true", help="also print the per-backend and per-spec-family rows")
+    c.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates over images (default 1000)")
+    c.add_argument("--markdown", help="write the comparison as Markdown here")
+    c.add_argument("--csv", help="write the full comparison frame as CSV here")
+    c.set_defaults(func=cmd_compare)
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
     import json
+    import math
 
     from rich.table import Table
 
     from devices.catalog import match_board
     from devices.host import device_id, host_info
-    from devices.power import survey
-    from devices.thermal import snapshot
+    from devices.power import AUTO_ORDER, survey
+    from devices.thermal import describe, snapshot
 
-    info, meters, thermal = host_info(), survey(log=args.meter_log), snapshot()
+    info, meters, thermal = host_info(), survey(log=args.meter_log, rail=args.rail), snapshot()
     board = match_board(info["board_model"]) if info["board_model"] else None
     if args.json:
+        clean = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in thermal.items()}
         print(
             json.dumps(
                 {
                     "device": device_id(),
                     "host": info,
                     "meters": [{"meter": n, "available": ok, "detail": d} for n, ok, d in meters],
-                    "thermal": thermal,
+                    "thermal": clean,  # null where there is no sensor (NaN is not JSON)
                     "catalog": board,
                 },
                 indent=2,
@@ -460,23 +550,21 @@ def cmd_devices(args: argparse.Namespace) -> int:
         f"{board['id'] if board else 'no match'}",
         highlight=False,
     )
-    table = Table(header_style="bold", title="power meters (auto picks the first available, top to bottom)")
-    for col in ("meter", "status", "detail"):
+    table = Table(header_style="bold", title="power meters (auto: the first available one that serves the cell)")
+    for col in ("meter", "status", "auto for cells on", "detail"):
         table.add_column(col)
     for name, ok, detail in meters:
-        table.add_row(name, "available" if ok else "unavailable", escape(detail), style="" if ok else "magenta")
+        serves = ", ".join(d.replace("other", "npu/other") for d, order in AUTO_ORDER.items() if name in order)
+        table.add_row(name, "available" if ok else "unavailable", serves, escape(detail), style="" if ok else "magenta")
     console.print(table)
-    console.print(
-        f"thermal: {thermal['sensors']} zone(s), max {thermal['temp_c_max']} °C; mean CPU clock "
-        f"{thermal['cpu_mhz_mean']} MHz; throttle events so far {thermal['throttle_count']}",
-        highlight=False,
-    )
+    console.print(f"thermal: {describe(thermal)}", highlight=False)
     return 0
 
 
 def _register_devices(sub: Any) -> None:
     d = sub.add_parser("devices", help="this host's identity, power meters (or why not), thermal sensors")
     d.add_argument("--meter-log", help="also check an external meter CSV log")
+    d.add_argument("--rail", help="check this rail (device.rail): a hwmon label, 'sum', or a RAPL zone name")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_devices)
 
@@ -577,33 +665,190 @@ def _register_simgap(sub: Any) -> None:
     g.set_defaults(func=cmd_simgap)
 
 
+def cmd_localize(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from rich.table import Table
+
+    from harness.config import load_sweep
+    from harness.demo import demo_config_path
+    from harness.localize import LocalizeSettings, run_localization
+    from harness.spec import QuantSpec
+
+    sweep = load_sweep(args.config or demo_config_path())
+    if args.results_dir or args.config is None:  # the demo's results land where the user stands
+        root = Path(args.results_dir).resolve() if args.results_dir else Path.cwd() / "results"
+        sweep = dataclasses.replace(sweep, run=dataclasses.replace(sweep.run, results_dir=str(root)))
+    specs = [QuantSpec.parse(s, "--spec") for s in args.spec] if args.spec else None
+    settings = LocalizeSettings(
+        samples=args.samples, threshold_db=args.threshold_db, memory_mb=args.memory_mb, threads=args.threads
+    )
+    fallback = None
+    if args.fallback_search:
+        from harness.localize.fallback import FallbackSettings
+
+        fallback = FallbackSettings(
+            budget_s=args.budget_s,
+            max_candidates=args.max_candidates,
+            max_k=args.max_k,
+            samples=args.agreement_samples,
+            target_agreement=args.target_agreement,
+        )
+    console = _console()
+    run = run_localization(
+        sweep,
+        args.model,
+        specs,
+        args.backends,
+        settings,
+        fallback,
+        progress=None if args.quiet else lambda m: console.print(m, markup=False, highlight=False),
+    )
+    table = Table(header_style="bold", title=f"where does each backend diverge? ({run.path})")
+    for col in ("model", "spec", "backend", "kind", "first divergent", "dB", "largest jump", "Δ dB", "out dB"):
+        table.add_column(col)
+    for _, r in run.summary.iterrows():
+        ok = r["status"] == "ok"
+        kind = (r.get("kind") if isinstance(r.get("kind"), str) else "") or r["status"]
+
+        def num(key: str, row: Any = r) -> str:
+            v = row.get(key)
+            return f"{v:.1f}" if isinstance(v, float) and v == v else ""
+
+        table.add_row(
+            escape(r["model"]),
+            escape(r["spec_id"]),
+            escape(r["backend"]),
+            escape(kind if ok or kind == "output only" else f"{kind}: {str(r.get('reason', ''))[:60]}"),
+            escape((r.get("first_divergent_node") or "none below threshold") if ok else ""),
+            num("first_divergent_sqnr_db"),
+            escape(r.get("largest_jump_node") or "" if ok else ""),
+            num("largest_jump_db"),
+            num("output_sqnr_db"),
+        )
+    console.print(table)
+    for _, r in run.summary[run.summary["status"] == "output_only"].iterrows():
+        console.print(f"  output only: {r['backend']}: {r['reason']}", markup=False, highlight=False)
+    if run.fallback is not None and not run.fallback.empty:
+        best = run.fallback[run.fallback["best"]]
+        for _, r in best.iterrows():
+            console.print(
+                f"  {r['backend']} {r['spec_id']} {r['model']}: keep {r['k']} layer(s) in float to recover "
+                f"{r['recovered_pp']:+.2f} pp agreement ({100 * r['agreement']:.2f}%): {r['nodes']}",
+                markup=False,
+                highlight=False,
+            )
+    console.print(f"results: {run.path}  (harness.load_localization)", highlight=False)
+    for p in run.plots:
+        console.print(f"plot:    {p}", highlight=False)
+    return 0
+
+
+def _register_localize(sub: Any) -> None:
+    g = sub.add_parser(
+        "localize", help="per-layer SQNR/cosine vs FP32 on each backend: where it diverges, which layers to keep float"
+    )
+    g.add_argument("config", nargs="?", help="sweep YAML for models, data and backends (default: the bundled demo)")
+    g.add_argument("--model", nargs="+", metavar="NAME", help="only these models (display names)")
+    g.add_argument("--spec", nargs="+", metavar="SPEC", help="spec ids (default: the sweep's quantized specs)")
+    g.add_argument(
+        "--backends", nargs="+", metavar="KEY", help="sweep labels/slugs, simnpu:PROFILE or SLUG:KEY=VALUE[,KEY=VALUE]"
+    )
+    g.add_argument("--samples", type=int, default=16, help="evaluation samples compared per layer (default 16)")
+    g.add_argument("--threshold-db", type=float, help="first-divergence threshold (default 20 dB; 10 dB at 4 bits)")
+    g.add_argument("--memory-mb", type=float, default=256, help="activations held per layer batch (default 256)")
+    g.add_argument("--threads", type=int, default=1, help="threads of the FP32 reference session")
+    g.add_argument("--fallback-search", action="store_true", help="find layers to keep in float (ort/openvino/simnpu)")
+    g.add_argument("--budget-s", type=float, default=300, help="time budget per backend × spec (default 300 s)")
+    g.add_argument("--max-candidates", type=int, default=8, help="layers tried one at a time (default 8)")
+    g.add_argument("--max-k", type=int, default=4, help="largest set of float layers tried (default 4)")
+    g.add_argument("--agreement-samples", type=int, default=500, help="samples for top-1 agreement (default 500)")
+    g.add_argument("--target-agreement", type=float, default=0.99, help="stop when reached (default 0.99)")
+    g.add_argument("--results-dir", help="root folder for results (default: the config's run.results_dir)")
+    g.add_argument("-q", "--quiet", action="store_true")
+    g.set_defaults(func=cmd_localize)
+
+
+def _register_zoo(sub: Any) -> None:
+    from harness.zoo import register_cli  # torch is imported only when a model is built
+
+    register_cli(sub)
+
+
 _EXTRA_COMMANDS: list[Any] = [
     _register_train,
     _register_report,
     _register_check,
+    _register_compare,
     _register_devices,
     _register_env,
     _register_simgap,
+    _register_localize,
+    _register_zoo,
 ]
 
 
+def _crash_report(command: str) -> str:
+    """Write the current exception's traceback to a file and return its path (the console gets one line)."""
+    import datetime as dt
+    import os
+    import tempfile
+    import traceback
+
+    folder = Path(os.environ.get("QTBENCH_CRASH_DIR") or Path(tempfile.gettempdir()) / "qtbench-crashes")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{command}-{os.getpid()}.txt"
+        path.write_text(f"qtbench {__version__} {' '.join(sys.argv)}\n\n{traceback.format_exc()}")
+        return str(path)
+    except OSError:
+        traceback.print_exc()
+        return "(could not write a crash file; the traceback is above)"
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    """SIGTERM unwinds like Ctrl-C, so running cells are killed with their process groups and saved rows stay."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import contextlib
+
+    with contextlib.suppress(ValueError):  # not the main thread (e.g. called from a test's worker thread)
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"qtbench {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
     except QtbenchError as exc:
-        print(f"qtbench {args.command}: error: {exc}", file=sys.stderr)
+        print(f"qtbench {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted; finished cells are saved", file=sys.stderr)
+        print("interrupted; finished cells are saved (a re-run resumes)", file=sys.stderr)
         return 130
+    except OSError as exc:  # the environment: a path that is a file, a full disk, no permission
+        from harness.store import os_error_message
+
+        print(f"qtbench {args.command}: error: {os_error_message(exc, 'file system error')}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a bug: one line here, the traceback in a file
+        where = _crash_report(args.command)
+        print(
+            f"qtbench {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            f"(a bug in qtbench or an SDK; traceback written to {where})",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split("\n")).strip()
+    return text[:2000]
 
 
 def entry() -> None:

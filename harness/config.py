@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
@@ -38,7 +39,11 @@ class DataSource:
     """
 
     path: str = _f(doc="a .npz file or a folder of .npy files; relative to the sweep file")
-    labels: str | None = _f("labels", doc="name of the integer label array; absent labels are allowed")
+    labels: str | None = _f(
+        None,
+        doc="name of the integer label array; default: the array named 'labels' when there is one (a key named "
+        "here must exist)",
+    )
     limit: int | None = _f(None, doc="use only the first N samples", minimum=1)
 
 
@@ -51,10 +56,27 @@ class ModelEntry:
     output: str | None = _f(None, doc="output holding the logits; default: the first output")
     calibration: DataSource | None = _f(None, doc="overrides the sweep-level calibration data")
     evaluation: DataSource | None = _f(None, doc="overrides the sweep-level evaluation data")
+    task: str | dict[str, Any] | None = _f(
+        None,
+        doc="how outputs are scored: a task (classification, segmentation, tensor, or a qtbench.tasks plug-in) "
+        "for the scored output, or a mapping output -> task (or -> {name: task, option: value}); default: the "
+        "zoo's metadata, else inferred from the output's rank (see harness/tasks.py)",
+    )
+    group: str | None = _f(None, doc="study group this checkpoint belongs to (e.g. fp, quanttrim); default: its name")
+    seed: int | None = _f(None, doc="training seed (replica) of this checkpoint within its group", minimum=0)
+    timing: bool = _f(
+        True,
+        doc="false: fidelity only - compile and evaluate, no timed loop (rows say timed=false); "
+        "e.g. time one replica of a study and evaluate the others",
+    )
 
     @property
     def display_name(self) -> str:
         return self.name or Path(self.path).stem
+
+    @property
+    def group_name(self) -> str:
+        return self.group or self.display_name
 
 
 @dataclass(frozen=True)
@@ -89,8 +111,8 @@ class CellFilter:
 class MeasureSettings:
     """The timing protocol. Defaults follow the Quant-Trim paper: batch 1, 20 warm-ups, 200 timed runs."""
 
-    warmup: int = _f(20, doc="untimed iterations before the timed loop", minimum=0)
-    iterations: int = _f(200, doc="minimum timed iterations", minimum=1)
+    warmup: int = _f(20, doc="untimed iterations before the timed loop", minimum=0, maximum=1_000_000)
+    iterations: int = _f(200, doc="minimum timed iterations", minimum=1, maximum=10_000_000)
     min_duration_s: float = _f(0.0, doc="keep timing until this many seconds have passed as well", minimum=0)
     max_iterations: int = _f(100_000, doc="hard cap when min_duration_s keeps the loop going", minimum=1)
     batch_size: int = _f(1, doc="samples per timed inference", minimum=1)
@@ -109,6 +131,12 @@ class DeviceSettings:
         choices=("auto", "none", "jtop", "hwmon", "rapl", "nvml", "external", "estimate"),
     )
     meter_log: str | None = _f(None, doc="external meter CSV (timestamp,watts; Unix seconds)")
+    rail: str | None = _f(
+        None,
+        doc="which rail the meter reads: a hwmon channel label (VDD_IN, VDD_GPU_SOC ...) or 'sum' of all "
+        "(disjoint rails only); a RAPL zone (package, psys, dram ...). Default: the board input rail "
+        "(VDD_IN / POM_5V_IN / ACPI power meter), RAPL package zones (never psys with them)",
+    )
     sample_period_ms: float = _f(20.0, doc="power sampling period", minimum=1)
     idle_s: float = _f(0.5, doc="idle baseline window before the timed loop (0 = none)", minimum=0)
     watts_per_core: float = _f(10.0, doc="estimate model: W per busy core (used only by the estimate meter)", minimum=0)
@@ -129,13 +157,19 @@ class RunSettings:
     isolate: bool = _f(True, doc="run each cell in a child process so a crashing SDK costs one cell")
     seed: int = _f(0, doc="seed for sample order and anything random in compilation")
     rerun: bool = _f(False, doc="measure cells again even when results hold them (rows are appended)")
+    compile_first: bool = _f(
+        True, doc="build every cell's artifact before timing any cell, so no compile runs beside a timed loop"
+    )
+    compile_workers: int = _f(
+        0, doc="child processes compiling at once in the compile phase (0: min(4, CPU count))", minimum=0, maximum=64
+    )
 
 
 @dataclass(frozen=True)
 class Sweep:
     """A sweep: models × backends × specs, with data, measurement protocol and run settings."""
 
-    name: str = _f(doc="results land in <results_dir>/<name>/", pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = _f(doc="results land in <results_dir>/<name>/", pattern=r"^[A-Za-z0-9._-]+$", not_dots=True)
     models: list[ModelEntry] = _f(doc="ONNX checkpoints", min_items=1)
     backends: list[BackendEntry] = _f(doc="backend slugs or {name, options}", min_items=1)
     specs: list[QuantSpec] = _f(doc="spec ids (int8-static-pc-wsym-minmax) or field mappings", min_items=1)
@@ -150,8 +184,10 @@ class Sweep:
     base_dir: str = field(default=".", metadata={"doc": "internal: folder relative paths resolve against"})
 
     def resolve(self, p: str) -> Path:
+        import os
+
         path = Path(p).expanduser()
-        return path if path.is_absolute() else (Path(self.base_dir) / path)
+        return Path(os.path.normpath(path if path.is_absolute() else (Path(self.base_dir) / path)))
 
     @property
     def results_path(self) -> Path:
@@ -184,10 +220,19 @@ def load_sweep(path: str | Path) -> Sweep:
     if not p.is_file():
         raise ConfigError(f"sweep file {p} does not exist; pass a YAML file or run `qtbench sweep` for the demo")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}); save the sweep file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the sweep file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    return parse_sweep(data, base_dir=p.resolve().parent)
+        raise ConfigError(f"{p}: not valid YAML: {' '.join(str(exc).split())}") from None
+    try:
+        return parse_sweep(data, base_dir=p.resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
 
 
 def parse_sweep(data: Any, base_dir: str | Path = ".") -> Sweep:
@@ -204,10 +249,19 @@ def parse_sweep(data: Any, base_dir: str | Path = ".") -> Sweep:
     dup_b = {k for k in keys if keys.count(k) > 1}
     if dup_b:
         raise ConfigError(f"backends: {sorted(dup_b)[0]!r} appears twice; give each option set a distinct `label`")
+    if sweep.measure.iterations > sweep.measure.max_iterations:
+        raise ConfigError(
+            f"measure.iterations: {sweep.measure.iterations} exceeds measure.max_iterations "
+            f"{sweep.measure.max_iterations}; raise max_iterations or lower iterations"
+        )
     names = [m.display_name for m in sweep.models]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise ConfigError(f"models: duplicate model name {sorted(dup)[0]!r}; give each model a distinct `name`")
+    from harness.tasks import parse_tasks
+
+    for i, m in enumerate(sweep.models):
+        parse_tasks(m.task, f"models[{i}].task")  # unknown task names and options fail at load, with the key path
     return sweep
 
 
@@ -283,10 +337,16 @@ def _coerce(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> A
         if pattern:
             import re
 
-            if not re.match(pattern, value):
-                raise ConfigError(f"{path}: {value!r} must match {pattern} (letters, digits, '.', '_', '-')")
+            if not re.fullmatch(pattern, value) or (meta.get("not_dots") and set(value) == {"."}):
+                raise ConfigError(
+                    f"{path}: {value!r} must match {pattern} (letters, digits, '.', '_', '-'; not only dots)"
+                )
     if "minimum" in meta and value < meta["minimum"]:
         raise ConfigError(f"{path}: {value!r} is below the minimum {meta['minimum']}")
+    if "maximum" in meta and value > meta["maximum"]:
+        raise ConfigError(f"{path}: {value!r} is above the maximum {meta['maximum']}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}: {value!r} is not a finite number")
     return value
 
 
@@ -365,6 +425,8 @@ def _schema_for(tp: Any, defs: dict[str, Any], meta: typing.Mapping[str, Any] | 
         out = {"type": {bool: "boolean", int: "integer", float: "number", str: "string"}[tp]}
         if "minimum" in meta:
             out["minimum"] = meta["minimum"]
+        if "maximum" in meta:
+            out["maximum"] = meta["maximum"]
         if "pattern" in meta:
             out["pattern"] = meta["pattern"]
         if "choices" in meta:

@@ -28,6 +28,11 @@ class BackendUnavailable(UserError):
     """A backend's runtime or hardware is not present here; the message names what to install."""
 
 
+class CompileError(QtbenchError):
+    """A backend's compiler or SDK worker ran and rejected this model/spec: the cell is ``failed`` with the
+    compiler's message (not ``unavailable``, which means the SDK or hardware is missing)."""
+
+
 class UnsupportedSpec(QtbenchError):
     """A backend cannot compile a QuantSpec; planning turns this into a ``skipped`` row with the reason."""
 

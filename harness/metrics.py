@@ -1,6 +1,9 @@
 """Quality metrics of a quantized model's logits, against labels and against the FP32 reference logits.
 
-Definitions (``METRICS_VERSION`` 1), all computed in float64:
+Definitions (``METRICS_VERSION`` 2: version 1's classification metrics unchanged, plus the segmentation and
+tensor metrics at the end of this docstring), all computed in float64.
+
+Classification (logits N×C):
 
 - ``top1`` / ``top5``: fraction of samples whose label is among the k highest logits. Ties resolve to the lower
   class index (a stable descending sort), so top-1 is exactly ``argmax`` and top-k ⊇ top-1.
@@ -15,13 +18,32 @@ Definitions (``METRICS_VERSION`` 1), all computed in float64:
   MCE = max over non-empty bins.
 - ``nll``: mean −log softmax(Q)[label].
 - ``brier``: mean over samples of Σ_c (p_c − 1[c = label])² (multi-class Brier score, range [0, 2]).
+
+Segmentation (per-pixel class logits N×C×H×W; masks N×H×W):
+
+- confusion matrix M[t, p] = pixels with true class t predicted as p, over all pixels of all samples (pixels
+  whose label equals ``ignore_index`` are left out).
+- ``iou_c`` = M[c,c] / (Σ_p M[c,p] + Σ_t M[t,c] − M[c,c]); a class absent from both truth and prediction has no
+  IoU (excluded), a class present in one only has IoU 0. ``miou`` = mean over classes that have an IoU.
+- ``pixel_accuracy`` = trace(M) / ΣM.
+- against the FP32 model's own masks (argmax over C; no labels needed): ``miou_fp`` (the FP mask as the truth)
+  and ``mask_agreement`` (fraction of pixels whose argmax equals the FP argmax).
+- ``pixel_ece``: ECE (15 bins, as above) over a fixed, seeded sample of at most 65,536 pixels per batch.
+
+Tensor outputs (embeddings, features, probability masks, detector heads), each against the FP32 output:
+
+- ``sqnr_db`` and ``max_abs_err`` as above, over every element.
+- ``cosine``: mean over samples of the cosine similarity of the flattened per-sample tensors.
+- ``rel_l2``: mean over samples of ‖Q − FP‖₂ / ‖FP‖₂ (0 when both are zero, inf when only FP is).
+- ``retrieval_agreement@k`` (embeddings N×D, opt-in): for each sample, the k nearest other samples by cosine
+  similarity under Q and under FP; the mean fraction of the FP neighbours that Q also returns.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-METRICS_VERSION = 1
+METRICS_VERSION = 2
 ECE_BINS = 15
 
 
@@ -157,3 +179,97 @@ def quality(logits: np.ndarray, ref_logits: np.ndarray | None, labels: np.ndarra
         out["sqnr_db"] = sqnr_db(logits, ref_logits)
         out["max_abs_err"] = max_abs_error(logits, ref_logits)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Segmentation
+# ---------------------------------------------------------------------------------------------------------
+def confusion_matrix(
+    pred: np.ndarray, truth: np.ndarray, num_classes: int, ignore_index: int | None = None
+) -> np.ndarray:
+    """C×C pixel counts, rows = truth, columns = prediction; labels outside [0, C) other than ``ignore_index``
+    raise (a mask from another label set would silently score as wrong pixels)."""
+    p = np.asarray(pred).reshape(-1).astype(np.int64)
+    t = np.asarray(truth).reshape(-1).astype(np.int64)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction ({p.size} pixels) and mask ({t.size} pixels) differ in size")
+    if ignore_index is not None:
+        keep = t != ignore_index
+        p, t = p[keep], t[keep]
+    if t.size and (t.min() < 0 or t.max() >= num_classes):
+        raise ValueError(
+            f"mask labels must lie in [0, {num_classes - 1}] (or be ignore_index), got {t.min()}..{t.max()}"
+        )
+    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def iou_per_class(cm: np.ndarray) -> np.ndarray:
+    """IoU per class from a confusion matrix; NaN for a class absent from both truth and prediction."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    union = cm.sum(axis=0) + cm.sum(axis=1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / np.where(union > 0, union, 1.0), np.nan)
+
+
+def mean_iou(cm: np.ndarray) -> float:
+    iou = iou_per_class(cm)
+    return float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float("nan")
+
+
+def pixel_accuracy(cm: np.ndarray) -> float:
+    total = float(np.sum(cm))
+    return float(np.trace(cm)) / total if total else float("nan")
+
+
+def sample_pixels(logits: np.ndarray, max_pixels: int, seed: int) -> np.ndarray:
+    """Indices into the flattened N·H·W pixels of ``logits`` (N×C×H×W): all of them, or a seeded sample."""
+    n_pix = logits.shape[0] * int(np.prod(logits.shape[2:]))
+    if n_pix <= max_pixels:
+        return np.arange(n_pix)
+    return np.sort(np.random.default_rng(seed).choice(n_pix, max_pixels, replace=False))
+
+
+def pixels_as_rows(logits: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Per-pixel class-logit rows (P×C) at flattened pixel indices ``idx``."""
+    c = logits.shape[1]
+    return np.moveaxis(np.asarray(logits), 1, -1).reshape(-1, c)[idx]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tensors
+# ---------------------------------------------------------------------------------------------------------
+def per_sample_cosine(q: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each sample's flattened tensor (1 when both are zero, 0 when one is)."""
+    a = np.asarray(q, dtype=np.float64).reshape(len(q), -1)
+    b = np.asarray(ref, dtype=np.float64).reshape(len(ref), -1)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    cos = np.sum(a * b, axis=1) / np.where(na * nb == 0, 1.0, na * nb)
+    return np.where((na == 0) & (nb == 0), 1.0, np.where(na * nb == 0, 0.0, cos))
+
+
+def per_sample_rel_l2(q: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    a = np.asarray(q, dtype=np.float64).reshape(len(q), -1)
+    b = np.asarray(ref, dtype=np.float64).reshape(len(ref), -1)
+    err, nb = np.linalg.norm(a - b, axis=1), np.linalg.norm(b, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(nb > 0, err / np.where(nb > 0, nb, 1.0), np.where(err > 0, np.inf, 0.0))
+
+
+def retrieval_agreement(q: np.ndarray, ref: np.ndarray, k: int) -> float:
+    """Mean fraction of each sample's k FP nearest neighbours (cosine, self excluded) that Q also returns."""
+    a = np.asarray(q, dtype=np.float64).reshape(len(q), -1)
+    b = np.asarray(ref, dtype=np.float64).reshape(len(ref), -1)
+    n = len(a)
+    if n < 2:
+        return float("nan")
+    k = min(k, n - 1)
+
+    def neighbours(x: np.ndarray) -> np.ndarray:
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-300)
+        sim = x @ x.T
+        np.fill_diagonal(sim, -np.inf)
+        return np.argsort(-sim, axis=1, kind="stable")[:, :k]
+
+    nq, nr = neighbours(a), neighbours(b)
+    return float(np.mean([len(np.intersect1d(nq[i], nr[i])) / k for i in range(n)]))

@@ -11,7 +11,7 @@ import math
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: task plug-ins (task, outputs, output_metrics, segmentation/tensor columns)
 STATUSES = ("ok", "skipped", "failed", "timeout", "unavailable")
 NAN = math.nan
 
@@ -51,6 +51,10 @@ class Record:
     backend_slug: str = ""  # the adapter; `backend` is its label when one adapter runs with several option sets
     backend_options: str = "{}"
     model_path: str = ""
+    # study design (models[].group / seed / timing): which checkpoint family and training replica a row belongs to
+    group: str = ""  # e.g. "fp" or "quanttrim"; `qtbench compare` contrasts groups
+    seed: int = -1  # the checkpoint's training seed (replica); -1 = not declared
+    timed: bool = True  # False: fidelity only, no timed loop ran (latency columns are empty by design)
     # timing (harness clock, host_to_host)
     warmup: int = 0
     min_iterations: int = 0  # the protocol's stop rules (iterations below is what the loop actually ran)
@@ -97,6 +101,21 @@ class Record:
     brier: float = NAN
     fp_top1: float = NAN  # the FP32 reference's own top-1 on the same eval set, for the FP→Q gap
     reliability: str = "{}"  # JSON: 15-bin count/confidence/accuracy, the data of a reliability diagram
+    # tasks (harness.tasks): the flat quality columns hold the first scored output's metrics
+    task: str = ""  # classification | segmentation | tensor | a plug-in's name: the task of the first scored output
+    task_source: str = ""  # config | model metadata | inferred
+    outputs: str = "[]"  # JSON list: the outputs scored, first = the one in the flat columns
+    outputs_ignored: str = "[]"  # JSON list: outputs without a task (not scored)
+    output_metrics: str = "{}"  # JSON {output: {task, options, metric: value}} for every scored output
+    miou: float = NAN  # segmentation vs label masks
+    pixel_accuracy: float = NAN
+    pixel_ece: float = NAN
+    miou_fp: float = NAN  # segmentation vs the FP32 model's own masks
+    mask_agreement: float = NAN
+    cosine: float = NAN  # tensor: mean per-sample cosine vs FP32
+    rel_l2: float = NAN
+    retrieval_agreement: float = NAN
+    weights: str = ""  # "random" for a zoo model without trained weights (its accuracy means nothing)
     # energy and device state (devices/, contract columns for reports and checks)
     energy_mj_per_inf: float = NAN
     energy_mj_per_inf_above_idle: float = NAN
@@ -160,7 +179,13 @@ def upgrade_frame(df: Any, source: str) -> Any:
                 f"{source} was written with results schema {newest}; this qtbench reads ≤ {SCHEMA_VERSION}: "
                 "upgrade qtbench (pip install -U qtbench)"
             )
+    had_task = "task" in df
     for col in COLUMNS:
         if col not in df:
             df[col] = DEFAULTS.get(col, NAN)
+    if not had_task and len(df):
+        # schema 1 scored one output as classification logits whenever it had evaluation data
+        scored = df["eval_samples"].fillna(0).astype(int) > 0
+        df.loc[scored, "task"] = "classification"
+        df.loc[scored, "task_source"] = "inferred (schema 1 rows: the first or named output as logits)"
     return df

@@ -19,8 +19,6 @@ from harness.errors import ResultsError
 from harness.tables import SUMMARY_COLUMNS, format_value, with_gap
 
 PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "int4": "D"}
-#: The runtime a platform ships as its default; rows of these backends are drawn filled, others unfilled.
-DEFAULT_RUNTIME = {"cpu": "ort", "gpu": "tensorrt", "npu": "qnn"}
 MAX_LATENCY_CELLS = 40
 MAX_BAR_CELLS = 48
 
@@ -38,11 +36,17 @@ class ReportData:
     rows: Any
     samples: Any
     training: dict[str, Any] = field(default_factory=dict)
+    predictions: dict[str, Any] = field(default_factory=dict)  # record id → per-sample predictions
 
 
 def _provenance(df: Any) -> str:
     kinds = sorted({n for n in df.get("numbers", []) if isinstance(n, str) and n})
-    return "numbers: " + (", ".join(kinds) if kinds else "none")
+    text = "numbers: " + (", ".join(kinds) if kinds else "none")
+    if "weights" in df and (df["weights"] == "random").any():  # zoo models (harness.zoo): say it on every figure
+        from harness.zoo import RANDOM_WEIGHTS_NOTE
+
+        text += f"; {RANDOM_WEIGHTS_NOTE}"
+    return text
 
 
 def _fig_to_png(fig: Any) -> bytes:
@@ -105,57 +109,76 @@ def throughput_frame(ok: Any) -> tuple[Any, int]:
     return ok, dropped
 
 
+FILL_STYLES = ("full", "none", "left", "bottom", "right", "top")
+
+
+def _group_col(df: Any) -> Any:
+    """The checkpoint group of each row: models[].group, else the model name (each checkpoint its own group)."""
+    if "group" not in df:
+        return df["model"].astype(str)
+    g = df["group"].fillna("").astype(str)
+    return g.where(g != "", df["model"].astype(str))
+
+
 def fig_power_or_accuracy(ok: Any, use_power: bool) -> Figure:
-    """Median FPS vs average peak power (paper Fig. 3 encoding) or vs top-1; Pareto front marked."""
+    """Median FPS vs mean power (whisker up to the peak) or vs top-1; colour = backend, marker = precision,
+    fill style = checkpoint group; Pareto front dashed."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     power_known = has_power(ok)
+    untimed = 0
+    if "timed" in ok:
+        untimed = int((~ok["timed"].astype(bool)).sum())
+        ok = ok[ok["timed"].astype(bool)]
     if use_power:
-        ok = ok[ok["power_w_peak"].notna()]
+        ok = ok[ok["power_w_mean"].notna()]
     ok, dropped = throughput_frame(ok)
-    ycol = "power_w_peak" if use_power else "top1"
+    ok = ok.assign(_group=_group_col(ok))
+    ycol = "power_w_mean" if use_power else "top1"
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    devices = sorted(ok["device"].unique())
-    cmap, n = (plt.cm.tab10, 10) if len(devices) <= 10 else (plt.cm.tab20, 20)
-    colors = {d: cmap(i % n) for i, d in enumerate(devices)}
+    backends = sorted(ok["backend"].astype(str).unique())
+    cmap, n = (plt.cm.tab10, 10) if len(backends) <= 10 else (plt.cm.tab20, 20)
+    colors = {b: cmap(i % n) for i, b in enumerate(backends)}
+    groups = sorted(ok["_group"].unique())
+    fills = {g: FILL_STYLES[i % len(FILL_STYLES)] for i, g in enumerate(groups)}
     scale = 1 if use_power else 100
-    exec_dev = ok["execution_device"].fillna("cpu").astype(str) if "execution_device" in ok else "cpu"
-    filled = ok["backend"] == (
-        exec_dev.map(lambda d: DEFAULT_RUNTIME.get(d, "ort")) if "execution_device" in ok else "ort"
-    )
-    # one scatter call per (device, precision, filled) group: per-point calls made 1,000-row reports slow
-    for (dev, prec, fill, est), g in ok.assign(_filled=filled).groupby(["device", "precision", "_filled", "_est"]):
-        c = colors[dev]
-        ax.scatter(
+    # one plot call per (backend, precision, group, estimated) set: per-point calls made 1,000-row reports slow
+    for (backend, prec, grp, est), g in ok.groupby(["backend", "precision", "_group", "_est"]):
+        c = colors[str(backend)]
+        ax.plot(
             g["fps"],
             g[ycol] * scale,
+            ls="",
             marker=PRECISION_MARKERS.get(prec, "o"),
-            s=55,
-            facecolors=[c] * len(g) if fill and not est else "none",
-            edgecolors=[c],
-            linewidths=1.4,
-            linestyles="--" if est else "-",
+            markersize=7,
+            color=c,
+            markeredgecolor=c,
+            markeredgewidth=1.3,
+            fillstyle=fills[grp],
+            alpha=0.5 if est else 0.95,
         )
-        if use_power and {"power_w_p5", "power_w_p95"} <= set(g.columns):
-            w = g.dropna(subset=["power_w_p5", "power_w_p95"])
+        if use_power and "power_w_peak" in g:
+            w = g.dropna(subset=["power_w_peak"])
             if len(w):
                 ax.errorbar(
                     w["fps"],
                     w[ycol],
-                    yerr=[w[ycol] - w["power_w_p5"], w["power_w_p95"] - w[ycol]],
+                    yerr=[0 * w[ycol], (w["power_w_peak"] - w[ycol]).clip(lower=0)],
                     fmt="none",
                     color=c,
                     capsize=2,
+                    lw=0.8,
                 )
     if use_power:
         # lower power is better: negate y for the front
         idx = pareto_front(list(ok["fps"]), list(-ok[ycol]))
         estimated = "estimated" in set(ok.get("energy_numbers", []))
-        ax.set_ylabel("average peak power (W), whiskers 5–95th pct" + (" — ESTIMATED" if estimated else ""))
+        ax.set_ylabel("mean power (W); whisker up to peak" + (" — ESTIMATED" if estimated else ""))
         sources = "; ".join(sorted({str(x) for x in ok["energy_source"] if x}))
         caption = (
-            "Power–throughput (paper Fig. 3 encoding). Dashed: Pareto front (more FPS, less power). "
-            f"Power source: {sources}."
+            "Power–throughput: mean power over the timed loop (marker) with a whisker up to the peak sample. "
+            f"Dashed: Pareto front (more FPS, less mean power). Power source: {sources}."
             + (" These powers are ESTIMATED from CPU time, not measured by a meter." if estimated else "")
         )
     else:
@@ -164,32 +187,30 @@ def fig_power_or_accuracy(ok: Any, use_power: bool) -> Figure:
         caption = "Accuracy against throughput. Dashed: Pareto front (more FPS, more accuracy)."
         if bool(ok["_est"].any()) or dropped:
             caption += (
-                " Simulated/estimated rows (dashed outline) are placed at the target's ESTIMATED FPS (est_source), "
+                " Simulated/estimated rows (translucent) are placed at the target's ESTIMATED FPS (est_source), "
                 f"not at the simulator's speed on this host; {dropped} such row(s) without an estimate are left out."
             )
         if not power_known:
             caption += " Power is not known for these rows (no power meter recorded), so there is no power plot."
+    if untimed:
+        caption += f" {untimed} fidelity-only row(s) (models[].timing: false) have no latency and are not plotted."
+    caption += " Colour = backend, marker = precision, fill style = checkpoint group."
     front = ok.iloc[idx]
-    ax.plot(front["fps"], front[ycol] * (1 if use_power else 100), "k--", lw=1, alpha=0.6, label="Pareto front")
-    ax.set_xlabel("median FPS (batch 1)" + ("; dashed: target's estimated FPS" if bool(ok["_est"].any()) else ""))
+    ax.plot(front["fps"], front[ycol] * scale, "k--", lw=1, alpha=0.6, label="Pareto front")
+    ax.set_xlabel("median FPS (batch 1)" + ("; translucent: target's estimated FPS" if bool(ok["_est"].any()) else ""))
     if len(ok) and ok["fps"].max() > 100 * max(ok["fps"].min(), 1e-9):
         ax.set_xscale("log")
-    from matplotlib.lines import Line2D
-
     handles = [
         Line2D([], [], marker=m, ls="", color="gray", label=p)
         for p, m in PRECISION_MARKERS.items()
         if p in set(ok["precision"])
     ]
-    handles += [Line2D([], [], marker="o", ls="", color=colors[d], label=d) for d in devices]
+    handles += [Line2D([], [], marker="s", ls="", color=colors[b], label=b) for b in backends]
     handles += [
-        Line2D([], [], marker="o", ls="", markerfacecolor="none", color="gray", label="alt. runtime (unfilled)")
+        Line2D([], [], marker="o", ls="", color="black", fillstyle=fills[g], markersize=7, label=f"group: {g}")
+        for g in groups
     ]
-    if bool(ok["_est"].any()):
-        handles.append(
-            Line2D([], [], marker="o", ls="", markerfacecolor="none", color="gray", label="est. target FPS (dashed)")
-        )
-    ax.legend(handles=handles, fontsize=7, loc="best")
+    ax.legend(handles=handles, fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     if use_power:
         kinds = sorted({str(x) for x in ok.get("energy_numbers", []) if x})
@@ -210,39 +231,110 @@ def fig_power_or_accuracy(ok: Any, use_power: bool) -> Figure:
     return Figure("power_throughput" if use_power else "accuracy_throughput", title, _fig_to_png(fig), caption)
 
 
-def fig_gap_bars(ok: Any) -> Figure:
-    """FP→Q top-1 gap per backend × spec, one bar per checkpoint (e.g. FP baseline vs Quant-Trim)."""
+def _numbers_tag(rows: Any) -> dict[tuple[str, str], str]:
+    """(backend, spec) → " [sim]" / " [est]" for cells whose numbers are not measured on this host."""
+    out = {}
+    for (b, sp), g in rows.groupby(["backend", "spec_id"]):
+        kinds = {str(n) for n in g["numbers"]} - {"measured", ""}
+        out[(b, sp)] = "".join(f" [{k[:3]}]" for k in sorted(kinds))
+    return out
+
+
+def fig_gap_facets(rep: Any, ok: Any) -> Figure | None:
+    """FP→Q gap per backend × spec, one panel per precision, one bar per checkpoint group (mean over seeds) with
+    its 95 % interval (seeds + evaluation samples, or samples only for one seed). Horizontal, so a study with
+    many backends grows downwards and fits the page width."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    q = with_gap(ok[ok["precision"].isin(["int8", "int4", "fp16"])])
-    tag = q["numbers"].map(lambda n: "" if n == "measured" else f" [{str(n)[:3]}]") if "numbers" in q else ""
-    q["cell"] = q["backend"] + " · " + q["spec_id"] + tag
-    cells = sorted(q["cell"].unique())
-    models = sorted(q["model"].unique())
-    if len(cells) > MAX_BAR_CELLS:  # the worst gaps matter most; the summary table has every cell
-        worst = q.groupby("cell")["gap_pp"].min().sort_values().index[:MAX_BAR_CELLS]
-        cells = sorted(worst)
-    fig, ax = plt.subplots(figsize=(max(7, 0.55 * len(cells) * max(1, len(models))), 4.6))
-    width = 0.8 / max(1, len(models))
-    for i, m in enumerate(models):
-        vals = q[q["model"] == m].set_index("cell")["gap_pp"].reindex(cells)
-        ax.bar(np.arange(len(cells)) + i * width, vals.fillna(0), width, label=m)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(np.arange(len(cells)) + width * (len(models) - 1) / 2, cells, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("top-1 change vs own FP32 (pp)")
-    ax.set_title("FP→Q accuracy gap per backend × spec")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    _label_numbers(ax, q)
+    if rep is None or rep.empty:
+        return None
+    tags = _numbers_tag(ok)
+    precs = [p for p in ("int4", "int8", "fp16") if p in set(rep["precision"])]
+    groups = sorted(rep["group"].unique())
+    panels = []
+    for p in precs:
+        r = rep[rep["precision"] == p]
+        cells = r.groupby(["backend", "spec_id"])["gap_pp"].min().sort_values()
+        shown = list(cells.index[:MAX_BAR_CELLS])  # the worst gaps matter most; the summary table has every cell
+        panels.append((p, r, sorted(shown), len(cells) - len(shown)))
+    heights = [max(1.2, 0.16 * len(c) * max(1, len(groups)) + 0.6) for _, _, c, _ in panels]
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(7.5, sum(heights) + 0.6), squeeze=False, gridspec_kw={"height_ratios": heights}
+    )
+    h = 0.8 / max(1, len(groups))
+    colors = {g: plt.cm.tab10(i % 10) for i, g in enumerate(groups)}
+    for ax, (prec, r, cells, cut) in zip(axes[:, 0], panels, strict=True):
+        y = np.arange(len(cells))
+        for i, g in enumerate(groups):
+            v = r[r["group"] == g].set_index(["backend", "spec_id"]).reindex(cells)
+            ax.barh(
+                y + i * h,
+                v["gap_pp"],
+                h,
+                xerr=[v["gap_pp"] - v["lo"], v["hi"] - v["gap_pp"]],
+                color=colors[g],
+                ecolor="black",
+                error_kw={"lw": 0.7, "capsize": 1.5},
+                label=f"{g} (seeds: {int(v['seeds'].max()) if v['seeds'].notna().any() else 0})",
+            )
+        seeds = r.groupby(["backend", "spec_id"])["seeds"].min()
+        most = int(rep["seeds"].max())
+        labels = [
+            f"{b} · {sp}{tags.get((b, sp), '')}" + (f" ({int(seeds[(b, sp)])} seed)" if seeds[(b, sp)] < most else "")
+            for b, sp in cells
+        ]
+        ax.set_yticks(y + h * (len(groups) - 1) / 2, labels, fontsize=6.5)
+        ax.invert_yaxis()
+        ax.axvline(0, color="black", lw=0.8)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(f"{prec.upper()}" + (f" ({cut} cells with smaller gaps not shown)" if cut else ""), fontsize=9)
+        ax.legend(fontsize=6.5, loc="lower left")
+    axes[-1, 0].set_xlabel("top-1 change vs own FP32 (pp), mean over seeds, 95 % interval")
+    _label_numbers(axes[-1, 0], ok)
     return Figure(
         "gap_bars",
-        "FP→Q gap",
+        "FP→Q gap per precision",
         _fig_to_png(fig),
-        "Top-1 change of each quantized cell against the same "
-        "checkpoint's FP32 reference on the same evaluation set; bars per checkpoint. [sim] = numerics of a "
-        "simulated target (vendor simulator or simnpu profile), [est] = outputs from a stand-in runtime with a "
-        "performance model for the target.",
+        "Top-1 change of each quantized cell against the same checkpoint's FP32 reference on the same evaluation "
+        "set, averaged over the seeds of each group; whiskers are 95 % intervals over seeds and evaluation "
+        "samples (paired bootstrap; samples only where a group has one seed). [sim] = numerics of a simulated "
+        "target (vendor simulator or simnpu profile), [est] = outputs from a stand-in runtime with a performance "
+        "model for the target.",
+    )
+
+
+def fig_gap_heatmap(rep: Any) -> Figure | None:
+    """Backend × spec heat map of the FP→Q gap (mean over seeds), one panel per checkpoint group, shared scale."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if rep is None or rep.empty:
+        return None
+    groups = sorted(rep["group"].unique())[:6]
+    backends = sorted(rep["backend"].unique())
+    order = {"int4": 0, "int8": 1, "fp16": 2}
+    specs = sorted(rep["spec_id"].unique(), key=lambda x: (order.get(x.split("-")[0], 9), x))
+    lim = max(0.5, float(np.nanmax(np.abs(rep["gap_pp"].to_numpy()))))
+    fig, axes = plt.subplots(len(groups), 1, figsize=(7.5, len(groups) * (0.32 * len(backends) + 1.4)), squeeze=False)
+    im = None
+    for ax, g in zip(axes[:, 0], groups, strict=True):
+        m = rep[rep["group"] == g].pivot_table(index="backend", columns="spec_id", values="gap_pp", aggfunc="mean")
+        m = m.reindex(index=backends, columns=specs)
+        im = ax.imshow(m.to_numpy(float), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+        for (i, j), v in np.ndenumerate(m.to_numpy(float)):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:+.1f}", ha="center", va="center", fontsize=6)
+        ax.set_yticks(range(len(backends)), backends, fontsize=6.5)
+        ax.set_xticks(range(len(specs)), specs, fontsize=6, rotation=30, ha="right")
+        ax.set_title(f"group: {g}", fontsize=8)
+    fig.colorbar(im, ax=axes[:, 0].tolist(), shrink=0.8, label="FP→Q gap (pp)")
+    return Figure(
+        "gap_heatmap",
+        "FP→Q gap heat map (backend × spec)",
+        _fig_to_png(fig),
+        "Mean FP→Q top-1 gap over seeds per backend × spec, one panel per checkpoint group, one colour scale; "
+        "blank = not run (unsupported, excluded, or failed).",
     )
 
 
@@ -263,8 +355,13 @@ def fig_reliability(ok: Any, limit: int = 6) -> Figure | None:
         acc = np.array([np.nan if v is None else v for v in b["accuracy"]])
         centers = (np.arange(len(conf)) + 0.5) / len(conf)
         ax.bar(centers, np.nan_to_num(acc), width=1 / len(conf), edgecolor="k", lw=0.4, alpha=0.8)
+        counts = b.get("count", [])
+        for x, a, c in zip(centers, np.nan_to_num(acc), counts, strict=False):
+            if c:  # samples per bin: a bar over 3 images says little
+                ax.text(x, min(a + 0.02, 0.93), f"{int(c)}", ha="center", va="bottom", fontsize=4.5, rotation=90)
         ax.plot([0, 1], [0, 1], "r--", lw=0.8)
-        ax.set_title(f"{r['model']}\n{r['spec_id']}\nECE {100 * r['ece']:.2f}%", fontsize=7)
+        ece = r["ece"] if not math.isnan(r["ece"]) else r.get("pixel_ece", math.nan)  # segmentation: per pixel
+        ax.set_title(f"{r['model']}\n{r['spec_id']}\nECE {100 * ece:.2f}%", fontsize=7)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.tick_params(labelsize=6)
@@ -275,7 +372,8 @@ def fig_reliability(ok: Any, limit: int = 6) -> Figure | None:
         "reliability",
         "Reliability diagrams",
         _fig_to_png(fig),
-        "FP32 cells and the quantized cells with the highest ECE; the diagonal is perfect calibration.",
+        "FP32 cells and the quantized cells with the highest ECE; the diagonal is perfect calibration; the number "
+        "over each bar is how many evaluation samples fell in that confidence bin.",
     )
 
 
@@ -322,24 +420,39 @@ def fig_training(training: dict[str, Any]) -> Figure | None:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     ax2 = None
-    for name, log in training.items():
-        ax.plot(log["epoch"], 100 * log["test_accuracy"], marker="o", ms=3, label=f"{name} test acc")
-        if "lambda" in log:
+    lambda_drawn = False
+    for i, (name, log) in enumerate(training.items()):
+        c = plt.cm.tab10(i % 10)
+        if "test_accuracy" in log:  # the exported FP model (fake quantization off)
+            ax.plot(log["epoch"], 100 * log["test_accuracy"], marker="o", ms=3, color=c, label=f"{name}")
+        if "fakequant_test_accuracy" in log:  # the λ-blended model the optimiser saw
+            ax.plot(
+                log["epoch"],
+                100 * log["fakequant_test_accuracy"],
+                ls="--",
+                lw=0.8,
+                color=c,
+                label=f"{name} (fake-quant)",
+            )
+        if "lambda" in log and not lambda_drawn:  # one schedule per run length: draw it once
             ax2 = ax2 or ax.twinx()
-            ax2.plot(log["epoch"], log["lambda"], ls=":", label=f"{name} λ")
+            ax2.plot(log["epoch"], log["lambda"], ls=":", color="gray", label="λ (Quant-Trim)")
+            lambda_drawn = True
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     if ax2 is not None:
         ax2.set_ylabel("λ (fake-quant blend)")
-        ax2.legend(fontsize=7, loc="lower center")
-    ax.legend(fontsize=7, loc="lower right")
+        ax2.legend(fontsize=6.5, loc="lower center")
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.12, 0.5))
     ax.grid(alpha=0.3)
     ax.set_title("Training curves (measured)")
     return Figure(
         "training",
         "Training curves",
         _fig_to_png(fig),
-        "Per-epoch test accuracy and the Quant-Trim blend λ from the training logs beside the checkpoints.",
+        "Per-epoch test accuracy of the exported FP model (solid) and, for Quant-Trim runs, of the λ-blended "
+        "fake-quant model the optimiser saw (dashed), with the blend λ, from the training logs beside the "
+        "checkpoints. Logs written before qtbench scored the exported model hold only the fake-quant curve.",
     )
 
 
@@ -350,9 +463,49 @@ SUMMARY = SUMMARY_COLUMNS
 _cell = format_value
 
 
-def summary_rows(df: Any) -> list[list[str]]:
+#: top-1 agreement with FP32 below this, with a top-1 change indistinguishable from zero (or a gain), is flagged:
+#: the accuracy looks free while many predictions changed (e.g. INT4 cells at +1.6 pp gap and 84 % agreement).
+LOW_AGREEMENT = 0.97
+_COLS = [c for c, _, _ in SUMMARY]
+_AFTER_GAP = _COLS.index("gap_pp") + 1
+_P50 = _COLS.index("latency_ms_p50")
+SUMMARY_HEADER = [h for _, h, _ in SUMMARY[:_AFTER_GAP]] + ["gap 95 % CI"]
+SUMMARY_HEADER += [h for _, h, _ in SUMMARY[_AFTER_GAP:]] + ["flags"]
+
+
+def row_flags(r: Any, lo: float = math.nan, hi: float = math.nan) -> list[str]:
+    """What a reader must not miss about a row: unstable timing, no timing, predictions changed behind a flat top-1."""
+    flags = []
+    timed = bool(r.get("timed", True))
+    if r.get("status") == "ok" and not timed:
+        flags.append("fidelity only (not timed)")
+    if timed and bool(r.get("unstable", False)):
+        cv = r.get("latency_cv", math.nan)
+        flags.append(
+            f"unstable timing (CV {100 * cv:.0f} %)"
+            if isinstance(cv, float) and math.isfinite(cv)
+            else "unstable timing"
+        )
+    agree, gap = r.get("top1_agreement", math.nan), r.get("gap_pp", math.nan)
+    flat = (math.isfinite(lo) and lo <= 0 <= hi) or (isinstance(gap, float) and gap >= 0)
+    if isinstance(agree, float) and math.isfinite(agree) and agree < LOW_AGREEMENT and flat:
+        flags.append(f"top-1 unchanged but only {100 * agree:.1f} % agreement with FP32")
+    return flags
+
+
+def summary_rows(df: Any, cis: Any = None) -> list[list[str]]:
+    """Summary table body (SUMMARY_HEADER): the shared columns plus the gap's paired-bootstrap CI and flags."""
     df = with_gap(df.sort_values(["model", "backend", "spec_id"]))
-    return [[_cell(r.get(col), fmt) if col in df else "–" for col, _, fmt in SUMMARY] for _, r in df.iterrows()]
+    ci = {} if cis is None or cis.empty else {r.record_id: (r.gap_lo, r.gap_hi) for r in cis.itertuples()}
+    out = []
+    for _, r in df.iterrows():
+        cells = [_cell(r.get(col), fmt) if col in df else "–" for col, _, fmt in SUMMARY]
+        if bool(r.get("timed", True)) and bool(r.get("unstable", False)) and cells[_P50] != "–":
+            cells[_P50] += "!"  # as the CLI marks it
+        lo, hi = ci.get(r["record_id"], (math.nan, math.nan))
+        ci_text = f"[{lo:+.2f}, {hi:+.2f}]" if math.isfinite(lo) else "–"
+        out.append([*cells[:_AFTER_GAP], ci_text, *cells[_AFTER_GAP:], "; ".join(row_flags(r, lo, hi))])
+    return out
 
 
 def spread_table(ok: Any) -> list[list[str]]:
@@ -401,13 +554,16 @@ def load_report_data(results: list[Path]) -> ReportData:
 
     from harness.store import load_results, stores_under
 
-    frames, samples = [], []
+    frames, samples, preds = [], [], []
     for r in results:
         df = load_results(r)
         frames.append(df)
         ok_ids = list(df.loc[df.status == "ok", "record_id"])
         samples += [store.samples(ok_ids) for store in stores_under(r)]
+        preds += [store.predictions(ok_ids) for store in stores_under(r)]
     rows = pd.concat(frames, ignore_index=True)
+    preds = [p for p in preds if not p.empty]
+    predictions = {rid: g for rid, g in pd.concat(preds, ignore_index=True).groupby("record_id")} if preds else {}
     if rows.empty:
         raise ResultsError(f"{', '.join(map(str, results))}: no rows to report; run a sweep first")
     training = {}
@@ -417,7 +573,57 @@ def load_report_data(results: list[Path]) -> ReportData:
         log = Path(path).with_suffix(".csv")
         if log.is_file():
             training[name] = pd.read_csv(log, comment="#")
-    return ReportData(rows, pd.concat(samples, ignore_index=True) if samples else pd.DataFrame(), training)
+    samples_df = pd.concat(samples, ignore_index=True) if samples else pd.DataFrame()
+    return ReportData(rows, samples_df, training, predictions)
+
+
+@dataclass
+class Section:
+    """A report section written twice: HTML (escaped by whoever builds it) and Markdown (escaped likewise)."""
+
+    title: str
+    html: str
+    markdown: str
+
+
+def comparison_section(study: Any) -> tuple[Section | None, str]:
+    """`qtbench compare`'s section for a report whose results hold ≥ 2 checkpoint groups (or why there is none)."""
+    from harness.compare import compare_study, difference_table, group_table, headlines, to_markdown
+    from harness.errors import UserError
+
+    groups = sorted(set(study.cells["group"])) if len(study.cells) else []
+    if len(groups) < 2:
+        return None, ""
+    base = cand = None
+    if len(groups) > 2:
+        if {"fp", "quanttrim"} <= set(groups):
+            base, cand = "fp", "quanttrim"
+        else:
+            return None, (
+                f"{len(groups)} checkpoint groups ({', '.join(groups)}): run `qtbench compare RESULTS "
+                "--baseline-group A --candidate-group B` for the comparison"
+            )
+    try:
+        df = compare_study(study, base, cand)
+    except UserError as exc:
+        return None, str(exc)
+    if df.empty:
+        return None, ""
+    e = html.escape
+    b, c = df.attrs["baseline"], df.attrs["candidate"]
+    body = [
+        f"<p>Candidate <b>{e(c)}</b> vs baseline <b>{e(b)}</b>: FP→Q top-1 gap per precision over backends × "
+        "specs, mean ± sd over seeds; differences with a 95 % interval over seeds and evaluation samples "
+        "(paired bootstrap over the same images). Same numbers: <code>qtbench compare</code>.</p><ul>",
+        *[f"<li>{e(h)}</li>" for h in headlines(df)],
+        "</ul>",
+        _html_table(*group_table(df)),
+        "<h3>Differences per precision, backend and spec family</h3>",
+        _html_table(*difference_table(df)),
+    ]
+    if df.attrs.get("notes"):
+        body.append("<ul>" + "".join(f"<li>note: {e(n)}</li>" for n in df.attrs["notes"]) + "</ul>")
+    return Section("Comparison: is the candidate more robust?", "\n".join(body), to_markdown(df)), ""
 
 
 def build_report(results: list[Path], out: Path, title: str | None = None) -> dict[str, Path]:
@@ -425,17 +631,41 @@ def build_report(results: list[Path], out: Path, title: str | None = None) -> di
     import matplotlib
 
     matplotlib.use("Agg")
+    # strings from results (model names with "$…$") must never be parsed as matplotlib math text
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _build_report(results, out, title)
+
+
+def _build_report(results: list[Path], out: Path, title: str | None) -> dict[str, Path]:
+    from harness.compare import build_study, cell_intervals, latest_per_cell, replica_intervals
+
     data = load_report_data([Path(r) for r in results])
-    rows = data.rows
+    # the newest row per model × backend × spec: a re-run under another cell key (e.g. --iterations) is one cell
+    rows, dropped = latest_per_cell(data.rows)
+    notes = [f"{dropped} older row(s) of re-measured cells are not shown (newest per model × backend × spec)"] * bool(
+        dropped
+    )
     ok = rows[rows["status"] == "ok"]
+    study = build_study(rows, data.predictions)
+    notes += study.notes
+    cis = cell_intervals(study)
+    rep = replica_intervals(study)
+    sections: list[Section] = []
+    cmp_section, why = comparison_section(study)
+    if cmp_section:
+        sections.append(cmp_section)
+    if why:
+        notes.append(why)
     figures: list[Figure] = []
     if not ok.empty:
         figures.append(fig_power_or_accuracy(ok, use_power=False))
         if has_power(ok):
             figures.append(fig_power_or_accuracy(ok, use_power=True))
         if ok["precision"].isin(["int8", "int4", "fp16"]).any():
-            figures.append(fig_gap_bars(ok))
-        for extra in (fig_reliability(ok), fig_latency(ok, data.samples), fig_training(data.training)):
+            figures += [f for f in (fig_gap_facets(rep, ok), fig_gap_heatmap(rep)) if f is not None]
+        extras = (fig_reliability(ok), fig_mask_agreement(ok))  # mask agreement: segmentation rows only
+        extras += (fig_latency(ok, data.samples), fig_training(data.training))
+        for extra in extras:
             if extra is not None:
                 figures.append(extra)
     out.mkdir(parents=True, exist_ok=True)
@@ -443,11 +673,24 @@ def build_report(results: list[Path], out: Path, title: str | None = None) -> di
         (out / f"{f.name}.png").write_bytes(f.png)
     title = title or "qtbench report: " + ", ".join(sorted(rows["sweep"].unique()))
     not_ok = rows[rows["status"] != "ok"].sort_values(["model", "backend", "spec_id"])
+    timed = ok[ok["timed"].astype(bool)] if "timed" in ok else ok
+    n_unstable = int(timed["unstable"].astype(bool).sum()) if len(timed) else 0
+    if n_unstable:
+        notes.append(
+            f"{n_unstable} of {len(timed)} timed cells are unstable (coefficient of variation above "
+            "measure.cv_threshold; marked ! at p50 and in flags): compare their speeds with care"
+        )
+    n_low = sum("agreement with FP32" in "; ".join(row_flags(r)) for _, r in with_gap(ok).iterrows())
+    if n_low:
+        notes.append(
+            f"{n_low} quantized cell(s) keep top-1 but agree with FP32 on < {100 * LOW_AGREEMENT:.0f} % of "
+            "samples (flagged): their predictions changed even though accuracy did not"
+        )
     provenance = _provenance(rows)
     html_path, md_path = out / "report.html", out / "report.md"
-    tables = (summary_rows(rows), spread_table(ok) if not ok.empty else [])
-    html_path.write_text(_html(title, rows, ok, not_ok, figures, provenance, tables))
-    md_path.write_text(_markdown(title, rows, ok, not_ok, figures, provenance, tables))
+    tables = (summary_rows(rows, cis), spread_table(ok) if not ok.empty else [])
+    html_path.write_text(_html(title, rows, ok, not_ok, figures, provenance, tables, sections, notes))
+    md_path.write_text(_markdown(title, rows, ok, not_ok, figures, provenance, tables, sections, notes))
     return {"html": html_path, "markdown": md_path, **{f.name: out / f"{f.name}.png" for f in figures}}
 
 
@@ -459,23 +702,36 @@ def _html_table(header: list[str], body: list[list[str]]) -> str:
 
 
 def _html(
-    title: str, rows: Any, ok: Any, not_ok: Any, figures: list[Figure], provenance: str, tables: tuple[list, list]
+    title: str,
+    rows: Any,
+    ok: Any,
+    not_ok: Any,
+    figures: list[Figure],
+    provenance: str,
+    tables: tuple[list, list],
+    sections: list[Section] | None = None,
+    notes: list[str] | None = None,
 ) -> str:
     e = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{e(title)}</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
-        "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:nth-child(-n+4),"
+        "<style>body{font-family:sans-serif;margin:2em auto;max-width:1200px;padding:0 1em}"
+        "table{border-collapse:collapse;font-size:12px;display:block;overflow-x:auto;max-width:100%}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:nth-child(-n+4),"
         "th:nth-child(-n+4){text-align:left}figure{margin:1.5em 0}figcaption{color:#555;font-size:13px}"
-        ".prov{color:#555}</style></head><body>",
+        "img{max-width:100%;height:auto}.prov{color:#555}.note{color:#8a4b00}</style></head><body>",
         f"<h1>{e(title)}</h1>",
         f"<p class='prov'>{len(rows)} cells, {len(ok)} ok. Every number is labelled by origin; {e(provenance)}. "
         "Latency (p50, p99, FPS) is the harness's host-to-host clock; on simulated rows that clock timed the "
-        "simulator on this host. 'est. ms' is the target's latency from a model, sources below.</p>",
-        "<h2>Summary</h2>",
-        _html_table([h for _, h, _ in SUMMARY], tables[0]),
+        "simulator on this host. 'est. ms' is the target's latency from a model, sources below. Gap intervals "
+        "are 95 % paired-bootstrap intervals over the evaluation samples.</p>",
     ]
+    if notes:
+        parts.append("<ul class='note'>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
+    for sec in sections or []:
+        parts += [f"<h2>{e(sec.title)}</h2>", sec.html]
+    parts += ["<h2>Summary</h2>", _html_table(SUMMARY_HEADER, tables[0])]
     spread = tables[1]
     if spread:
         parts += ["<h2>Spread across quantization settings</h2>", _html_table(SPREAD_HEADER, spread)]
@@ -503,41 +759,83 @@ def _html(
 
 
 def _md_table(header: list[str], body: list[list[str]]) -> str:
-    def esc(s: str) -> str:
-        return s.replace("|", "\\|")
+    from harness.compare import md_table
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in body]
-    return "\n".join(lines)
+    return md_table(header, body)
 
 
 def _markdown(
-    title: str, rows: Any, ok: Any, not_ok: Any, figures: list[Figure], provenance: str, tables: tuple[list, list]
+    title: str,
+    rows: Any,
+    ok: Any,
+    not_ok: Any,
+    figures: list[Figure],
+    provenance: str,
+    tables: tuple[list, list],
+    sections: list[Section] | None = None,
+    notes: list[str] | None = None,
 ) -> str:
+    """Markdown twin; every string from results is escaped (HTML entities + Markdown syntax), so a model named
+    ``<script>`` or ``[x](javascript:…)`` reaches a renderer as text."""
+    from harness.compare import md_escape as m
+
     parts = [
-        f"# {title}",
+        f"# {m(title)}",
         "",
-        f"{len(rows)} cells, {len(ok)} ok; {provenance}.",
-        "",
-        "## Summary",
-        "",
-        _md_table([h for _, h, _ in SUMMARY], tables[0]),
+        f"{len(rows)} cells, {len(ok)} ok; {m(provenance)}. Gap intervals are 95 % paired-bootstrap intervals "
+        "over the evaluation samples.",
         "",
     ]
+    parts += [f"- {m(n)}" for n in notes or []] + ([""] if notes else [])
+    for sec in sections or []:
+        parts += [f"## {m(sec.title)}", "", sec.markdown, ""]
+    parts += ["## Summary", "", _md_table(SUMMARY_HEADER, tables[0]), ""]
     spread = tables[1]
     if spread:
         parts += ["## Spread across quantization settings", "", _md_table(SPREAD_HEADER, spread), ""]
     est = estimate_sources(rows)
     if est:
         parts += ["## Estimated target latency: sources", ""]
-        parts += [f"- **{b}**: {src}" for b, src in est]
+        parts += [f"- **{m(b)}**: {m(src)}" for b, src in est]
         parts.append("")
     if not not_ok.empty:
         parts += ["## Cells that did not run", ""]
         for _, r in not_ok.iterrows():
             msg = str(r["status_message"]).strip().splitlines()[0] if r["status_message"] else ""
-            parts.append(f"- **{r['status']}** {r['model']} × {r['backend']} × {r['spec_id']}: {msg}")
+            parts.append(f"- **{m(r['status'])}** {m(r['model'])} × {m(r['backend'])} × {m(r['spec_id'])}: {m(msg)}")
         parts.append("")
     for f in figures:
-        parts += [f"## {f.title}", "", f"![{f.title}]({f.name}.png)", "", f.caption, ""]
+        parts += [f"## {m(f.title)}", "", f"![{m(f.title)}]({f.name}.png)", "", m(f.caption), ""]
     return "\n".join(parts)
+
+
+def fig_mask_agreement(ok: Any) -> Figure | None:
+    """Segmentation rows (task ``segmentation``): pixel agreement and mIoU with the FP32 model's own masks, per
+    backend × spec — the segmentation counterpart of the FP→Q gap, needing no labels."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if "task" not in ok:
+        return None
+    seg = ok[(ok["task"] == "segmentation") & ok["mask_agreement"].notna()]
+    if seg.empty:
+        return None
+    seg = seg.sort_values(["model", "backend", "spec_id"]).head(MAX_BAR_CELLS)
+    labels = [f"{r.model} · {r.backend} · {r.spec_id}" for r in seg.itertuples()]
+    y = np.arange(len(seg))
+    fig, ax = plt.subplots(figsize=(7.5, 0.8 + 0.28 * len(seg)))
+    ax.barh(y - 0.2, 100 * seg["mask_agreement"], height=0.4, label="pixel agreement with FP32 masks")
+    ax.barh(y + 0.2, 100 * seg["miou_fp"], height=0.4, label="mIoU vs FP32 masks")
+    ax.set_yticks(y, labels, fontsize=7)  # no math text: build_report turns text.parse_math off
+    ax.invert_yaxis()
+    low = float(np.nanmin(100 * seg[["mask_agreement", "miou_fp"]].to_numpy()))
+    ax.set_xlim(max(0.0, min(low - 5, 90.0)), 100.5)
+    ax.set_xlabel("% (100 = the quantized masks equal the FP32 model's)")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.text(0.99, 0.0, _provenance(seg), ha="right", fontsize=7, color="dimgray")
+    return Figure(
+        "mask_agreement",
+        "Segmentation: agreement with the FP32 masks",
+        _fig_to_png(fig),
+        "Per-pixel argmax of each quantized cell against the FP32 model's own masks (no labels needed).",
+    )

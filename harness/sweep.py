@@ -5,22 +5,23 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import multiprocessing as mp
+import os
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.cell import CellJob, CellResult, model_facts, run_cell
+from harness import isolate
+from harness.cell import CellJob, CellResult, compile_cell, model_facts, run_cell
 from harness.config import DataSource, ModelEntry, Sweep, load_sweep, parse_sweep
-from harness.errors import ConfigError, QtbenchError
+from harness.errors import ConfigError, DataError, QtbenchError, ResultsError
 from harness.plan import cell_key, expand
 from harness.records import Record
-from harness.store import ResultsStore, load_results
+from harness.store import ResultsStore, load_results, os_error_message
 
 RESUMABLE = ("ok", "skipped")  # statuses a re-run keeps; failed/timeout/unavailable cells are tried again
 PACKAGES = ("qtbench", "numpy", "onnx", "onnxruntime", "pandas", "pyarrow", "torch", "openvino", "ai-edge-litert")
@@ -43,9 +44,10 @@ def utc_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def git_sha() -> tuple[str, bool]:
-    """(sha, dirty) of the qtbench checkout, or ("", False) when not a git checkout."""
-    here = Path(__file__).resolve().parent
+def git_sha(where: Path | None = None) -> tuple[str, bool]:
+    """(sha, dirty) of the git checkout holding ``where`` (default: qtbench itself), or ("", False) when none."""
+    here = (where or Path(__file__)).resolve()
+    here = here if here.is_dir() else here.parent
     try:
         sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if sha.returncode:
@@ -61,11 +63,16 @@ def git_sha() -> tuple[str, bool]:
         return "", False
 
 
-def environment() -> dict[str, Any]:
-    """Versions of Python and the numerics stack, host facts and git sha: the run's reproducibility manifest."""
+def environment(sweep_dir: Path | None = None) -> dict[str, Any]:
+    """Versions of Python and the numerics stack, host facts and git shas: the run's reproducibility manifest.
+
+    ``git_sha`` is qtbench's own checkout (empty for a pip-installed qtbench, whose ``qtbench_version`` then
+    identifies it); ``sweep_git_sha`` is the repository holding the sweep file, when there is one.
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     from devices.host import device_id, host_info
+    from harness import __version__
 
     packages = {}
     for name in PACKAGES:
@@ -74,14 +81,43 @@ def environment() -> dict[str, Any]:
         except PackageNotFoundError:
             pass
     sha, dirty = git_sha()
-    return {
+    env = {
         "python": sys.version.split()[0],
+        "qtbench_version": __version__,
         "packages": packages,
         "host": host_info(),
         "device": device_id(),
         "git_sha": sha,
         "git_dirty": dirty,
     }
+    if sweep_dir is not None:
+        env["sweep_git_sha"], env["sweep_git_dirty"] = git_sha(sweep_dir)
+    return env
+
+
+def _process_identity() -> dict[str, Any]:
+    """pid, host and process start time: enough for a later sweep to tell whether this run is still alive."""
+    import socket
+
+    import psutil
+
+    return {"pid": os.getpid(), "hostname": socket.gethostname(), "pid_started": psutil.Process().create_time()}
+
+
+def run_is_alive(entry: dict[str, Any]) -> bool:
+    """Whether the process that started a manifest run still runs (unknown hosts count as alive)."""
+    import socket
+
+    import psutil
+
+    if "pid" not in entry:  # written by a qtbench that predates run recovery: it cannot still be running
+        return False
+    if entry.get("hostname") != socket.gethostname():
+        return True  # another machine's run in a shared folder: not ours to judge
+    try:
+        return abs(psutil.Process(int(entry["pid"])).create_time() - float(entry.get("pid_started", 0))) < 1.0
+    except (psutil.Error, ValueError):
+        return False
 
 
 def file_sha256(path: Path) -> str:
@@ -93,62 +129,16 @@ def file_sha256(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Child processes
+# Child processes (harness.isolate): re-exported here for callers that import them from the sweep
 # ---------------------------------------------------------------------------------------------------------
-_CTX: Any = None
+call_isolated = isolate.call_isolated
 
 
-def _context() -> Any:
-    """forkserver on Linux (children start from a clean, pre-imported server: fast and thread-safe), else spawn."""
-    global _CTX
-    if _CTX is None:
-        if sys.platform.startswith("linux"):
-            _CTX = mp.get_context("forkserver")
-            _CTX.set_forkserver_preload(["harness.cell", "backends.ort", "numpy", "onnx", "onnxruntime"])
-        else:  # pragma: no cover
-            _CTX = mp.get_context("spawn")
-    return _CTX
-
-
-def _child(fn: Callable[..., Any], args: tuple, conn: Any) -> None:
-    try:
-        conn.send(("ok", fn(*args)))
-    except BaseException as exc:  # noqa: BLE001 - report anything, including SystemExit from an SDK
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-    finally:
-        conn.close()
-
-
-def call_isolated(fn: Callable[..., Any], args: tuple, timeout_s: float) -> tuple[str, Any]:
-    """Run ``fn(*args)`` in a child process: ('ok', value) | ('error', msg) | ('timeout', msg) | ('died', msg)."""
-    ctx = _context()
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(fn, args, send), daemon=True)
-    proc.start()
-    send.close()
-    try:
-        if recv.poll(timeout_s):
-            try:
-                return recv.recv()
-            except EOFError:
-                pass
-        else:
-            proc.kill()
-            return "timeout", f"cell exceeded run.timeout_s={timeout_s:g}s and was killed"
-    finally:
-        proc.join(10)
-        recv.close()
-    code = proc.exitcode
-    sig = ""
-    if code is not None and code < 0:
-        import signal
-
-        sig = f" ({signal.Signals(-code).name})" if -code in signal.Signals._value2member_map_ else ""
-    return "died", f"child process died with exit code {code}{sig} before returning a result (SDK crash?)"
-
-
-def _probe(slug: str, target: str, options: dict[str, Any], specs: list[Any]) -> dict[str, Any]:
-    """Child side of backend planning: availability, version and per-spec support."""
+def _probe(
+    slug: str, target: str, options: dict[str, Any], specs: list[Any], model_paths: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Child side of backend planning: availability, version, per-spec support, and the files besides each model
+    that decide a cell's artifact (e.g. a pre-converted .tflite), by hash, keyed "<model path>|<spec id>"."""
     import backends
 
     try:
@@ -160,82 +150,219 @@ def _probe(slug: str, target: str, options: dict[str, Any], specs: list[Any]) ->
     if av.available:
         out["version"] = ";".join(f"{k}={v}" for k, v in sorted(av.versions.items()))
         out["supports"] = {s.id: backend.supports(s) for s in specs}
+        out["artifact_inputs"] = {}
+        for path in model_paths:
+            for s in specs:
+                try:
+                    found = backend.artifact_inputs(Path(path), s)
+                except OSError:
+                    found = {}
+                if found:
+                    out["artifact_inputs"][f"{path}|{s.id}"] = found
     return out
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The sweep
 # ---------------------------------------------------------------------------------------------------------
+def _read_model(path: Path, m: ModelEntry) -> Any:
+    """The model's graph facts, or a one-line error that blames the model file (not the data) when it is bad."""
+    if not path.is_file():
+        raise ConfigError(f"model file {path} does not exist (models[].path is relative to the sweep file)")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"model file {path} is empty (0 bytes); re-export the ONNX model")
+    try:
+        facts = model_facts(path)
+    except Exception as exc:  # noqa: BLE001 - protobuf errors of a corrupt file
+        raise ConfigError(f"model file {path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    if not facts.input_names or not facts.output_names:
+        raise ConfigError(f"model file {path} has no graph inputs or outputs: is it an ONNX model? re-export it")
+    if m.output and m.output not in facts.output_names:
+        raise ConfigError(f"model {m.display_name}: output {m.output!r} not in {facts.output_names}")
+    return facts
+
+
 def _data_path(sweep: Sweep, model: ModelEntry, kind: str) -> tuple[DataSource | None, str | None]:
     src: DataSource | None = getattr(model, kind) or getattr(sweep, kind)
     return src, (str(sweep.resolve(src.path)) if src else None)
 
 
-def run_sweep(
-    config: Sweep | dict[str, Any] | str | Path,
-    progress: Callable[[CellEvent], None] | None = None,
-) -> Any:
-    """Run every cell of ``config`` (a Sweep, a mapping, or a YAML path) and return the sweep's rows.
+@dataclass
+class SweepRun:
+    """One run of a sweep into its results folder: the identity every row of the run carries."""
 
-    Rows already recorded under the same cell key (status ok/skipped) are reused unless ``run.rerun``.
-    The returned DataFrame holds the latest row per cell of this sweep's results folder.
-    """
-    from harness.data import load_dataset
+    sweep: Sweep
+    store: ResultsStore
+    run_id: str
+    device: str
+    done: set[str]
 
+
+@dataclass
+class PlannedCell:
+    """A cell after planning: its key and identity fields, and either a job to run or an outcome already known
+    (reused, failed model/data, unavailable backend, unsupported spec)."""
+
+    index: int
+    total: int
+    label: str
+    key: str
+    base: dict[str, Any]
+    job: CellJob | None = None
+    outcome: CellResult | None = None
+    reused: bool = False
+
+
+class Executor:
+    """Runs planned cells and yields each one's result as it finishes. The sweep plans and stores; where and how
+    a cell is compiled and measured is the executor's business (local child processes here; other executors,
+    e.g. a fleet of boards, plug in through :func:`run_sweep`'s ``executor``)."""
+
+    def run(self, cells: list[PlannedCell], sweep: Sweep) -> Iterator[tuple[PlannedCell, CellResult]]:
+        raise NotImplementedError
+
+
+class LocalExecutor(Executor):
+    """This machine: compile every cell's artifact first, off the clock (``run.compile_workers`` child processes
+    at a time), then measure cells one at a time with nothing else of the sweep running."""
+
+    def run(self, cells: list[PlannedCell], sweep: Sweep) -> Iterator[tuple[PlannedCell, CellResult]]:
+        todo = [c for c in cells if c.job is not None]
+        compiled = self.compile_all(todo, sweep)
+        for cell in cells:
+            if cell.job is None:
+                assert cell.outcome is not None
+                yield cell, cell.outcome
+                continue
+            built = compiled.get(cell.index)
+            if built is not None and built.status != "ok":  # compile failed: that is the cell's outcome
+                yield cell, built
+                continue
+            yield cell, self.measure(cell, sweep, built)
+
+    def compile_all(self, cells: list[PlannedCell], sweep: Sweep) -> dict[int, CellResult]:
+        """Build artifacts into the cache; one entry per cell (status ok with compile facts, or the failure)."""
+        if not sweep.run.compile_first or not cells:
+            return {}
+        workers = sweep.run.compile_workers or self.auto_workers(cells)
+        jobs = {c.index: c.job for c in cells}
+        if not sweep.run.isolate:
+            return {i: compile_cell(j) for i, j in jobs.items()}
+
+        def one(item: tuple[int, CellJob]) -> tuple[int, CellResult]:
+            i, job = item
+            t0 = time.perf_counter()
+            kind, value = call_isolated(compile_cell, (job,), sweep.run.timeout_s)
+            if kind == "ok":
+                return i, value
+            status = "timeout" if kind == "timeout" else "failed"
+            return i, CellResult(status, f"compile: {value}", {"cell_wall_s": time.perf_counter() - t0})
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            return dict(pool.map(one, jobs.items()))
+
+    @staticmethod
+    def auto_workers(cells: list[PlannedCell]) -> int:
+        """min(4, cores), and fewer when memory is short: budget ~40× the largest model (calibration graphs hold
+        every activation, a QDQ copy and the session) plus 0.5 GB per worker."""
+        import psutil
+
+        largest = max(Path(c.job.model_path).stat().st_size for c in cells if c.job is not None)
+        per_worker = 40 * largest + (512 << 20)
+        by_memory = max(1, int(psutil.virtual_memory().available * 0.7 // per_worker))
+        return max(1, min(4, os.cpu_count() or 1, by_memory))
+
+    def measure(self, cell: PlannedCell, sweep: Sweep, built: CellResult | None) -> CellResult:
+        job = cell.job
+        assert job is not None
+        t0 = time.perf_counter()
+        if sweep.run.isolate:
+            kind, value = call_isolated(run_cell, (job,), sweep.run.timeout_s)
+            if kind == "ok":
+                result = value
+            else:
+                result = CellResult("timeout" if kind == "timeout" else "failed", value)
+                result.fields["cell_wall_s"] = time.perf_counter() - t0
+        else:
+            result = run_cell(job)
+        if built is not None and result.status == "ok":
+            # the artifact was built in the compile phase: report that build, not the cache hit it left behind
+            result.fields.update({k: v for k, v in built.fields.items() if k in ("compile_s", "cache_hit")})
+        return result
+
+
+def _load(config: Sweep | dict[str, Any] | str | Path) -> Sweep:
     if isinstance(config, str | Path):
-        sweep = load_sweep(config)
-    elif isinstance(config, dict):
-        sweep = parse_sweep(config)
-    else:
-        sweep = config
+        return load_sweep(config)
+    if isinstance(config, dict):
+        return parse_sweep(config)
+    return config
+
+
+def open_run(sweep: Sweep) -> SweepRun:
+    """Check the folder, fold what dead runs left, and record this run in the manifest before any cell runs."""
     store = ResultsStore(sweep.results_path)
+    store.check_writable()
+    store.recover_stale_runs(run_is_alive)
     existing = store.rows()
     done = {k for k, s in zip(existing["cell_key"], existing["status"], strict=True) if s in RESUMABLE}
-    env = environment()
-    device = env["device"]
+    env = environment(Path(sweep.base_dir))
     sha = env["git_sha"][:7] or "nogit"
     run_id = (
         f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{sha}{'-dirty' if env['git_dirty'] else ''}-{uuid.uuid4().hex[:6]}"
     )
-    started = utc_now()
     store.record_run(
         {
             "run_id": run_id,
-            "started_utc": started,
+            "started_utc": utc_now(),
             "finished_utc": None,
             "config": sweep.to_dict(),
             "config_hash": sweep.config_hash(),
             "environment": env,
             "seed": sweep.run.seed,
+            **_process_identity(),
         }
     )
+    return SweepRun(sweep, store, run_id, env["device"], done)
 
-    cells = expand(sweep)
-    # -- per-model facts (a bad model or bad data costs that model's cells, not the sweep) ----------------
+
+def _model_facts(sweep: Sweep) -> dict[str, dict[str, Any]]:
+    """Per model: sha and data hashes, or the error that costs that model's cells (never the sweep)."""
+    from harness.data import check_against_model, load_dataset
+
     model_info: dict[str, dict[str, Any]] = {}
     for m in sweep.models:
         info: dict[str, Any] = {"error": None, "sha": "", "eval_sha": "", "calib_sha": ""}
         path = sweep.resolve(m.path)
         try:
-            if not path.is_file():
-                raise ConfigError(f"model file {path} does not exist (models[].path is relative to the sweep file)")
+            facts = _read_model(path, m)
             info["sha"] = file_sha256(path)
-            facts = model_facts(path)
-            if m.output and m.output not in facts.output_names:
-                raise ConfigError(f"model {m.display_name}: output {m.output!r} not in {facts.output_names}")
+            info["weights"] = _zoo_weights(path)
             for kind in ("evaluation", "calibration"):
                 src, p = _data_path(sweep, m, kind)
                 if src and p:
                     labels = src.labels if kind == "evaluation" else None
-                    ds = load_dataset(p, facts.input_names, labels, src.limit)
+                    try:
+                        # evaluation folders stay on disk (memory-mapped / per-sample files): only hashed here
+                        lazy = kind == "evaluation"
+                        ds = load_dataset(p, facts.input_names, labels, src.limit, role=kind, lazy=lazy)
+                        check_against_model(ds, path, kind)
+                    except QtbenchError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - a data file numpy cannot parse
+                        raise DataError(f"{kind} data {p}: cannot be read ({type(exc).__name__}: {exc})") from None
                     info["eval_sha" if kind == "evaluation" else "calib_sha"] = ds.sha256
         except QtbenchError as exc:
             info["error"] = str(exc)
-        except Exception as exc:  # noqa: BLE001 - e.g. a corrupt ONNX file
-            info["error"] = f"cannot read model {path}: {type(exc).__name__}: {exc}"
         model_info[m.display_name] = info
 
-    # -- per-backend probe ---------------------------------------------------------------------------------
+    return model_info
+
+
+def _probe_backends(sweep: Sweep, cells: list[Any]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Availability, version and per-spec support of every backend, each probed in a child with a time limit."""
     probes: dict[str, dict[str, Any]] = {}
     specs_by_backend: dict[str, list[Any]] = {}
     for _m, b, s in cells:
@@ -246,23 +373,36 @@ def run_sweep(
 
     entries = {b.key: b for _m, b, _s in cells}
     targets = {key: backends.resolve(b.name) for key, b in entries.items()}
+    paths = tuple(sorted({str(sweep.resolve(m.path)) for m, _b, _s in cells}))
     for name, b in entries.items():
         if sweep.run.isolate:
-            kind, value = call_isolated(_probe, (b.name, targets[name], b.options, specs_by_backend[name]), 300)
+            kind, value = call_isolated(
+                _probe, (b.name, targets[name], b.options, specs_by_backend[name], paths), sweep.run.timeout_s
+            )
             probe = value if kind == "ok" else {"available": False, "reason": f"probe failed: {value}"}
         else:
             try:
-                probe = _probe(b.name, targets[name], b.options, specs_by_backend[name])
+                probe = _probe(b.name, targets[name], b.options, specs_by_backend[name], paths)
             except Exception as exc:  # noqa: BLE001
                 probe = {"available": False, "reason": f"probe failed: {type(exc).__name__}: {exc}"}
         if "config_error" in probe:
             raise ConfigError(probe["config_error"])
         probes[name] = probe
 
-    # -- cells -----------------------------------------------------------------------------------------------
+    return probes, targets
+
+
+def plan(run: SweepRun) -> list[PlannedCell]:
+    """Expand the matrix and decide, for each cell, whether it is reused, known already, or has to run."""
+    sweep, device, done, run_id = run.sweep, run.device, run.done, run.run_id
+    cells = expand(sweep)
+    model_info = _model_facts(sweep)
+    probes, targets = _probe_backends(sweep, cells)
     m_protocol = {k: v for k, v in asdict(sweep.measure).items() if k not in ("cv_threshold",)}
+    out: list[PlannedCell] = []
     for idx, (m, b, s) in enumerate(cells):
         info, probe = model_info[m.display_name], probes[b.key]
+        side_files = probe.get("artifact_inputs", {}).get(f"{sweep.resolve(m.path)}|{s.id}", {})
         key = cell_key(
             {
                 "model_sha256": info["sha"],
@@ -277,6 +417,9 @@ def run_sweep(
                 "eval_sha256": info["eval_sha"],
                 "calib_sha256": info["calib_sha"] if s.is_static else "",
                 "output": m.output,
+                **({} if m.timing else {"timed": False}),  # a fidelity-only row never stands in for a timed one
+                **({"task": m.task} if m.task is not None else {}),  # another task → other metrics → another cell
+                **({"artifact_inputs": side_files} if side_files else {}),  # a replaced .tflite is another cell
             }
         )
         base = {
@@ -287,6 +430,7 @@ def run_sweep(
             "model": m.display_name,
             "model_sha256": info["sha"],
             "model_path": str(sweep.resolve(m.path)),
+            "weights": info.get("weights", ""),
             "backend": b.key,
             "backend_slug": b.name,
             "backend_version": probe.get("version", ""),
@@ -308,19 +452,20 @@ def run_sweep(
             "min_iterations": sweep.measure.iterations,
             "min_duration_s": sweep.measure.min_duration_s,
             "batch_size": sweep.measure.batch_size,
+            "group": m.group_name,
+            "seed": -1 if m.seed is None else m.seed,
+            "timed": m.timing,
         }
         label = f"{m.display_name} × {b.key} × {s.id}"
+        cell = PlannedCell(idx, len(cells), label, key, base)
         if key in done and not sweep.run.rerun:
-            if progress:
-                progress(CellEvent(idx, len(cells), label, "reused", "already recorded", None, True))
-            continue
-        samples, preds, labels = None, None, None
-        if info["error"]:
-            result = CellResult("failed", info["error"])
+            cell.reused = True
+        elif info["error"]:
+            cell.outcome = CellResult("failed", info["error"])
         elif not probe.get("available"):
-            result = CellResult("unavailable", probe.get("reason", ""))
+            cell.outcome = CellResult("unavailable", probe.get("reason", ""))
         elif probe["supports"].get(s.id):
-            result = CellResult("skipped", probe["supports"][s.id])
+            cell.outcome = CellResult("skipped", probe["supports"][s.id])
         else:
             ev_src, ev_path = _data_path(sweep, m, "evaluation")
             ca_src, ca_path = _data_path(sweep, m, "calibration")
@@ -331,9 +476,10 @@ def run_sweep(
                     "backend_version": probe["version"],
                     "options": b.options,
                     "calib": info["calib_sha"] if s.is_static else "",
+                    **({"artifact_inputs": side_files} if side_files else {}),
                 }
             )
-            job = CellJob(
+            cell.job = CellJob(
                 str(sweep.resolve(m.path)),
                 info["sha"],
                 m.output,
@@ -349,32 +495,62 @@ def run_sweep(
                 str(sweep.cache_path),
                 artifact_key,
                 sweep.device,
+                timed=m.timing,
+                task=m.task,
             )
-            t0 = time.perf_counter()
-            if sweep.run.isolate:
-                kind, value = call_isolated(run_cell, (job,), sweep.run.timeout_s)
-                if kind == "ok":
-                    result = value
-                else:
-                    result = CellResult("timeout" if kind == "timeout" else "failed", value)
-                    result.fields["cell_wall_s"] = time.perf_counter() - t0
-            else:
-                result = run_cell(job)
-            samples, preds, labels = result.samples, result.predictions, result.labels
-        record = Record(
-            **base,
-            created_utc=utc_now(),
-            status=result.status,
-            status_message=result.message,
-            **_known_fields(result.fields),
-        )
-        store.write_cell(run_id, idx, record, samples, preds, labels)
+        out.append(cell)
+    return out
+
+
+def store_result(run: SweepRun, cell: PlannedCell, result: CellResult) -> Record:
+    """One row (and its raw samples and predictions) into the run's parts, atomically."""
+    record = Record(
+        **cell.base,
+        created_utc=utc_now(),
+        status=result.status,
+        status_message=result.message,
+        **_known_fields(result.fields),
+    )
+    try:
+        run.store.write_cell(run.run_id, cell.index, record, result.samples, result.predictions, result.labels)
+    except OSError as exc:  # disk full, folder removed or made read-only mid-sweep: stop, keep what is saved
+        raise ResultsError(
+            os_error_message(exc, f"cannot save cell {cell.label}; earlier cells of this run are saved")
+        ) from None
+    return record
+
+
+def run_sweep(
+    config: Sweep | dict[str, Any] | str | Path,
+    progress: Callable[[CellEvent], None] | None = None,
+    executor: Executor | None = None,
+) -> Any:
+    """Run every cell of ``config`` (a Sweep, a mapping, or a YAML path) and return the sweep's rows.
+
+    Phases: open the run → plan the cells → the executor compiles and measures → each result is stored as it
+    arrives → the run is closed. Rows already recorded under the same cell key (status ok/skipped) are reused
+    unless ``run.rerun``. The returned DataFrame holds the latest row per cell of this sweep's results folder.
+    """
+    sweep = _load(config)
+    run = open_run(sweep)
+    cells = plan(run)
+    for cell in cells:
+        if cell.reused and progress:
+            progress(CellEvent(cell.index, cell.total, cell.label, "reused", "already recorded", None, True))
+    todo = [c for c in cells if not c.reused]
+    for cell, result in (executor or LocalExecutor()).run(todo, sweep):
+        record = store_result(run, cell, result)
         if progress:
-            progress(CellEvent(idx, len(cells), label, record.status, record.status_message, record, False))
-    store.consolidate(run_id)
-    entry = next(r for r in store.manifest()["runs"] if r["run_id"] == run_id)
-    store.record_run({**entry, "finished_utc": utc_now(), "cells": len(cells)})
-    return load_results(store.root)
+            progress(CellEvent(cell.index, cell.total, cell.label, record.status, record.status_message, record, False))
+    run.store.finish_run(run.run_id, finished_utc=utc_now(), cells=len(cells))
+    return load_results(run.store.root)
+
+
+def _zoo_weights(path: Path) -> str:
+    """"random" for a zoo model built without a state dict (harness.zoo metadata), so every row of it says so."""
+    from harness.zoo import META_WEIGHTS, model_metadata
+
+    return "random" if model_metadata(path).get(META_WEIGHTS) == "random" else ""
 
 
 _RECORD_FIELDS = set(Record.__dataclass_fields__)

@@ -22,7 +22,7 @@ SUMMARY_COLUMNS: list[tuple[str, str, str]] = [
     ("fps", "FPS", "{:.0f}"),
     ("est_latency_ms", "est. ms", "{:.3f}"),
     ("accel_share", "on accel %", "pct"),
-    ("energy_mj_per_inf", "mJ/inf", "{:.3f}"),
+    ("energy_mj_text", "mJ/inf", "{}"),  # energy_mj_per_inf, "~0.270 est" when the CPU-time estimate made it
     ("energy_source", "energy source", "{}"),
     ("artifact_bytes", "size KB", "kb"),
 ]
@@ -45,9 +45,12 @@ def format_value(value: Any, fmt: str) -> str:
 
 def with_gap(df: Any) -> Any:
     """A copy with derived columns: ``gap_pp`` = top-1 change against the same checkpoint's FP32 reference, in
-    points; ``accel_share`` = share of graph nodes the accelerator runs (NaN for CPU backends)."""
+    points; ``energy_mj_text`` = energy per inference, marked when estimated; ``accel_share`` = share of graph
+    nodes the accelerator runs (NaN for CPU backends)."""
     df = df.copy()
     df["gap_pp"] = 100 * (df["top1"] - df["fp_top1"])
+    energy, kinds = df.get("energy_mj_per_inf", [math.nan] * len(df)), df.get("energy_numbers", [""] * len(df))
+    df["energy_mj_text"] = [energy_text(e, n) for e, n in zip(energy, kinds, strict=True)]
     df["accel_share"] = [
         accel_share(c, d)
         for c, d in zip(df.get("coverage", [""] * len(df)), df.get("execution_device", [""] * len(df)), strict=True)
@@ -64,3 +67,10 @@ def accel_share(coverage: Any, execution_device: Any) -> float:
     counts = json.loads(coverage or "{}")
     total = sum(counts.values())
     return sum(v for k, v in counts.items() if k != "cpu") / total if total else float("nan")
+
+
+def energy_text(mj: Any, numbers: Any) -> Any:
+    """Energy per inference for tables: an estimate is never shown like a measurement ("~0.270 est")."""
+    if mj is None or (isinstance(mj, float) and math.isnan(mj)):
+        return math.nan
+    return f"~{mj:.3f} est" if numbers == "estimated" else f"{mj:.3f}"

@@ -23,7 +23,7 @@ approach the nominal fraction.
 **BN folding.** Deployed weights are the BN-folded ones (W·γ/√(var+ε)); with ``fold_bn`` the fake quantizer and
 the pruning threshold act on those (per output channel, with running statistics), then un-fold.
 
-Measured on this project's machine (shared/QUANTTRIM_NOTES.md): most of the INT4 gain comes from reverse
+Measured on this project's 2-core test machine: most of the INT4 gain comes from reverse
 pruning; λ → 1 with a 4-bit target costs FP accuracy — cap ``lambda_max`` (e.g. 0.5) or train with an 8-bit
 target.
 """
@@ -334,7 +334,26 @@ def posthoc_clip(model: nn.Module, q: float = 99.7, fold_bn: bool = True) -> dic
 def clip_at_quantile(w: torch.Tensor, fold: torch.Tensor | None, q: float) -> float:
     """Clip ``w`` in place so its (BN-folded, when ``fold`` is given) magnitudes stay ≤ τ = q-th percentile."""
     target = w * fold if fold is not None else w
-    tau = torch.quantile(target.abs().flatten().float(), q / 100.0)
+    tau = quantile_large(target.abs().flatten().float(), q / 100.0)
     bound = tau / fold.abs().clamp(min=1e-12) if fold is not None else tau
     w.copy_(torch.maximum(torch.minimum(w, bound), -bound))
     return float(tau)
+
+
+def quantile_large(x: torch.Tensor, q: float) -> torch.Tensor:
+    """``torch.quantile(x, q)`` (linear interpolation) for a 1-D tensor of any size.
+
+    ``torch.quantile`` refuses inputs above 2**24 elements (a 4096×4096 linear layer already has 2**24), so this
+    takes the two order statistics around position q·(n−1) with ``kthvalue``: exact, no sampling, O(n) memory.
+    """
+    n = x.numel()
+    if n == 0:
+        raise ValueError("quantile of an empty tensor")
+    pos = q * (n - 1)
+    lo = int(pos)
+    frac = pos - lo
+    a = torch.kthvalue(x, lo + 1).values
+    if frac == 0.0 or lo + 1 >= n:
+        return a
+    b = torch.kthvalue(x, lo + 2).values
+    return a + (b - a) * frac

@@ -6,6 +6,8 @@ import os
 import signal
 import time
 
+import numpy as np
+
 from backends.ort import OrtBackend
 
 
@@ -38,3 +40,57 @@ class MissingSdkBackend(OrtBackend):
 
 class ImportBroken:  # referenced as a target whose module import fails
     pass
+
+
+class NanOutputBackend(OrtBackend):
+    """Compiles like ort; INT8 artifacts then return NaN in every output (a broken kernel or overflow)."""
+
+    slug = "nanny"
+
+    def compile(self, model, spec, calib, workdir):
+        compiled = super().compile(model, spec, calib, workdir)
+        if spec.precision == "int8":
+            real = compiled._infer
+
+            def poisoned(feeds):
+                return [np.full_like(np.asarray(o, dtype=np.float32), np.nan) for o in real(feeds)]
+
+            compiled._infer = poisoned
+        return compiled
+
+
+class SpawningHangBackend(OrtBackend):
+    """Starts a helper process, as an SDK's compiler would, then hangs: nothing of it may outlive the sweep."""
+
+    slug = "spawnhang"
+
+    def compile(self, model, spec, calib, workdir):
+        import subprocess
+
+        marker = os.environ.get("QTBENCH_TEST_MARKER", "qtbench-test-marker")
+        subprocess.Popen(["bash", "-c", f"exec -a {marker} sleep 600"])
+        time.sleep(600)
+
+
+class LoggingBackend(OrtBackend):
+    """Appends "compile …" / "infer <t>" lines to phases.log beside the model: lets a test see when phases ran.
+
+    (Beside the model, not in an environment variable: the forkserver keeps the environment it started with.)"""
+
+    slug = "logged"
+
+    def compile(self, model, spec, calib, workdir):
+        log = model.path.parent / "phases.log"
+        t0 = time.time()
+        compiled = super().compile(model, spec, calib, workdir)
+        with open(log, "a") as f:
+            f.write(f"compile {os.getpid()} {t0} {time.time()} {compiled.info.cache_hit}\n")
+        real = compiled._infer
+
+        def logged(feeds):
+            with open(log, "a") as f:
+                f.write(f"infer {os.getpid()} {time.time()}\n")
+            return real(feeds)
+
+        compiled._infer = logged
+        return compiled

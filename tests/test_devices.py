@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from devices.power import (
     PowerSession,
     PowerTrace,
     RaplMeter,
+    auto_order,
     choose_meter,
     energy_fields,
     survey,
@@ -40,11 +42,42 @@ def test_rapl_counter_sums_packages_and_handles_wrap(tmp_path: Path):
     _write(z1 / "energy_uj", "100\n")
     m = RaplMeter(tmp_path)
     assert m.probe() == (True, "")
-    assert m.label() == "rapl (package-0, package-1)"
+    assert m.label() == "rapl package-0 + package-1 (CPU package; psys not counted)"
     e0 = m.read_energy_j()
     _write(z0 / "energy_uj", "100000\n")  # wrapped: +200,000 µJ
     _write(z1 / "energy_uj", "300100\n")  # +300,000 µJ
     assert m.read_energy_j() - e0 == pytest.approx(0.5)
+
+
+def _laptop_rapl(root: Path) -> None:
+    """A laptop's powercap tree: package-0 (with core/dram sub-zones) and psys, which already contains the package."""
+    zones = {"intel-rapl:0": "package-0", "intel-rapl:0:0": "core", "intel-rapl:0:1": "dram", "intel-rapl:1": "psys"}
+    for z, name in zones.items():
+        _write(root / f"sys/class/powercap/{z}/name", name + "\n")
+        _write(root / f"sys/class/powercap/{z}/max_energy_range_uj", "262143328850\n")
+        _write(root / f"sys/class/powercap/{z}/energy_uj", "1000000\n")
+
+
+def _advance(root: Path, zone: str, uj: int) -> None:
+    f = root / f"sys/class/powercap/{zone}/energy_uj"
+    f.write_text(str(int(f.read_text()) + uj))
+
+
+def test_rapl_default_is_the_package_never_psys_on_top(tmp_path: Path):
+    _laptop_rapl(tmp_path)
+    pkg = RaplMeter(tmp_path)
+    assert pkg.probe()[0] and pkg.label() == "rapl package-0 (CPU package; psys not counted)"
+    psys = RaplMeter(tmp_path, rail="psys")
+    assert psys.probe()[0] and psys.label() == "rapl psys (device.rail)"
+    e_pkg, e_psys = pkg.read_energy_j(), psys.read_energy_j()
+    for zone, uj in (("intel-rapl:0", 3_000_000), ("intel-rapl:1", 5_000_000), ("intel-rapl:0:1", 700_000)):
+        _advance(tmp_path, zone, uj)
+    assert pkg.read_energy_j() - e_pkg == pytest.approx(3.0)  # summing every zone would say 8.7 J
+    assert psys.read_energy_j() - e_psys == pytest.approx(5.0)
+    dram = RaplMeter(tmp_path, rail="dram")
+    assert dram.probe()[0] and "dram" in dram.label()
+    ok, why = RaplMeter(tmp_path, rail="gpu").probe()
+    assert not ok and "zones here: core, dram, package-0, psys" in why
 
 
 def test_rapl_absent_says_why(tmp_path: Path):
@@ -52,22 +85,59 @@ def test_rapl_absent_says_why(tmp_path: Path):
     assert not ok and "no powercap driver" in why
 
 
-def test_hwmon_power_and_voltage_current_channels(tmp_path: Path):
-    ina = tmp_path / "sys/class/hwmon/hwmon0"
-    _write(ina / "name", "ina3221\n")
-    _write(ina / "in1_label", "VDD_IN\n")
-    _write(ina / "in1_input", "5000\n")  # mV
-    _write(ina / "curr1_input", "1200\n")  # mA
-    _write(ina / "in2_input", "3300\n")  # no current channel: ignored
-    other = tmp_path / "sys/class/hwmon/hwmon1"
-    _write(other / "name", "ina226\n")
-    _write(other / "power1_input", "2500000\n")  # µW
+def _ina3221(root: Path, hw: str, rails: dict[str, tuple[int, int]]) -> None:
+    """An INA3221 hwmon device as on Jetson: in<N>_label, in<N>_input (mV), curr<N>_input (mA)."""
+    dev = root / f"sys/class/hwmon/{hw}"
+    _write(dev / "name", "ina3221\n")
+    for i, (label, (mv, ma)) in enumerate(rails.items(), start=1):
+        _write(dev / f"in{i}_label", label + "\n")
+        _write(dev / f"in{i}_input", f"{mv}\n")
+        _write(dev / f"curr{i}_input", f"{ma}\n")
+    _write(dev / "in7_input", "3300\n")  # a voltage without a current channel: ignored
+
+
+def test_hwmon_jetson_reads_the_input_rail_not_the_sum(tmp_path: Path):
+    # Orin Nano: VDD_IN 5 V × 1.2 A = 6 W is the module input; the CPU/GPU/CV and SoC rails are parts of it
+    _ina3221(tmp_path, "hwmon1", {"VDD_IN": (5000, 1200), "VDD_CPU_GPU_CV": (5000, 400), "VDD_SOC": (5000, 300)})
     m = HwmonMeter(tmp_path)
     assert m.probe()[0]
-    assert m.read_watts() == pytest.approx(5.0 * 1.2 + 2.5)
-    only = HwmonMeter(tmp_path, rails=["VDD_IN"])
-    assert only.probe()[0] and only.read_watts() == pytest.approx(6.0) and "VDD_IN" in only.label()
-    assert not HwmonMeter(tmp_path, rails=["VDD_GPU"]).probe()[0]
+    assert m.read_watts() == pytest.approx(6.0)  # the old sum of every channel said 9.5 W
+    assert m.label() == "hwmon VDD_IN (board input)"
+    gpu = HwmonMeter(tmp_path, rail="VDD_CPU_GPU_CV")
+    assert gpu.probe()[0] and gpu.read_watts() == pytest.approx(2.0) and gpu.label().endswith("(device.rail)")
+    ok, why = HwmonMeter(tmp_path, rail="VDD_GPU").probe()
+    assert not ok and "rails here: VDD_IN, VDD_CPU_GPU_CV, VDD_SOC" in why
+
+
+def test_hwmon_nano_and_boards_without_an_input_rail(tmp_path: Path):
+    nano = tmp_path / "nano"
+    _ina3221(nano, "hwmon0", {"POM_5V_IN": (5000, 1000), "POM_5V_GPU": (5000, 100), "POM_5V_CPU": (5000, 200)})
+    m = HwmonMeter(nano)
+    assert m.probe()[0] and m.read_watts() == pytest.approx(5.0) and "POM_5V_IN" in m.label()
+    agx = tmp_path / "agx"  # AGX Orin lists disjoint rails and no input: nothing is guessed
+    _ina3221(agx, "hwmon0", {"VDD_GPU_SOC": (5000, 1000), "VDD_CPU_CV": (5000, 600), "VIN_SYS_5V0": (5000, 400)})
+    ok, why = HwmonMeter(agx).probe()
+    assert not ok and "set device.rail" in why and "'sum'" in why
+    total = HwmonMeter(agx, rail="sum")
+    assert total.probe()[0] and total.read_watts() == pytest.approx(10.0) and "device.rail: sum" in total.label()
+
+
+def test_hwmon_power_channels_and_foreign_chips(tmp_path: Path):
+    ina = tmp_path / "sys/class/hwmon/hwmon0"
+    _write(ina / "name", "ina226\n")
+    _write(ina / "power1_input", "2500000\n")  # µW
+    m = HwmonMeter(tmp_path)
+    assert m.probe()[0] and m.read_watts() == pytest.approx(2.5) and "the only rail" in m.label()
+    gpu = tmp_path / "sys/class/hwmon/hwmon1"  # a GPU's own hwmon: never picked for the board unasked
+    _write(gpu / "name", "amdgpu\n")
+    _write(gpu / "power1_label", "PPT\n")
+    _write(gpu / "power1_input", "30000000\n")
+    assert not HwmonMeter(tmp_path).probe()[0]
+    acpi = tmp_path / "sys/class/hwmon/hwmon2"  # the ACPI power meter measures the system input
+    _write(acpi / "name", "power_meter\n")
+    _write(acpi / "power1_input", "95000000\n")
+    m = HwmonMeter(tmp_path)
+    assert m.probe()[0] and m.read_watts() == pytest.approx(95.0)
 
 
 def test_external_log_window_and_trapezoid(tmp_path: Path):
@@ -156,15 +226,93 @@ def test_jtop_missing_service_is_explained():
 
 
 def test_auto_choice_is_the_first_available_meter_and_never_silent():
-    rows = survey()
+    order = auto_order("cpu")
+    available = {name: ok for name, ok, _ in survey()}
     meter, why = choose_meter("auto")
-    first = next(name for name, ok, _ in rows if ok)
+    first = next(name for name in order if available[name])
     assert meter is not None and meter.name == first
-    skipped = [name for name, ok, _ in rows[: [n for n, _, _ in rows].index(first)] if name != "external"]
+    skipped = [name for name in order[: order.index(first)] if name != "external"]
     assert [w.split(":")[0] for w in why] == skipped  # every better meter that lost says why
+    assert "nvml" not in order  # a CPU cell is never metered by the GPU's counter
     assert choose_meter("none")[0] is None
     with pytest.raises(ValueError, match="unknown meter"):
         choose_meter("wattmeter9000")
+
+
+def test_meter_follows_the_cells_execution_device(tmp_path: Path, monkeypatch):
+    _laptop_rapl(tmp_path)
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml())
+    assert choose_meter("auto", tmp_path, execution_device="cpu")[0].name == "rapl"
+    assert choose_meter("auto", tmp_path, execution_device="gpu")[0].name == "nvml"  # CUDA/TensorRT cell
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml(fail=True))
+    meter, why = choose_meter("auto", tmp_path, execution_device="gpu")
+    assert meter is None  # neither the CPU package nor a CPU-time estimate stands in for the GPU
+    assert why[-1] == "not used for a gpu cell: rapl, estimate" and any(w.startswith("nvml:") for w in why)
+    assert choose_meter("auto", tmp_path, execution_device="npu")[0] is None
+    assert choose_meter("rapl", tmp_path, execution_device="gpu")[0].name == "rapl"  # asked for explicitly
+    jetson = tmp_path / "jetson"  # integrated GPU: the board input rail covers it
+    _ina3221(jetson, "hwmon0", {"VDD_IN": (5000, 1200), "VDD_CPU_GPU_CV": (5000, 400)})
+    meter, _ = choose_meter("auto", jetson, execution_device="gpu")
+    assert meter.name == "hwmon" and "VDD_IN" in meter.label()
+    assert choose_meter("auto", jetson, rail="VDD_CPU_GPU_CV")[0].read_watts() == pytest.approx(2.0)
+
+
+def test_probe_estimates_from_the_loops_own_cpu_time(tmp_path: Path):
+    """The estimate is W/core × the CPU seconds the harness measured around the loop, not the sampler window."""
+    from devices.probe import LoopProbe
+    from harness.config import DeviceSettings
+
+    probe = LoopProbe(DeviceSettings(meter="estimate", idle_s=0), "cpu", root=tmp_path)
+    before = probe.before()
+    assert np.isnan(before["temp_c_before"])  # no thermal zones in the empty tree
+    probe.start()
+    t0 = time.process_time()
+    while time.process_time() - t0 < 0.1:  # the window burns ~0.1 CPU-s; the "loop" inside it used 0.02
+        pass
+    probe.stop()
+    probe.loop_done(0.02, 0.05)
+    out = probe.after([100], 2000.0)
+    assert out["energy_mj_per_inf"] == pytest.approx(1000 * 10.0 * 0.02 / 100)
+    assert out["power_w_mean"] == pytest.approx(10.0 * 0.02 / 0.05)
+    assert out["energy_numbers"] == "estimated" and "timed loop's process CPU time" in out["energy_source"]
+    gpu = LoopProbe(DeviceSettings(idle_s=0), "gpu", root=tmp_path)  # no GPU meter here: said, not guessed
+    gpu.before()
+    assert gpu.after([10], 100.0)["energy_source"].startswith("unavailable: ")
+
+
+def test_sweep_energy_is_the_loop_cpu_estimate_and_is_marked(tmp_path: Path):
+    from harness.cli import results_table
+    from harness.sweep import run_sweep
+
+    from models import tiny_sweep
+
+    cfg = tiny_sweep(tmp_path, specs=["fp32"], measure={"warmup": 2, "iterations": 50})
+    cfg["device"] = {"meter": "estimate", "idle_s": 0}
+    cfg["run"]["isolate"] = False
+    row = run_sweep(cfg).iloc[0]
+    assert row["energy_numbers"] == "estimated"
+    assert row["energy_mj_per_inf"] == pytest.approx(1000 * 10.0 * row["process_cpu_s"] / row["iterations"])
+    from rich.console import Console
+
+    console = Console(width=250, record=True)
+    console.print(results_table(run_sweep(cfg)))
+    assert f"~{row['energy_mj_per_inf']:.3f} est" in console.export_text()
+
+
+def test_devices_cli_says_no_sensor_instead_of_nan(capsys):
+    from devices.thermal import describe
+    from harness.cli import main
+
+    nan = float("nan")
+    text = describe({"temp_c_max": nan, "cpu_mhz_mean": nan, "throttle_count": 0, "sensors": 0})
+    assert "nan" not in text and "no temperature sensor" in text and "CPU clock: no sensor" in text
+    assert describe({"temp_c_max": 51.0, "cpu_mhz_mean": 2400.0, "throttle_count": 2, "sensors": 3}) == (
+        "3 zone(s), max 51.0 °C; mean CPU clock 2400 MHz; throttle events so far 2"
+    )
+    assert main(["devices"]) == 0
+    assert "nan" not in capsys.readouterr().out.lower()
+    assert main(["devices", "--json"]) == 0
+    assert "NaN" not in capsys.readouterr().out
 
 
 def test_thermal_snapshot_and_throttle_detection(tmp_path: Path):

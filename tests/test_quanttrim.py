@@ -68,6 +68,23 @@ def test_reverse_pruning_clips_exactly_at_the_quantile():
     assert (w.abs() >= expected * (1 - 1e-6)).float().mean() == pytest.approx(0.01, abs=0.002)
 
 
+def test_quantile_above_torch_limit_of_2_pow_24_elements():
+    """torch.quantile refuses > 2**24 elements (a 4096×4096 layer has 2**24): reverse pruning must not crash."""
+    from quanttrim.core import clip_at_quantile, quantile_large
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 7, 1001):
+        x = torch.randn(n, generator=g)
+        for q in (0.0, 0.003, 0.5, 0.997, 1.0):
+            assert float(quantile_large(x, q)) == pytest.approx(float(torch.quantile(x, q)), abs=1e-6)
+    w = torch.randn(2**24 + 3, generator=g)
+    with pytest.raises(RuntimeError):
+        torch.quantile(w.abs(), 0.99)  # the limit this works around (if torch lifts it, this line can go)
+    exact = float(np.quantile(w.abs().numpy().astype(np.float64), 0.99))  # numpy has no such limit
+    tau = clip_at_quantile(w, None, 99.0)
+    assert tau == pytest.approx(exact, rel=1e-5) and float(w.abs().max()) == pytest.approx(tau)
+
+
 def test_bn_folded_weights_are_what_gets_quantized_and_pruned():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4))
@@ -168,10 +185,39 @@ def test_train_cli_writes_onnx_and_log(tmp_path: Path, capsys):
             "0.5",
             "--out",
             str(tmp_path),
+            "--seeds",
+            "0",
+            "1",
         ]
     )
     assert rc == 0
-    onnx.checker.check_model(onnx.load(str(tmp_path / "digits_resnet_quanttrim_s0.onnx")))
+    proto = onnx.load(str(tmp_path / "digits_resnet_quanttrim_s0.onnx"))
+    onnx.checker.check_model(proto)
     assert (tmp_path / "digits_resnet_quanttrim_s0.csv").read_text().count("\n") >= 2
+    # the accuracy printed, logged and written into the metadata is the exported ONNX model's own
+    import json
+
+    import onnxruntime as ort
+
+    from quanttrim.data import load_digits
+
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["qtbench.training"])
+    data = load_digits()
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    onnx_acc = float((sess.run(None, {"input": data.x_test})[0].argmax(1) == data.y_test).mean())
+    assert abs(meta["test_accuracy"] - onnx_acc) <= 1.5 / len(data.y_test)  # ≤ 1 near-tie argmax flip
+    assert "fakequant_test_accuracy" in meta
+    import csv
+
+    log = list(csv.DictReader(line for line in (tmp_path / "digits_resnet_quanttrim_s0.csv").open() if line[0] != "#"))
+    assert float(log[-1]["test_accuracy"]) == pytest.approx(meta["test_accuracy"])
+    assert "fakequant_test_accuracy" in log[-1]
+    import yaml
+
+    snippet = yaml.safe_load((tmp_path / "digits_resnet_quanttrim.models.yaml").read_text())
+    assert snippet["models"] == [
+        {"path": f"digits_resnet_quanttrim_s{s}.onnx", "name": f"quanttrim-s{s}", "group": "quanttrim", "seed": s}
+        for s in (0, 1)
+    ]
     assert "test accuracy" in capsys.readouterr().out
     assert main(["train", "--dataset", "idx"]) == 2  # user error: no --data-dir

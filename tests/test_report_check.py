@@ -147,3 +147,47 @@ def test_protocol_not_achieved_iterations_decides_comparability(tmp_path: Path, 
     df.to_parquet(f)
     with pytest.raises(UserError, match="min_duration_s differs"):
         compare(base, cand, load_gates(None))
+
+
+def test_report_survives_reruns_under_new_cell_keys_and_hostile_model_names(tmp_path: Path):
+    """A plain re-run with another --iterations adds rows under new cell keys; a model name with matplotlib math
+    text ($…$) and raw HTML must neither crash plotting nor reach the Markdown as HTML."""
+    name = "tiny $x^2$ <script>alert(1)</script> [x](javascript:alert(1))"
+    cfg = tiny_sweep(tmp_path, specs=["fp32", "int8-static-pc-wsym-minmax"])
+    cfg["models"][0]["name"] = name
+    run_sweep(cfg)
+    run_sweep({**cfg, "measure": {"warmup": 2, "iterations": 12}})  # same cells, new keys
+    out = build_report([tmp_path / "results" / "tiny"], tmp_path / "rep")
+    md = out["markdown"].read_text()
+    assert "<script>" not in md and "&lt;script&gt;" in md and "](javascript" not in md
+    assert "older row(s) of re-measured cells are not shown" in md
+    html_text = out["html"].read_text()
+    assert "<script>" not in html_text and "gap 95 % CI" in html_text
+    assert md.count("int8-static-pc-wsym-minmax |") == 1  # one summary row per cell, the newest
+
+
+def test_study_report_has_comparison_heatmap_and_per_cell_intervals(tmp_path: Path):
+    from test_compare import write_study
+
+    flip = {("fp", "int8"): 0.005, ("qt", "int8"): 0.005, ("fp", "int4"): 0.05, ("qt", "int4"): 0.01}
+    out = build_report([write_study(tmp_path, flip, n=600)], tmp_path / "rep")
+    md = out["markdown"].read_text()
+    assert "## Comparison: is the candidate more robust?" in md
+    assert "INT8 mean gap: no difference detectable, CI [" in md and "candidate better" in md
+    assert {"gap_bars", "gap_heatmap"} <= set(out)
+    # every quantized row carries its gap interval: "[lo, hi]" in the CI column
+    rows = [line for line in md.splitlines() if "| int4-static-pt-wsym-minmax |" in line]
+    assert len(rows) == 12 and all(re.search(r"\| \[[-+]\d+\.\d\d, [-+]\d+\.\d\d\] \|", r) for r in rows)
+    html_text = out["html"].read_text()
+    assert "img{max-width:100%" in html_text
+
+
+def test_row_flags_catch_unchanged_top1_with_low_agreement_and_unstable_timing():
+    from harness.report import row_flags
+
+    r = {"status": "ok", "timed": True, "unstable": True, "latency_cv": 0.31, "top1_agreement": 0.84, "gap_pp": 1.6}
+    flags = row_flags(r)
+    assert "unstable timing (CV 31 %)" in flags
+    assert "top-1 unchanged but only 84.0 % agreement with FP32" in flags
+    assert row_flags({**r, "gap_pp": -3.0, "unstable": False}) == []  # a visible drop needs no extra warning
+    assert row_flags({**r, "timed": False, "top1_agreement": 0.99}) == ["fidelity only (not timed)"]

@@ -79,24 +79,6 @@ def test_unsupported_specs():
     assert "no int4" in b.supports(QuantSpec.parse("int4-static-pc-wsym-minmax"))
 
 
-def test_tensorrt_reports_why_it_cannot_run_here():
-    """No GPU and no TensorRT on this machine: the adapter must say so, never fake a number."""
-    from backends.tensorrt import TensorRtBackend
-
-    try:
-        import tensorrt  # noqa: F401
-
-        pytest.skip("tensorrt is installed here; the unavailable path is not exercised")
-    except ImportError:
-        pass
-    av = TensorRtBackend().availability()
-    assert not av.available and "pip install 'qtbench[tensorrt]'" in av.reason
-    b = TensorRtBackend()
-    assert "symmetric" in b.supports(QuantSpec.parse("int8-static-pc-wsym-minmax"))
-    assert "dynamic" in b.supports(QuantSpec.parse("int8-dynamic-pc-wsym"))
-    assert b.supports(QuantSpec.parse("int8-static-pc-sym-minmax")) is None
-
-
 @pytest.mark.sdk
 def test_conversion_script_round_trip(tmp_path: Path):
     """ONNX → .tflite with onnx2tf + TensorFlow, in the interpreter named by $QTBENCH_TF_PYTHON (a venv with
@@ -117,3 +99,28 @@ def test_conversion_script_round_trip(tmp_path: Path):
     )
     made = sorted(p.name for p in tmp_path.glob("tiny.*.tflite"))
     assert made == sorted(p.name for p in FIX.glob("tiny.*.tflite"))
+
+
+def test_replacing_a_pre_converted_file_makes_a_new_cell(tmp_path: Path):
+    """The cell key includes the .tflite's sha256: a re-converted file is measured again, never reused."""
+    from harness.sweep import run_sweep
+
+    from models import tiny_data
+
+    for f in FIX.glob("tiny*"):
+        shutil.copy(f, tmp_path / f.name)
+    cfg = {
+        "name": "tfl",
+        "models": [{"path": str(tmp_path / "tiny.onnx")}],
+        "evaluation": {"path": str(tiny_data(tmp_path / "ev.npz", 16))},
+        "backends": ["tflite"],
+        "specs": ["fp32"],
+        "measure": {"warmup": 1, "iterations": 3},
+        "run": {"results_dir": str(tmp_path / "results")},
+    }
+    first = run_sweep(cfg).iloc[0]
+    assert first["status"] == "ok"
+    assert run_sweep(cfg).iloc[0]["record_id"] == first["record_id"]  # unchanged file: reused
+    shutil.copy(tmp_path / "tiny.float16.tflite", tmp_path / "tiny.float32.tflite")
+    again = run_sweep(cfg)
+    assert len(again) == 2 and again["cell_key"].nunique() == 2 and set(again["status"]) == {"ok"}

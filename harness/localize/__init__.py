@@ -1,0 +1,743 @@
+"""Where does a backend diverge? Per-layer error of each backend's compiled graph against the FP32 reference.
+
+For one model and spec, every backend that can expose intermediate tensors is compiled exactly as a sweep cell
+compiles it (same cache entry, options and calibration set); each float tensor of the *original* ONNX graph is
+then read from the backend (see :mod:`harness.localize.taps` for how names are mapped) and from the FP32
+reference on a few evaluation samples, and compared:
+
+- ``sqnr_db`` = 10·log10(Σ ref² / Σ (ref − q)²) over the samples (the harness's definition, ``harness.metrics``),
+  ``cosine`` = mean per-sample cosine of the flattened tensors, ``max_abs_err``.
+- **first divergent layer**: the first tensor in topological order below ``threshold_db`` — default 20 dB when
+  weights have ≥ 8 bits, :data:`INT4_THRESHOLD_DB` with 4-bit weights (see there why).
+- **largest jump**: the tensor that adds the most noise relative to its signal, ``added_nsr`` = NSR(out) −
+  max NSR(inputs) with NSR = 10^(−SQNR/10) (independent noise powers add; graph-aware, so a residual branch is not
+  compared with its sibling). A dB ratio would rank a 54 → 24 dB step in a first layer above a 24 → 0 dB collapse
+  later; ``jump_db`` (the drop in dB, SQNR capped at :data:`JUMP_CAP_DB`) is stored beside it.
+
+Memory stays bounded: tensors are compared a layer batch at a time (``memory_mb`` of activations per batch,
+reference and backend together) and samples stream through in chunks; only the per-tensor sums are kept.
+Backends whose runtime exposes no intermediates (QNN context binaries, Vela, RKNN, TensorRT engines, vendor
+runtimes) get ``output only`` with the reason, plus the final output's error.
+
+Results: ``<results>/<sweep>/localize/<run_id>/`` with ``layers.parquet``, ``summary.parquet``, optionally
+``fallback.parquet`` (``--fallback-search``), ``manifest.json``, one SQNR plot per spec and ``report.md``; read
+them with :func:`load_localization`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: first-divergence threshold with 8-bit (or wider) weights: noise at 1 % of the signal power (cosine ≈ 0.995)
+INT8_THRESHOLD_DB = 20.0
+#: with 4-bit weights every conv is ~24 dB noisier by construction (6 dB per bit); 10 dB (noise at 10 % of the
+#: signal, cosine ≈ 0.95) flags layers that are well off even for 4 bits (the demo's INT4 per-tensor curves
+#: sit at 15–30 dB on healthy layers; see the note in the issue)
+INT4_THRESHOLD_DB = 10.0
+#: SQNR ceiling used only when computing jumps (an exact tensor has infinite SQNR)
+JUMP_CAP_DB = 60.0
+LAYER_TABLES = ("layers", "summary", "fallback")
+
+#: backends whose runtime returns final outputs only, and why
+OUTPUT_ONLY = {
+    "qnn": "the QNN EP runs a compiled context binary (EPContext node): intermediate tensors are not exposed",
+    "vela": "Vela compiles the graph into an Ethos-U command stream; intermediates stay in NPU SRAM",
+    "rknn": "rknn-toolkit2's simulator worker returns outputs only (its accuracy_analysis is a separate tool)",
+    "tensorrt": "a TensorRT engine fuses layers; marking outputs would build a different engine",
+    "hailo": "HailoRT runs a compiled .hef and returns outputs only; localize simnpu with profile hailo8 instead",
+    "nxp": "the VX/Neutron delegate returns outputs only; localize simnpu with profile nxp-imx8mp instead",
+    "edgetpu": "libedgetpu returns outputs only; localize simnpu with profile edgetpu instead",
+}
+
+
+def default_threshold(spec: Any) -> float:
+    return INT4_THRESHOLD_DB if spec.weight_bits <= 4 else INT8_THRESHOLD_DB
+
+
+@dataclass(frozen=True)
+class LocalizeSettings:
+    """How much data and memory a localisation uses (defaults: 16 samples, 256 MB of activations per batch)."""
+
+    samples: int = 16
+    threshold_db: float | None = None  # None: default_threshold(spec)
+    memory_mb: float = 256.0
+    chunk: int = 8  # samples per inference when the batch axis is dynamic
+    threads: int = 1
+
+
+@dataclass
+class _Stats:
+    """Running sums for one tensor (float64)."""
+
+    signal: float = 0.0
+    noise: float = 0.0
+    cos_sum: float = 0.0
+    n: int = 0
+    max_abs: float = 0.0
+    error: str = ""
+
+    def add(self, ref: np.ndarray, q: np.ndarray) -> None:
+        from harness.metrics import logit_cosine
+
+        if ref.shape != q.shape:
+            if ref.size == q.size:
+                q = q.reshape(ref.shape)
+            else:
+                self.error = f"shape mismatch: reference {list(ref.shape)}, backend {list(q.shape)}"
+                return
+        r = ref.reshape(len(ref), -1).astype(np.float64)
+        d = r - q.reshape(len(q), -1).astype(np.float64)
+        self.signal += float(np.sum(r * r))
+        self.noise += float(np.sum(d * d))
+        self.cos_sum += logit_cosine(q.reshape(len(q), -1), r) * len(r)
+        self.n += len(r)
+        self.max_abs = max(self.max_abs, float(np.max(np.abs(d))) if d.size else 0.0)
+
+    def sqnr_db(self) -> float:
+        if self.noise == 0.0:
+            return float("inf")
+        if self.signal == 0.0:
+            return float("-inf")
+        return 10.0 * float(np.log10(self.signal / self.noise))
+
+
+@dataclass
+class BackendTarget:
+    """One backend to localise: the sweep entry (label, slug, options)."""
+
+    key: str
+    slug: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_backends(names: list[str] | None, sweep: Any) -> list[BackendTarget]:
+    """Sweep entries by label/slug; bare slugs; ``simnpu:PROFILE`` for a simnpu profile."""
+    known = {b.key: b for b in sweep.backends}
+    if not names:
+        return [BackendTarget(b.key, b.name, dict(b.options)) for b in sweep.backends]
+    out = []
+    for n in names:
+        if n in known:
+            b = known[n]
+            out.append(BackendTarget(b.key, b.name, dict(b.options)))
+        elif ":" in n:  # simnpu:PROFILE, or SLUG:KEY=VALUE[,KEY=VALUE] (values read as YAML)
+            import yaml
+
+            slug, rest = n.split(":", 1)
+            if "=" in rest:
+                pairs = [kv.split("=", 1) for kv in rest.split(",")]
+                options = {k: yaml.safe_load(v) for k, v in pairs}
+            else:
+                options = {"profile": rest}
+            label = f"{slug}-" + "-".join(str(v) for v in options.values())
+            out.append(BackendTarget(label, slug, options))
+        else:
+            out.append(BackendTarget(n, n, {}))
+    return out
+
+
+def artifact_workdir(
+    cache: Path, target: BackendTarget, version: str, model_sha: str, spec: Any, calib_sha: str
+) -> Path:
+    """The sweep's cache folder for this cell (``harness.sweep`` computes the same key): artifacts are shared."""
+    from harness.plan import cell_key
+
+    key = cell_key(
+        {
+            "model": model_sha,
+            "spec": spec.id,
+            "backend_version": version,
+            "options": target.options,
+            "calib": calib_sha if spec.is_static else "",
+        }
+    )
+    return cache / "artifacts" / target.slug / key
+
+
+def _tap_for(target: BackendTarget, backend: Any, compiled: Any, spec: Any) -> tuple[Any, str]:
+    """(tap, "") for a backend whose intermediates can be read, else (None, reason)."""
+    from harness.localize import taps
+
+    slug = target.slug
+    info = compiled.info
+    if slug in OUTPUT_ONLY:
+        return None, OUTPUT_ONLY[slug]
+    if slug == "ort":
+        if spec.scaling == "weightonly":
+            style = "qdq"
+        else:
+            style = "qoperator" if spec.format == "qoperator" else "qdq"
+        level = backend.options["graph_optimization"]
+        return taps.OnnxTap(Path(info.artifact_path), style, level, int(backend.options["threads"] or 1), slug), ""
+    if slug == "simnpu":
+        return taps.OnnxTap(Path(info.artifact_path), "simnpu", "disabled", 1, target.key), ""
+    if slug == "openvino":
+        config = {
+            "PERFORMANCE_HINT": backend.options["hint"],
+            "NUM_STREAMS": str(backend.options["streams"]),
+            "INFERENCE_PRECISION_HINT": {"fp16": "f16", "bf16": "bf16"}.get(spec.precision, "f32"),
+        }
+        if backend.options["threads"]:
+            config["INFERENCE_NUM_THREADS"] = str(backend.options["threads"])
+        qdq = backend.options["quantizer"] == "ort" and not spec.is_float
+        return taps.OpenVinoTap(Path(info.artifact_path), config, backend.options["device"], qdq, target.key), ""
+    if slug == "tflite":
+        return taps.TfliteTap(Path(info.artifact_path), int(backend.options["threads"] or 1), target.key), ""
+    return None, f"no intermediate-tensor tap for backend '{slug}' (supported: ort, openvino, tflite, simnpu)"
+
+
+def _groups(index: Any, names: list[str], budget_bytes: float, chunk: int) -> list[list[str]]:
+    """Consecutive tensors (topological order) whose activations for one chunk, reference + backend, fit."""
+    groups, cur, size = [], [], 0.0
+    for n in names:
+        t = index.by_name[n]
+        b = 2 * 4 * chunk * (t.numel or 250_000)  # unknown size: count 1 MB per sample
+        if cur and size + b > budget_bytes:
+            groups.append(cur)
+            cur, size = [], 0.0
+        cur.append(n)
+        size += b
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def localize_cell(
+    model_path: Path,
+    model_name: str,
+    spec: Any,
+    targets: list[BackendTarget],
+    data: Any,
+    calib: Any,
+    cache: Path,
+    settings: LocalizeSettings,
+    workdir: Path,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Layer rows and summary rows for one model × spec over ``targets`` (each compiled like a sweep cell)."""
+    import backends
+    from backends.base import ModelInput
+    from harness.cell import fp32_outputs, model_facts, run_batched
+    from harness.errors import QtbenchError
+    from harness.localize import taps
+    from harness.sweep import file_sha256
+
+    facts = model_facts(model_path)
+    sha = file_sha256(model_path)
+    model = ModelInput(model_path, sha, facts.input_names, facts.output_names, facts.dynamic_batch)
+    chunk = max(1, settings.chunk) if facts.dynamic_batch else 1
+    index = taps.index_graph(model_path, workdir / "index")
+    threshold = settings.threshold_db if settings.threshold_db is not None else default_threshold(spec)
+    calib_sha = calib.head(spec.calib_samples).sha256 if calib is not None and spec.is_static else ""
+    ref_out = fp32_outputs(model_path, data, 0, chunk)
+    layers: list[dict[str, Any]] = []
+    summaries: list[dict[str, Any]] = []
+    live: list[tuple[BackendTarget, Any, dict[str, Any], dict[str, Any]]] = []
+    base = {"model": model_name, "model_sha256": sha, "spec_id": spec.id, "threshold_db": threshold}
+
+    for target in targets:
+        t0 = time.perf_counter()
+        summary: dict[str, Any] = {
+            **base,
+            "backend": target.key,
+            "backend_slug": target.slug,
+            "backend_options": json.dumps(target.options, sort_keys=True),
+            "samples": len(data),
+        }
+        try:
+            backend = backends.create(target.slug, target.options)
+            av = backend.availability()
+            if not av.available:
+                summaries.append({**summary, "status": "unavailable", "reason": av.reason})
+                continue
+            reason = backend.supports(spec)
+            if reason:
+                summaries.append({**summary, "status": "skipped", "reason": reason})
+                continue
+            version = ";".join(f"{k}={v}" for k, v in sorted(av.versions.items()))
+            wd = artifact_workdir(cache, target, version, sha, spec, calib_sha)
+            with backend.compile(model, spec, calib, wd) as compiled:
+                out = run_batched(compiled.infer, data, 0, chunk)
+                tap, why = _tap_for(target, backend, compiled, spec)
+                summary.update(backend_version=version, numbers=compiled.info.numbers)
+        except QtbenchError as exc:
+            summaries.append({**summary, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"})
+            continue
+        except Exception as exc:  # noqa: BLE001 - an SDK error costs this backend only
+            summaries.append({**summary, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"})
+            continue
+        st = _Stats()
+        st.add(np.asarray(ref_out), np.asarray(out))
+        summary.update(output_sqnr_db=st.sqnr_db(), output_cosine=st.cos_sum / max(st.n, 1))
+        if ref_out.ndim == 2 and out.ndim == 2:
+            from harness.metrics import top1_agreement
+
+            summary["output_top1_agreement"] = top1_agreement(out, ref_out)
+        summary["compile_and_output_s"] = time.perf_counter() - t0
+        if tap is None:
+            summaries.append({**summary, "status": "output_only", "reason": why, "kind": "output only"})
+            for o in index.outputs[:1]:
+                t = index.by_name.get(o)
+                layers.append(
+                    {
+                        **base,
+                        "backend": target.key,
+                        "tensor": o,
+                        "node": t.node if t else "",
+                        "op_type": t.op_type if t else "",
+                        "topo_index": t.topo_index if t else -1,
+                        "status": "output_only",
+                        "note": why,
+                        "sqnr_db": summary["output_sqnr_db"],
+                        "cosine": summary["output_cosine"],
+                        "max_abs_err": st.max_abs,
+                        "samples": len(data),
+                    }
+                )
+            continue
+        mapping = tap.locate(index)
+        summary.update(kind="per layer", tap=tap.description, status="ok", reason="")
+        live.append((target, tap, mapping, summary))
+        summaries.append(summary)
+
+    # -- streaming comparison: a layer batch at a time, samples in chunks ----------------------------------
+    ref_tap = taps.OnnxTap(model_path, "plain", "all", settings.threads, "reference")
+    wanted = [
+        t.name
+        for t in index.tensors
+        if any(m[t.name].status == "compared" for _, _, m, _ in live) and t.name not in index.inputs
+    ]
+    inputs_wanted = [n for n in index.inputs if any(m[n].status == "compared" for _, _, m, _ in live if n in m)]
+    stats = {tg.key: {} for tg, _, _, _ in live}
+    t_cmp = time.perf_counter()
+    groups = _groups(index, inputs_wanted + wanted, settings.memory_mb * 2**20, chunk)
+    for group in groups:
+        ref_names = [n for n in group if n not in index.inputs]
+        ref_run = ref_tap.open([taps.Located(n) for n in ref_names]) if ref_names else None
+        runners = []
+        for tg, tap, mapping, _s in live:
+            locs = [mapping[n].located for n in group if mapping[n].status == "compared"]
+            names = [n for n in group if mapping[n].status == "compared"]
+            if not locs:
+                continue
+            try:
+                runners.append((tg, names, locs, tap.open(locs)))
+            except Exception as exc:  # noqa: BLE001 - record and go on with the other backends
+                for n in names:
+                    stats[tg.key].setdefault(n, _Stats()).error = f"tap failed: {type(exc).__name__}: {exc}"
+        for start in range(0, len(data), chunk):
+            feeds = data.batch(start, start + chunk)
+            ref = ref_run(feeds) if ref_run else {}
+            ref.update({n: feeds[n].astype(np.float32) for n in group if n in index.inputs})
+            for tg, names, locs, run in runners:
+                try:
+                    got = run(feeds)
+                except Exception as exc:  # noqa: BLE001
+                    for n in names:
+                        stats[tg.key].setdefault(n, _Stats()).error = f"tap run failed: {type(exc).__name__}: {exc}"
+                    continue
+                for n, loc in zip(names, locs, strict=True):
+                    stats[tg.key].setdefault(n, _Stats()).add(ref[n], got[loc.name])
+                del got
+            del ref
+        del runners, ref_run
+    compare_s = time.perf_counter() - t_cmp
+
+    for tg, _tap, mapping, summary in live:
+        rows = _layer_rows(index, mapping, stats[tg.key], {**base, "backend": tg.key, "samples": len(data)})
+        _mark(rows, index, threshold)
+        layers += rows
+        first = next((r for r in rows if r["first_divergent"]), None)
+        jump = next((r for r in rows if r["largest_jump"]), None)
+        out_row = next((r for r in rows if r["tensor"] == index.outputs[0]), None)
+        counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("compared", "fused", "absent", "failed")}
+        summary.update(
+            tensors=len(rows),
+            compared=counts["compared"],
+            fused=counts["fused"],
+            absent=counts["absent"],
+            tap_failed=counts["failed"],
+            first_divergent_tensor=first["tensor"] if first else "",
+            first_divergent_node=first["layer"] if first else "",
+            first_divergent_sqnr_db=first["sqnr_db"] if first else float("nan"),
+            largest_jump_tensor=jump["tensor"] if jump else "",
+            largest_jump_node=jump["layer"] if jump else "",
+            largest_jump_db=jump["jump_db"] if jump else float("nan"),
+            largest_jump_added_nsr=jump["added_nsr"] if jump else float("nan"),
+            tap_output_sqnr_db=out_row["sqnr_db"] if out_row else float("nan"),
+            compare_s=compare_s,
+            layer_batches=len(groups),
+        )
+        if out_row and out_row["status"] == "compared":
+            # output SQNR of the instrumented graph vs the cell's own: 0 means marking outputs changed nothing
+            summary["tap_vs_cell_gap_db"] = _gap_db(summary["output_sqnr_db"], out_row["sqnr_db"])
+    for s in summaries:
+        s["peak_rss_mb"] = _peak_rss_mb()
+    return layers, summaries
+
+
+def _gap_db(a: float, b: float) -> float:
+    """|a − b| of two output SQNRs in dB: 0 when the instrumented graph computes the cell's output."""
+    return 0.0 if a == b or (np.isinf(a) and np.isinf(b)) else abs(a - b)
+
+
+def _layer_rows(index: Any, mapping: dict[str, Any], stats: dict[str, _Stats], base: dict[str, Any]) -> list[dict]:
+    rows = []
+    for t in index.tensors:
+        m = mapping[t.name]
+        row = {
+            **base,
+            "tensor": t.name,
+            "node": t.node,
+            "op_type": t.op_type,
+            "topo_index": t.topo_index,
+            "status": m.status,
+            "compared_as": m.located.name if m.located else "",
+            "note": m.note,
+            "sqnr_db": float("nan"),
+            "cosine": float("nan"),
+            "max_abs_err": float("nan"),
+        }
+        st = stats.get(t.name)
+        if m.status == "compared":
+            if st is None or st.error or st.n == 0:
+                row.update(status="failed", note=(st.error if st else "no value read"))
+            else:
+                row.update(sqnr_db=st.sqnr_db(), cosine=st.cos_sum / st.n, max_abs_err=st.max_abs)
+        rows.append(row)
+    return rows
+
+
+def _mark(rows: list[dict[str, Any]], index: Any, threshold: float) -> None:
+    """First divergent tensor, per-tensor jump (added noise and dB drop against its inputs), largest jump."""
+    eff: dict[str, float] = {}
+    nsr: dict[str, float] = {}  # noise-to-signal power ratio, 10^(-SQNR/10)
+    by = {r["tensor"]: r for r in rows}
+    covers: dict[str, list[str]] = {}
+    for t in index.tensors:
+        r = by[t.name]
+        # the original nodes this tensor's value stands for: its producer plus producers fused into it
+        group = [n for x in t.inputs if by.get(x, {}).get("status") == "fused" for n in covers.get(x, [])]
+        covers[t.name] = [*dict.fromkeys([*group, t.node])] if t.node else []
+        r["covers"] = json.dumps(covers[t.name])
+        r["layer"] = covers[t.name][0] if covers[t.name] else t.name
+        ins = [eff.get(x, JUMP_CAP_DB) for x in t.inputs]
+        in_db = min(ins) if ins else JUMP_CAP_DB
+        in_nsr = max([nsr.get(x, 0.0) for x in t.inputs], default=0.0)
+        r["input_sqnr_db"] = in_db
+        if r["status"] == "compared":
+            own = min(float(r["sqnr_db"]), JUMP_CAP_DB)
+            own_nsr = 10.0 ** (-float(r["sqnr_db"]) / 10.0)
+            r["jump_db"] = in_db - own
+            r["added_nsr"] = own_nsr - in_nsr
+            eff[t.name], nsr[t.name] = own, own_nsr
+        else:
+            r["jump_db"] = r["added_nsr"] = float("nan")
+            eff[t.name], nsr[t.name] = in_db, in_nsr
+    first = next((r for r in rows if r["status"] == "compared" and r["sqnr_db"] < threshold), None)
+    comp = [r for r in rows if r["status"] == "compared" and np.isfinite(r["added_nsr"])]
+    jump = max(comp, key=lambda r: r["added_nsr"]) if comp else None
+    for r in rows:
+        r["first_divergent"] = r is first
+        r["largest_jump"] = r is jump
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A run: models × specs over the backends, stored and plotted
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class LocalizationRun:
+    path: Path
+    layers: Any
+    summary: Any
+    fallback: Any = None
+    plots: list[Path] = field(default_factory=list)
+
+
+def run_localization(
+    sweep: Any,
+    models: list[str] | None = None,
+    specs: list[Any] | None = None,
+    backends: list[str] | None = None,
+    settings: LocalizeSettings | None = None,
+    fallback: Any = None,
+    progress: Any = None,
+) -> LocalizationRun:
+    """Localise every model × spec × backend of ``sweep`` (or the subsets named) and store the run."""
+    import pandas as pd
+
+    from harness.cell import model_facts
+    from harness.data import load_dataset
+    from harness.errors import ConfigError
+    from harness.sweep import _data_path, environment
+
+    settings = settings or LocalizeSettings()
+    targets = parse_backends(backends, sweep)
+    chosen = [m for m in sweep.models if not models or m.display_name in models]
+    if models and len(chosen) != len(set(models)):
+        known = ", ".join(m.display_name for m in sweep.models)
+        raise ConfigError(f"--model {' '.join(models)}: not all in the sweep's models ({known})")
+    specs = specs or [s for s in sweep.specs if not s.is_float] or list(sweep.specs)
+    run_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    out = sweep.results_path / "localize" / run_id
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    layers: list[dict[str, Any]] = []
+    summaries: list[dict[str, Any]] = []
+    fallbacks: list[dict[str, Any]] = []
+    suggestions: list[Path] = []
+    for m in chosen:
+        path = sweep.resolve(m.path)
+        facts = model_facts(path)
+        ev_src, ev_path = _data_path(sweep, m, "evaluation")
+        ca_src, ca_path = _data_path(sweep, m, "calibration")
+        calib = load_dataset(ca_path, facts.input_names, None, ca_src.limit) if ca_path else None
+        if ev_path:
+            evaluation = load_dataset(ev_path, facts.input_names, ev_src.labels, ev_src.limit)
+        elif calib is not None:
+            evaluation = calib
+        else:
+            raise ConfigError("localize needs `evaluation:` (or `calibration:`) data in the sweep file")
+        data = evaluation.head(settings.samples)
+        for spec in specs:
+            if progress:
+                progress(f"{m.display_name} × {spec.id}: {len(targets)} backend(s)")
+            lr, sr = localize_cell(
+                path, m.display_name, spec, targets, data, calib, sweep.cache_path, settings, out / "work"
+            )
+            layers += lr
+            summaries += sr
+            if fallback is not None:
+                from harness.localize.fallback import search
+
+                for s in sr:
+                    if s.get("status") != "ok":
+                        continue
+                    target = next(t for t in targets if t.key == s["backend"])
+                    rows_b = [r for r in lr if r["backend"] == target.key]
+                    res = search(sweep, m, path, spec, target, rows_b, evaluation, calib, fallback, out, progress)
+                    if res is not None:
+                        fallbacks += res[0]
+                        if res[1]:
+                            suggestions.append(res[1])
+    import shutil
+
+    shutil.rmtree(out / "work", ignore_errors=True)
+    ldf, sdf = pd.DataFrame(layers), pd.DataFrame(summaries)
+    for df in (ldf, sdf):
+        if not df.empty:
+            df.insert(0, "run_id", run_id)
+            df.insert(1, "sweep", sweep.name)
+    ldf.to_parquet(out / "layers.parquet", index=False)
+    sdf.to_parquet(out / "summary.parquet", index=False)
+    fdf = None
+    if fallback is not None:
+        fdf = pd.DataFrame(fallbacks)
+        if not fdf.empty:
+            fdf.insert(0, "run_id", run_id)
+        fdf.to_parquet(out / "fallback.parquet", index=False)
+    plots = plot_run(ldf, sdf, out) if not ldf.empty else []
+    env = environment()
+    manifest = {
+        "run_id": run_id,
+        "sweep": sweep.name,
+        "created_utc": f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ}",
+        "settings": settings.__dict__,
+        "fallback": None if fallback is None else fallback.__dict__,
+        "models": [m.display_name for m in chosen],
+        "specs": [s.id for s in specs],
+        "backends": [t.__dict__ for t in targets],
+        "wall_s": time.perf_counter() - t0,
+        "peak_rss_mb": _peak_rss_mb(),
+        "suggested_sweeps": [str(p) for p in suggestions],
+        "environment": {k: env[k] for k in ("git_sha", "git_dirty", "device") if k in env},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    (out / "report.md").write_text(markdown(sdf, fdf, plots, suggestions))
+    return LocalizationRun(out, ldf, sdf, fdf, plots)
+
+
+def load_localization(path: str | Path, table: str = "layers", latest: bool = True) -> Any:
+    """A stored localisation table as a DataFrame.
+
+    ``path``: a run folder (``…/localize/<run_id>``), a sweep's results folder or its ``localize`` folder (then
+    the newest run, or every run with ``latest=False``). ``table``: ``layers`` | ``summary`` | ``fallback``.
+    """
+    import pandas as pd
+
+    from harness.errors import ConfigError
+
+    if table not in LAYER_TABLES:
+        raise ConfigError(f"load_localization table={table!r}: choose one of {', '.join(LAYER_TABLES)}")
+    p = Path(path)
+    if (p / "summary.parquet").is_file():
+        runs = [p]
+    else:
+        root = p / "localize" if (p / "localize").is_dir() else p
+        runs = sorted(d for d in root.glob("*") if (d / "summary.parquet").is_file()) if root.is_dir() else []
+        if not runs:
+            raise ConfigError(f"{path}: no localisation runs here (run `qtbench localize` first)")
+        if latest:
+            runs = runs[-1:]
+    frames = [pd.read_parquet(r / f"{table}.parquet") for r in runs if (r / f"{table}.parquet").is_file()]
+    if not frames:
+        raise ConfigError(f"{path}: no {table}.parquet (fallback tables exist only for --fallback-search runs)")
+    return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plot and Markdown
+# ---------------------------------------------------------------------------------------------------------
+PLOT_CEILING_DB = 80.0
+
+
+def plot_run(layers: Any, summary: Any, out: Path) -> list[Path]:
+    """One PNG per spec: SQNR along the original graph's topological order, a line per backend, a panel per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    numbers = {(r["backend"], r["model"], r["spec_id"]): r.get("numbers", "") for _, r in summary.iterrows()}
+    for spec_id, sdf in layers.groupby("spec_id", sort=False):
+        models = list(dict.fromkeys(sdf["model"]))
+        fig, axes = plt.subplots(
+            1, len(models), figsize=(6.5 * len(models), 4.2), squeeze=False, sharey=True, layout="constrained"
+        )
+        for ax, model in zip(axes[0], models, strict=True):
+            mdf = sdf[sdf["model"] == model]
+            thr = float(mdf["threshold_db"].iloc[0])
+            for backend, bdf in mdf.groupby("backend", sort=False):
+                comp = bdf[bdf["status"] == "compared"].sort_values("topo_index")
+                label = backend + (" (simulated)" if numbers.get((backend, model, spec_id)) == "simulated" else "")
+                only = bdf[bdf["status"] == "output_only"]
+                if not only.empty:  # one real point, the final output; no curve is drawn for it
+                    ax.scatter(
+                        only["topo_index"],
+                        np.minimum(only["sqnr_db"], PLOT_CEILING_DB),
+                        marker="x",
+                        label=f"{label}: output only",
+                    )
+                if comp.empty:
+                    continue
+                y = np.minimum(comp["sqnr_db"].to_numpy(float), PLOT_CEILING_DB)
+                (line,) = ax.plot(comp["topo_index"], y, marker=".", lw=1.2, label=label)
+                first = comp[comp["first_divergent"]]
+                if not first.empty:
+                    ax.scatter(
+                        first["topo_index"],
+                        np.minimum(first["sqnr_db"], PLOT_CEILING_DB),
+                        s=80,
+                        facecolors="none",
+                        edgecolors=line.get_color(),
+                        lw=1.5,
+                    )
+            ax.axhline(thr, ls="--", c="grey", lw=0.8)
+            ax.text(
+                0.01,
+                thr,
+                f"threshold {thr:g} dB",
+                va="bottom",
+                fontsize=7,
+                color="grey",
+                transform=ax.get_yaxis_transform(),
+            )
+            ax.set_title(f"{model}", fontsize=9)
+            ax.set_xlabel("tensor index in the original graph's topological order")
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        axes[0][0].set_ylabel(f"SQNR vs FP32 (dB, capped at {PLOT_CEILING_DB:g})")
+        fig.suptitle(f"{spec_id}: per-layer SQNR (circle: first layer below threshold)", fontsize=10)
+        p = out / f"sqnr-{spec_id}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def markdown(summary: Any, fallback: Any, plots: list[Path], suggestions: list[Path]) -> str:
+    lines = ["## Where does a backend diverge?", ""]
+    if summary.empty:
+        return "\n".join([*lines, "no backend ran", ""])
+    lines += [
+        "| model | spec | backend | kind | first divergent (dB) | largest jump (dB) | output SQNR dB | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in summary.iterrows():
+        first = f"{r.get('first_divergent_node') or r.get('first_divergent_tensor') or '—'}"
+        if r.get("first_divergent_tensor"):
+            first += f" ({r['first_divergent_sqnr_db']:.1f})"
+        jump = f"{r.get('largest_jump_node') or '—'}"
+        if isinstance(r.get("largest_jump_db"), float) and np.isfinite(r["largest_jump_db"]):
+            jump += f" ({r['largest_jump_db']:.1f})"
+        kind = r.get("kind") if isinstance(r.get("kind"), str) else r["status"]
+        note = r["reason"] if r["status"] != "ok" else r.get("tap", "")
+        out_db = r.get("output_sqnr_db", float("nan"))
+        lines.append(
+            f"| {r['model']} | {r['spec_id']} | {r['backend']} | {kind} | {first} | {jump} | "
+            f"{out_db:.1f} | {str(note).replace('|', '/')} |"
+        )
+    lines.append("")
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    if fallback is not None and not fallback.empty:
+        lines += ["", "### Keep these layers in float", ""]
+        lines += [
+            "| backend | spec | model | step | k | agreement | recovered pp | nodes |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for _, r in fallback.iterrows():
+            lines.append(
+                f"| {r['backend']} | {r['spec_id']} | {r['model']} | {r['step']} | {r['k']} | "
+                f"{100 * r['agreement']:.2f}% | {r['recovered_pp']:+.2f} | {', '.join(json.loads(r['nodes']))} |"
+            )
+        lines += ["", *[f"run it: `qtbench sweep {p}`" for p in suggestions]]
+    return "\n".join(lines) + "\n"
+
+
+def localize(
+    config: Any,
+    models: list[str] | None = None,
+    specs: list[str] | None = None,
+    backends: list[str] | None = None,
+    settings: LocalizeSettings | None = None,
+    fallback: Any = None,
+) -> LocalizationRun:
+    """:func:`run_localization` for a Sweep, a mapping or a YAML path, with specs given as ids."""
+    from harness.config import Sweep, load_sweep, parse_sweep
+    from harness.spec import QuantSpec
+
+    if isinstance(config, str | Path):
+        sweep = load_sweep(config)
+    elif isinstance(config, dict):
+        sweep = parse_sweep(config)
+    elif isinstance(config, Sweep):
+        sweep = config
+    else:
+        raise TypeError(f"localize: a Sweep, a mapping or a YAML path, not {type(config).__name__}")
+    parsed = [QuantSpec.parse(s) if isinstance(s, str) else s for s in specs] if specs else None
+    return run_localization(sweep, models, parsed, backends, settings, fallback)
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """``harness.localize`` is both this package and, once imported, callable as :func:`localize`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> LocalizationRun:
+        return localize(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule

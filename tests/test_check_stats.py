@@ -1,0 +1,216 @@
+"""`qtbench check` statistics: block-bootstrap intervals of the gated statistic, false alarms on simulated A/A
+pairs with autocorrelated samples and drift, comparability and the CLI's summary."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.check import (
+    Gate,
+    compare,
+    decide,
+    latency_statistic,
+    load_gates,
+    mann_whitney_p,
+    optimal_block_length,
+    percentile_rows,
+    resample_runs,
+)
+from harness.cli import main
+from harness.errors import UserError
+
+from models import make_record
+
+
+def ar1(rng: np.random.Generator, shape: tuple[int, ...], phi: float, sigma: float) -> np.ndarray:
+    """AR(1) series along the last axis with marginal s.d. ``sigma``, vectorised over the leading axes."""
+    e = rng.normal(0, sigma * math.sqrt(1 - phi**2), shape)
+    x = np.empty(shape)
+    x[..., 0] = rng.normal(0, sigma, shape[:-1])
+    for t in range(1, shape[-1]):
+        x[..., t] = phi * x[..., t - 1] + e[..., t]
+    return x
+
+
+def simulate_runs(
+    rng: np.random.Generator,
+    pairs: int,
+    repeats: int,
+    n: int,
+    *,
+    phi: float = 0.9,
+    sigma: float = 0.15,
+    repeat_drift: float = 0.03,
+    run_drift: float = 0.01,
+    slowdown: float = 1.0,
+) -> np.ndarray:
+    """(pairs, repeats, n) latencies in ns: 100 µs × exp(run drift + repeat drift + AR(1) noise) × slowdown.
+
+    The noise is what a shared machine shows (measured here: lag-1 autocorrelation 0.3–0.8 of log latency,
+    s.d. 0.1–0.25): each run is shifted as a whole, each repeat within it again, and iterations are correlated.
+    """
+    log = (
+        rng.normal(0, run_drift, (pairs, 1, 1))
+        + rng.normal(0, repeat_drift, (pairs, repeats, 1))
+        + ar1(rng, (pairs, repeats, n), phi, sigma)
+    )
+    return 1e5 * slowdown * np.exp(log)
+
+
+def gate_rates(gate: Gate, base: np.ndarray, cand: np.ndarray, reps: int = 400) -> tuple[float, float]:
+    """Share of pairs failing the gate: (this module's verdict, the old Mann–Whitney rule) over the same data."""
+    stat = latency_statistic(gate.metric)
+    new = old = 0
+    for a, b in zip(base, cand, strict=True):
+        pa, pb = a.reshape(1, -1), b.reshape(1, -1)
+        bv, cv = float(stat(pa)[0]), float(stat(pb)[0])
+        verdict = decide(gate, bv, cv, resample_runs(list(a), stat, reps, 0), resample_runs(list(b), stat, reps, 1))
+        new += verdict[0] == "fail"
+        old += gate.violated(bv, cv) and mann_whitney_p(pa[0], pb[0]) < 0.01
+    return new / len(base), old / len(base)
+
+
+def test_percentile_rows_matches_numpy():
+    a = np.random.default_rng(0).random((20, 37))
+    for q in (0, 50, 90, 95, 99, 100):
+        np.testing.assert_allclose(percentile_rows(a, q), np.percentile(a, q, axis=1))
+
+
+def test_block_length_grows_with_autocorrelation():
+    rng = np.random.default_rng(0)
+    iid = np.exp(rng.normal(0, 0.1, 400))
+    dependent = np.exp(ar1(rng, (400,), 0.9, 0.1))
+    assert optimal_block_length(iid) <= 2
+    assert 8 <= optimal_block_length(dependent) <= 60  # capped at min(3√n, n/3) = 60
+
+
+def test_block_bootstrap_sees_the_variance_autocorrelation_adds():
+    """The true spread of a run's median (over many independent runs) vs what each bootstrap estimates from one."""
+    rng = np.random.default_rng(1)
+    runs = np.exp(ar1(rng, (300, 300), 0.9, 0.1))
+    true_sd = float(np.median(runs, axis=1).std())
+    med = latency_statistic("latency_ms_p50")
+    block_sd = np.median([resample_runs([r], med, 400, seed=i).std() * 1e6 for i, r in enumerate(runs[:30])])
+    iid_sd = np.median([resample_runs([r], med, 400, seed=i, block=1).std() * 1e6 for i, r in enumerate(runs[:30])])
+    assert iid_sd < 0.5 * true_sd  # treating iterations as independent: intervals ≥ 2× too narrow
+    assert 0.6 * true_sd < block_sd < 1.6 * true_sd
+
+
+def test_repeats_widen_the_interval_by_their_drift():
+    rng = np.random.default_rng(2)
+    steady = [np.exp(rng.normal(0, 0.05, 200)) for _ in range(3)]
+    drifting = [r * s for r, s in zip(steady, (0.9, 1.0, 1.1), strict=True)]
+    med = latency_statistic("latency_ms_p50")
+    assert resample_runs(drifting, med, 500).std() > 3 * resample_runs(steady, med, 500).std()
+
+
+@pytest.mark.parametrize(("repeats", "metric", "rule"), [(3, "latency_ms_p50", "+5%"), (1, "latency_ms_p99", "+10%")])
+def test_false_alarm_rate_on_simulated_aa_pairs(repeats: int, metric: str, rule: str):
+    """200 A/A pairs (same distribution both sides): at the default α at most 5 % may fail. The old rule
+    (threshold crossed and Mann–Whitney p < 0.01 on per-iteration samples) fails far more often on the same data,
+    which shows the simulation is hard enough to tell them apart."""
+    rng = np.random.default_rng(12)
+    base = simulate_runs(rng, 200, repeats, 200)
+    cand = simulate_runs(rng, 200, repeats, 200)
+    new, old = gate_rates(Gate.parse(metric, rule), base, cand)
+    assert new <= 0.05, f"false-alarm rate {new:.1%}"
+    assert old >= 0.08, f"old rule's rate {old:.1%}: simulation too easy to show anything"
+
+
+def test_a_real_regression_is_still_detected():
+    rng = np.random.default_rng(13)
+    base = simulate_runs(rng, 40, 3, 200)
+    cand = simulate_runs(rng, 40, 3, 200, slowdown=1.25)
+    detected, _ = gate_rates(Gate.parse("latency_ms_p50", "+5%"), base, cand)
+    assert detected >= 0.9
+    # fps is batch / median: a slowdown is an fps drop, judged on the same interval
+    fps, _ = gate_rates(Gate.parse("fps", "-5%"), base[:10], cand[:10])
+    assert fps == gate_rates(Gate.parse("latency_ms_p50", "+5%"), base[:10], cand[:10])[0] > 0.5
+
+
+def test_decide_on_bounds_and_marks():
+    rng = np.random.default_rng(3)
+    base_reps, cand_reps = rng.normal(0.90, 0.003, 1000), rng.normal(0.95, 0.003, 1000)
+    assert decide(Gate.parse("top1", "-0.5pp"), 0.90, 0.95, base_reps, cand_reps)[:2] == ("pass", "+")
+    assert decide(Gate.parse("top1", ">= 0.97"), 0.90, 0.95, base_reps, cand_reps)[0] == "fail"
+    assert decide(Gate.parse("top1", ">= 0.951"), 0.90, 0.95, base_reps, cand_reps)[0] == "inconclusive"
+    worse = decide(Gate.parse("top1", "-10pp"), 0.95, 0.90, cand_reps, base_reps)
+    assert worse[:2] == ("pass", "-")  # significantly worse, but within the gate
+
+
+# ---------------------------------------------------------------------------------------------------------
+# compare() and the CLI on results folders written through the real store
+# ---------------------------------------------------------------------------------------------------------
+def write_results(
+    root: Path, samples: list[np.ndarray], *, backend_options: dict | None = None, numbers: str = "measured"
+) -> Path:
+    """One ort fp32 cell whose raw samples are ``samples`` (one array per repeat)."""
+    from harness.measure import latency_stats
+    from harness.records import Record
+    from harness.store import ResultsStore
+
+    store = ResultsStore(root / "s")
+    store.record_run({"run_id": "r1"})
+    stats = latency_stats(np.concatenate(samples), 1, 0.1)
+    rec = make_record(
+        record_id=f"{root.name}-0",
+        device="dev",
+        numbers=numbers,
+        warmup=2,
+        backend_options=json.dumps(backend_options or {"threads": 1}),
+        **{k: v for k, v in stats.items() if k in Record.__dataclass_fields__},
+    )
+    store.write_cell("r1", 0, rec, [np.asarray(s, np.int64) for s in samples])
+    store.consolidate("r1")
+    return root / "s"
+
+
+def test_repeat_drift_is_not_a_regression_but_a_slowdown_is(tmp_path: Path):
+    """Per-repeat level shifts of ±8 % on both sides: the old rule would fail this A/A pair (p50 +7 %, MWU
+    p ≈ 0), the repeat-aware interval calls it inconclusive at worst; a consistent +30 % fails."""
+    rng = np.random.default_rng(4)
+    steady = [np.exp(rng.normal(0, 0.05, 200)) * 1e5 for _ in range(3)]
+    base = write_results(tmp_path / "a", [r * s for r, s in zip(steady, (0.92, 1.0, 1.0), strict=True)])
+    noisy = [np.exp(rng.normal(0, 0.05, 200)) * 1e5 for _ in range(3)]
+    aa = write_results(tmp_path / "b", [r * s for r, s in zip(noisy, (1.0, 1.08, 1.08), strict=True)])
+    slow = write_results(tmp_path / "c", [r * 1.3 for r in noisy])
+    gates = [Gate.parse("latency_ms_p50", "+5%")]
+    v = compare(base, aa, gates).verdicts[0]
+    assert float(v.change.rstrip("%")) > 5 and v.verdict == "inconclusive", v
+    assert "repeats 3/3" in v.evidence and "95% CI" in v.evidence
+    assert compare(base, slow, gates).verdicts[0].verdict == "fail"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"backend_options": {"threads": 4}}, "backend_options"), ({"numbers": "simulated"}, "numbers")],
+)
+def test_backend_options_and_numbers_must_match(tmp_path: Path, kwargs: dict, field: str):
+    rng = np.random.default_rng(5)
+    base = write_results(tmp_path / "a", [rng.lognormal(11, 0.05, 100)], backend_options={"threads": 1})
+    cand = write_results(tmp_path / "b", [rng.lognormal(11, 0.05, 100)], **kwargs)
+    with pytest.raises(UserError, match=f"{field} differs"):
+        compare(base, cand, load_gates(None))
+    res = compare(base, cand, load_gates(None), allow_mismatch=True)
+    assert any(field in n and "--allow-mismatch" in n for n in res.notes)
+    same_keys_reordered = write_results(tmp_path / "c", [rng.lognormal(11, 0.05, 100)], backend_options={"threads": 1})
+    assert compare(base, same_keys_reordered, load_gates(None)).verdicts
+
+
+def test_cli_prints_verdicts_in_the_first_column_and_a_summary(tmp_path: Path, capsys):
+    rng = np.random.default_rng(6)
+    base = write_results(tmp_path / "a", [rng.lognormal(11, 0.05, 200)])
+    cand = write_results(tmp_path / "b", [rng.lognormal(11, 0.05, 200) * 1.5])
+    gates = tmp_path / "gates.yaml"
+    gates.write_text("latency_ms_p50: +5%\n")
+    assert main(["check", "--baseline", str(base), "--candidate", str(cand), "--gates", str(gates)]) == 1
+    out = capsys.readouterr().out
+    assert "qtbench check: 1 fail, 0 inconclusive, 0 pass (1 gate(s) on 1 cell(s))" in out
+    header = next(line for line in out.splitlines() if "cell" in line and "gate" in line)
+    assert header.strip("┃│ ").startswith("verdict")
+    assert "x fail" in out

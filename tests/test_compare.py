@@ -1,0 +1,157 @@
+"""`qtbench compare`: a planted difference is found, none is reported as not detectable, and the interval covers
+the truth in ~95 % of simulated studies (seed noise and evaluation-sample noise both random)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.compare import Study, combine, compare, headlines, t_quantile, to_markdown
+from harness.store import ResultsStore
+
+from models import make_record
+
+SPECS = {"fp32": "fp32", "int8-static-pc-wsym-minmax": "int8", "int4-static-pt-wsym-minmax": "int4"}
+
+
+def write_study(root: Path, flip: dict[tuple[str, str], float], n: int = 2000, seeds=(0, 1, 2), seed: int = 0) -> Path:
+    """Groups fp/qt × seeds × (ort, openvino) × SPECS through the real store. ``flip[(group, precision)]`` is the
+    probability that a quantized cell turns an image the FP32 model got right into an error; images differ in
+    fragility (shared by every cell, so pairing over images matters) and seeds add their own offset."""
+    rng = np.random.default_rng(seed)
+    store = ResultsStore(root / "study")
+    store.record_run({"run_id": "r1"})
+    labels = rng.integers(0, 10, n)
+    fragility = rng.uniform(0, 2, n)
+    i = 0
+    for group in ("fp", "qt"):
+        for s in seeds:
+            fp_correct = rng.random(n) < 0.88
+            fp_pred = np.where(fp_correct, labels, (labels + 1) % 10)
+            seed_shift = rng.normal(0, 0.003)
+            for backend in ("ort", "openvino"):
+                for spec, prec in SPECS.items():
+                    if prec == "fp32":
+                        pred = fp_pred
+                    else:
+                        p = np.clip(fragility * (flip[(group, prec)] + seed_shift), 0, 1)
+                        broken = fp_correct & (rng.random(n) < p)
+                        pred = np.where(broken, (labels + 2) % 10, fp_pred)
+                    rec = make_record(
+                        record_id=f"r{i}",
+                        cell_key=f"k{i}",
+                        model=f"{group}-s{s}",
+                        group=group,
+                        seed=s,
+                        backend=backend,
+                        backend_slug=backend,
+                        spec_id=spec,
+                        precision=prec,
+                        scaling="none" if prec == "fp32" else "static",
+                        granularity="" if prec == "fp32" else spec.split("-")[2],
+                        numbers="measured",
+                        eval_samples=n,
+                        eval_sha256="ev",
+                        top1=float((pred == labels).mean()),
+                        fp_top1=float(fp_correct.mean()),
+                        ece=0.03,
+                        kl_fp=0.0 if prec == "fp32" else 0.01,
+                    )
+                    store.write_cell("r1", i, rec, None, pred, labels)
+                    i += 1
+    store.consolidate("r1")
+    return root / "study"
+
+
+def _row(df, prec: str, metric: str = "mean_gap_pp", slice_: str = "all"):
+    sel = df[(df.precision == prec) & (df.metric == metric) & (df.slice == slice_)]
+    assert len(sel) == 1
+    return sel.iloc[0]
+
+
+def test_planted_int4_difference_is_found_and_int8_is_not_significant(tmp_path: Path):
+    flip = {("fp", "int8"): 0.005, ("qt", "int8"): 0.005, ("fp", "int4"): 0.05, ("qt", "int4"): 0.01}
+    df = compare(write_study(tmp_path, flip), "fp", "qt", n_boot=400)
+    int4 = _row(df, "int4")
+    # true mean gap: −0.88 × flip × E[fragility] = −4.4 pp (fp) vs −0.88 pp (qt) → +3.5 pp for qt
+    assert 2.5 < int4["difference"] < 4.5 and int4["significant"] and int4["better"] == "candidate"
+    assert int4["ci_lo"] > 0 and int4["paired"] and int4["baseline_seeds"] == 3 and int4["cells"] == 2
+    assert int4["interval_covers"] == "seeds + samples"
+    assert _row(df, "int4", "agreement_pct")["better"] == "candidate"
+    int8 = _row(df, "int8")
+    assert not int8["significant"] and int8["ci_lo"] < 0 < int8["ci_hi"] and abs(int8["difference"]) < 0.5
+    assert set(df[df.precision == "int4"]["slice_value"]) >= {"ort", "openvino", "static-pt"}
+    lines = headlines(df)
+    assert any(h.startswith("INT8 mean gap: no difference detectable, CI [") for h in lines), lines
+    assert any(h.startswith("INT4 mean gap: qt − fp = +") and "candidate better" in h for h in lines), lines
+    md = to_markdown(df)
+    assert "INT8 mean gap: no difference detectable, CI \\[" in md
+    assert "| int4 | fp | 3 | 2 | -" in md.replace("−", "-")
+
+
+def test_one_seed_says_seed_noise_not_estimable_and_groups_are_checked(tmp_path: Path):
+    flip = {("fp", "int8"): 0.005, ("qt", "int8"): 0.005, ("fp", "int4"): 0.05, ("qt", "int4"): 0.01}
+    path = write_study(tmp_path, flip, n=500, seeds=(0,))
+    df = compare(path, n_boot=200)  # two groups: fp is the baseline without being told
+    assert df.attrs["baseline"] == "fp" and df.attrs["candidate"] == "qt"
+    assert _row(df, "int4")["interval_covers"].startswith("samples only (1 seed")
+    assert math.isnan(_row(df, "int4", "kl_x1e3")["ci_lo"])
+    from harness.errors import UserError
+
+    with pytest.raises(UserError, match="--candidate-group 'nope' is not a group"):
+        compare(path, "fp", "nope")
+
+
+def test_t_quantile_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 2.5, 4, 30, 1e9):
+        assert t_quantile(0.975, df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-4)
+
+
+def test_interval_covers_the_true_difference_in_95_percent_of_simulated_studies():
+    """200 studies: seed effects, image fragility and per-image outcomes all redrawn; the interval is computed by
+    the same code path as `compare` (Study → compare_study) and must cover the population difference."""
+    import pandas as pd
+
+    from harness.compare import compare_study
+
+    rng = np.random.default_rng(7)
+    n, k, cells_per_group = 400, 3, 4
+    rate = {"fp": 0.05, "qt": 0.03}
+    mult = np.array([0.5, 0.8, 1.2, 1.5])  # backend × spec differences, same for both groups
+    truth = -0.88 * (rate["qt"] - rate["fp"]) * mult.mean() * 100  # qt − fp in pp; E[fragility] = 1
+    meta = pd.DataFrame(
+        [
+            {"group": g, "seed": s, "backend": f"b{c % 2}", "spec_id": f"s{c}", "precision": "int4", "family": "x"}
+            for g in ("fp", "qt")
+            for s in range(k)
+            for c in range(cells_per_group)
+        ]
+    ).assign(kl_fp=0.0, ece_change=0.0)
+    covered = 0
+    for study_i in range(200):
+        fragility = rng.uniform(0, 2, n)
+        fp_correct = rng.random((2, k, 1, n)) < 0.88
+        shift = rng.normal(0, 0.006, (2, k, 1, 1))
+        base = np.array([rate["fp"], rate["qt"]])[:, None, None, None]
+        p = np.clip(fragility * (base + shift) * mult[None, None, :, None], 0, 1)
+        broken = fp_correct & (rng.random((2, k, cells_per_group, n)) < p)
+        gap = -broken.reshape(-1, n).astype(np.float32)
+        study = Study(meta, gap, 1 - broken.reshape(-1, n).astype(np.float32))
+        df = compare_study(study, "fp", "qt", n_boot=300, seed=study_i, by=())
+        r = df[(df.slice == "all") & (df.metric == "mean_gap_pp")].iloc[0]
+        covered += r["ci_lo"] <= truth <= r["ci_hi"]
+    assert 0.90 <= covered / 200 <= 0.995, covered
+
+
+def test_combine_paired_and_unpaired():
+    base, cand = np.array([1.0, 2.0, 3.0]), np.array([2.0, 3.1, 3.9])
+    paired = combine(base, cand, True, None)
+    unpaired = combine(base, cand, False, None)
+    assert paired.estimate == pytest.approx(unpaired.estimate) == pytest.approx(1.0)
+    # pairing removes the shared seed effect: a much narrower interval
+    assert (paired.hi - paired.lo) < 0.3 * (unpaired.hi - unpaired.lo)
+    assert paired.significant and not unpaired.significant

@@ -1,0 +1,271 @@
+"""Real processes: concurrent sweeps and readers on one folder, killed sweeps, timeouts, a full or read-only disk.
+
+Each test starts ``qtbench`` (or a small driver around ``harness.cli.main``) as a separate process and checks what
+survives: rows, exit codes, and — after a kill — that no process of the sweep is left (cells, their SDK children,
+the forkserver, the resource tracker).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from harness.store import ResultsStore, load_results
+
+from models import tiny_sweep
+
+TESTS = Path(__file__).parent
+DRIVER = f"""
+import sys
+sys.path.insert(0, {str(TESTS)!r})
+import backends
+backends.BUILTIN["spawnhang"] = "fault_backends:SpawningHangBackend"
+from harness.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+
+
+def _write(tmp: Path, cfg: dict, name: str = "sweep.yaml") -> Path:
+    p = tmp / name
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _qtbench(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=kw.pop("env", _env()),
+        **kw,
+    )
+
+
+def _marked(marker: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in c for c in (p.info["cmdline"] or [])):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _wait_for(pred, timeout: float = 60.0, every: float = 0.2):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not reached in time")
+
+
+def test_two_sweeps_and_a_reader_share_one_folder(tmp_path: Path):
+    specs = ["fp32", "int8-static-pc-wsym-minmax", "int8-static-pt-wsym-minmax", "int8-dynamic-pc-wsym"]
+    cfg = tiny_sweep(tmp_path, specs=specs, measure={"warmup": 1, "iterations": 5})
+    cfg_a = _write(tmp_path, {**cfg, "run": {**cfg["run"], "rerun": True}}, "a.yaml")
+    a = _qtbench("sweep", str(cfg_a), "-q", "--report-dir", str(tmp_path / "rep-a"))
+    b = _qtbench("sweep", str(cfg_a), "-q", "--no-report")
+    folder = tmp_path / "results" / "tiny"
+    polls, errors = 0, []
+    while a.poll() is None or b.poll() is None:  # a reader polling while both write and consolidate
+        if (folder / "manifest.json").is_file():
+            r = subprocess.run(
+                [sys.executable, "-m", "harness.cli", "show", str(folder), "--format", "csv"],
+                capture_output=True,
+                text=True,
+                env=_env(),
+            )
+            polls += 1
+            if r.returncode != 0 or "Traceback" in r.stderr:
+                errors.append(r.stderr)
+        time.sleep(0.05)
+    out_a, out_b = a.stdout.read(), b.stdout.read()
+    assert a.returncode == 0 and "Traceback" not in out_a, out_a
+    assert b.returncode == 0 and "Traceback" not in out_b, out_b
+    assert polls >= 1 and not errors, errors[:1]
+    history = load_results(folder, latest=False)
+    assert len(history) == 2 * len(specs) and set(history["status"]) == {"ok"}
+    assert history["run_id"].nunique() == 2
+    runs = ResultsStore(folder).manifest()["runs"]
+    assert len(runs) == 2 and all(r["finished_utc"] for r in runs)  # neither manifest update was lost
+    assert not (folder / "parts").exists()
+    assert (tmp_path / "rep-a" / "report.html").is_file()
+
+
+def _hanging_sweep(tmp: Path, timeout_s: float = 300) -> Path:
+    cfg = tiny_sweep(
+        tmp,
+        backends=[{"name": "ort", "options": {"threads": 1}}, "spawnhang"],
+        specs=["fp32"],
+        measure={"warmup": 1, "iterations": 3},
+        # compile inside the cell: the ort cell is measured and saved before the hanging one starts
+        run={"results_dir": str(tmp / "results"), "timeout_s": timeout_s, "compile_first": False},
+    )
+    return _write(tmp, cfg)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["kill", "term", "int"])
+def test_no_process_outlives_a_killed_sweep(tmp_path: Path, sig):
+    marker = f"qtbench-marker-{uuid.uuid4().hex[:8]}"
+    proc = _qtbench("sweep", str(_hanging_sweep(tmp_path)), "--no-report", env=_env(QTBENCH_TEST_MARKER=marker))
+    _wait_for(lambda: _marked(marker), timeout=90)
+    family = psutil.Process(proc.pid).children(recursive=True) + _marked(marker)
+    assert len(family) >= 3  # forkserver, cell, the SDK's helper (and the resource tracker)
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    code = proc.wait(30)
+    exit_s = time.monotonic() - t0
+    _wait_for(lambda: not _alive(family), timeout=15)
+    if sig == signal.SIGINT:
+        assert code == 130 and exit_s < 5, (code, exit_s)
+    # the finished ort cell was saved before the kill and is reused by the next run, which folds the stale parts
+    folder = tmp_path / "results" / "tiny"
+    assert (folder / "parts").is_dir() or any(folder.glob("rows-*.parquet"))
+    cfg = yaml.safe_load((tmp_path / "sweep.yaml").read_text())
+    cfg["backends"] = cfg["backends"][:1]
+    again = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "sweep", str(_write(tmp_path, cfg, "again.yaml")), "--no-report"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "reused" in again.stdout
+    assert not (folder / "parts").exists()
+    runs = ResultsStore(folder).manifest()["runs"]
+    assert all(r["finished_utc"] for r in runs)
+    assert sum(bool(r.get("interrupted")) for r in runs) == 1  # the killed run, folded by the next one
+
+
+def test_a_timed_out_cell_takes_its_children_with_it(tmp_path: Path):
+    marker = f"qtbench-marker-{uuid.uuid4().hex[:8]}"
+    cfg = _hanging_sweep(tmp_path, timeout_s=8)
+    proc = _qtbench("sweep", str(cfg), "--no-report", env=_env(QTBENCH_TEST_MARKER=marker))
+    helpers = _wait_for(lambda: _marked(marker), timeout=90)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    _wait_for(lambda: not _alive(helpers), timeout=10)
+    rows = {r.backend: r for r in load_results(tmp_path / "results" / "tiny").itertuples()}
+    assert rows["spawnhang"].status == "timeout" and "with its subprocesses" in rows["spawnhang"].status_message
+    assert rows["ort"].status == "ok"
+
+
+def test_stale_run_is_folded_by_the_next_sweep(tmp_path: Path):
+    proc = _qtbench("sweep", str(_hanging_sweep(tmp_path)), "--no-report")
+    folder = tmp_path / "results" / "tiny"
+    _wait_for(lambda: list(folder.glob("parts/*/*.rows.parquet")), timeout=90)
+    proc.kill()
+    proc.wait(10)
+    time.sleep(1)
+    assert (folder / "parts").is_dir()
+    store = ResultsStore(folder)
+    from harness.sweep import run_is_alive
+
+    assert store.recover_stale_runs(run_is_alive)
+    assert not (folder / "parts").exists()
+    (run,) = store.manifest()["runs"]
+    assert run["interrupted"] is True and run["finished_utc"]
+    assert list(load_results(folder)["backend"]) == ["ort"]
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_disk_full_is_one_line_and_keeps_saved_rows(tmp_path: Path, tmpfs: Path):
+    cfg = tiny_sweep(tmp_path, specs=["fp32"], measure={"warmup": 1, "iterations": 3})
+    cfg["run"] = {**cfg["run"], "results_dir": str(tmpfs / "results")}
+    path = _write(tmp_path, cfg)
+    first = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "sweep", str(path), "--no-report", "-q"], capture_output=True, text=True
+    )
+    assert first.returncode == 0, first.stderr
+    filler = tmpfs / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)  # until ENOSPC
+    second = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "sweep", str(path), "--no-report", "-q", "--rerun"],
+        capture_output=True,
+        text=True,
+    )
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert "Traceback" not in second.stderr and "disk is full" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+    filler.unlink()
+    rows = load_results(tmpfs / "results" / "tiny", latest=False)
+    assert list(rows["status"]) == ["ok"]
+
+
+def test_read_only_results_folder(tmp_path: Path, tmpfs: Path):
+    cfg = tiny_sweep(tmp_path, specs=["fp32"], measure={"warmup": 1, "iterations": 3})
+    cfg["run"] = {**cfg["run"], "results_dir": str(tmpfs / "results")}
+    path = _write(tmp_path, cfg)
+    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(path), "--no-report", "-q"]
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], capture_output=True).returncode == 0
+    show = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "show", str(tmpfs / "results" / "tiny")], capture_output=True, text=True
+    )
+    assert show.returncode == 0 and "tiny" in show.stdout
+    again = subprocess.run([*cmd, "--rerun"], capture_output=True, text=True)
+    assert again.returncode == 2 and "read-only" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_poisoned_cache_entry_is_rebuilt(tmp_path: Path):
+    from harness.sweep import run_sweep
+
+    cfg = tiny_sweep(tmp_path, specs=["int8-static-pc-wsym-minmax"], measure={"warmup": 1, "iterations": 3})
+    first = run_sweep(cfg).iloc[0]
+    assert first["status"] == "ok" and not first["cache_hit"]
+    (notes,) = list((tmp_path / "results" / ".cache" / "artifacts").rglob("notes.json"))
+    notes.write_text("")  # a kill between the artifact's rename and its marker
+    second = run_sweep({**cfg, "run": {**cfg["run"], "rerun": True}}).iloc[-1]
+    assert second["status"] == "ok" and not second["cache_hit"]
+    assert second["top1_agreement"] == first["top1_agreement"]
+    third = run_sweep({**cfg, "run": {**cfg["run"], "rerun": True}})
+    assert bool(third.sort_values("created_utc").iloc[-1]["cache_hit"])
+    leftover = notes.parent / "tmpdeadbeef"
+    leftover.mkdir()
+    (notes.parent / "model.onnx").write_bytes(b"")  # truncated artifact: size no longer matches the marker
+    fourth = run_sweep({**cfg, "run": {**cfg["run"], "rerun": True}}).sort_values("created_utc").iloc[-1]
+    assert fourth["status"] == "ok" and not fourth["cache_hit"] and not leftover.exists()
+
+
+def test_module_entry_point_exists():
+    # the tests above run `python -m harness.cli`; keep that working
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and "qtbench" in r.stdout
