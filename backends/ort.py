@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import tempfile
@@ -161,6 +162,10 @@ class OrtBackend(Backend):
             info.notes.append(f"kept {len(self.options['exclude_nodes'])} node(s) in float (exclude_nodes)")
         if actual != requested:
             info.notes.append(f"providers fell back: requested {requested}, session holds {actual}")
+        risk = s8s8_saturation_risk(spec, actual[0], self.options["graph_optimization"])
+        if risk:
+            info.extra["int8_saturation_risk"] = True
+            info.notes.append(risk)
         self._coverage(artifact, actual, spec, info)
         return OrtCompiled(session, info)
 
@@ -400,13 +405,7 @@ def static_ranges(model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path,
     between them is the vendor stack's, not a calibration difference. Entropy and MSE ranges come from
     :mod:`harness.calibration` (ORT's entropy is ~30x slower and has no MSE).
     """
-    from onnxruntime.quantization.calibrate import (
-        CalibrationMethod,
-        TensorData,
-        TensorsData,
-        create_calibrator,
-        save_tensors_data,
-    )
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
 
     from harness import calibration
 
@@ -416,45 +415,153 @@ def static_ranges(model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path,
     data = calib.head(spec.calib_samples)
     if len(data) < spec.calib_samples:
         notes.append(f"calibrated on {len(data)} samples (spec asks {spec.calib_samples}; the set is smaller)")
-    method = {
-        "minmax": CalibrationMethod.MinMax,
-        "percentile": CalibrationMethod.Percentile,
-        "entropy": CalibrationMethod.Entropy,  # histogram only; ranges by harness.calibration
-        "mse": CalibrationMethod.Entropy,
-    }[spec.calibration]
-    options: dict[str, Any] = {"symmetric": spec.activation_symmetric}
-    if spec.calibration == "percentile":
-        options.update(percentile=spec.percentile, num_bins=calibration.DEFAULT_NUM_BINS)
-    elif spec.calibration in ("entropy", "mse"):
-        options.update(num_bins=calibration.DEFAULT_NUM_BINS)
-    with tempfile.TemporaryDirectory(dir=workdir) as tmpd:
-        calibrator = create_calibrator(
-            model.path,
-            [],
-            augmented_model_path=str(Path(tmpd) / "augmented.onnx"),
-            calibrate_method=method,
-            extra_options=options,
+    stats, hit, stats_path = calibration_stats(model, data, workdir)
+    notes.append(
+        "activation statistics reused from the calibration cache"
+        if hit
+        else f"activation statistics collected once for this model and calibration set ({len(data)} samples)"
+    )
+    sym = spec.activation_symmetric
+    tag = f"{spec.calibration}{spec.percentile if spec.calibration == 'percentile' else ''}-{'sym' if sym else 'asym'}"
+    memo = stats_path.with_name(f"{stats_path.stem}.{tag}.json")  # pt/pc and int8/int4 specs share activation ranges
+    try:
+        found = json.loads(memo.read_text()) if memo.is_file() else None
+    except (OSError, ValueError):
+        found = None
+    if not isinstance(found, dict) or set(found) != set(stats):
+        found = {}
+        for name, (hist, edges, lo, hi) in stats.items():
+            if spec.calibration == "minmax":  # what ORT's MinMax calibrator computes: the observed [min, max]
+                m = max(abs(float(lo)), abs(float(hi)))
+                r = (-m, m) if sym else (float(lo), float(hi))
+            elif spec.calibration == "entropy":
+                r = calibration.entropy_range(hist, edges, lo, hi)
+            elif spec.calibration == "percentile":
+                r = calibration.percentile_range(hist, edges, lo, hi, spec.percentile, sym)
+            else:
+                r = calibration.mse_range(hist, edges, lo, hi, 8, sym)
+            found[name] = [float(r[0]), float(r[1])]
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(found))
+        os.replace(tmp, memo)
+    ranges = {n: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for n, (lo, hi) in found.items()}
+    tensors = TensorsData(CalibrationMethod.MinMax, ranges)
+    if spec.calibration != "minmax":
+        notes.append(
+            f"{spec.calibration} ranges computed by qtbench from {calibration.DEFAULT_NUM_BINS}-bin histograms"
         )
-        with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress to stdout
-            calibrator.collect_data(_Reader(data, model.dynamic_batch))
-        if spec.calibration in ("entropy", "mse"):
-            ranges = {}
-            for name, (hist, edges, lo, hi, _t) in calibrator.collector.histogram_dict.items():
-                if spec.calibration == "entropy":
-                    r = calibration.entropy_range(hist, edges, lo, hi)
-                else:
-                    r = calibration.mse_range(hist, edges, lo, hi, 8, spec.activation_symmetric)
-                ranges[name] = TensorData(lowest=np.float32(r[0]), highest=np.float32(r[1]))
-            tensors = TensorsData(CalibrationMethod.MinMax, ranges)
-            notes.append(
-                f"{spec.calibration} ranges computed by qtbench from {calibration.DEFAULT_NUM_BINS}-bin histograms"
-            )
-        else:
-            with contextlib.redirect_stdout(io.StringIO()):
-                tensors = calibrator.compute_data()
-        cache = workdir / "calibration.json"
-        save_tensors_data(tensors, cache)
+    cache = workdir / "calibration.json"
+    save_tensors_data(tensors, cache)
     return cache, tensors.calibration_method
+
+
+STATS_VERSION = 1  # bump when what calibration_stats() collects changes
+
+
+def calibration_stats(model: ModelInput, data: Any, workdir: Path) -> tuple[dict[str, tuple], bool, Path]:
+    """Per-tensor FP32 activation statistics — a 2,048-bin zero-centred histogram and the exact min/max — collected
+    once per (model file, calibration samples) and cached by content hash; returns (stats, cache_hit, file).
+
+    Every range method (min-max, percentile, entropy, MSE) and every spec, granularity and backend that builds
+    ORT QDQ graphs (ort, qnn, simnpu, tensorrt, openvino with ``quantizer: ort``) derive their ranges from the
+    same statistics, so the model's activations are computed once instead of once per spec and backend. Min-max
+    ranges from these statistics equal ORT's MinMax calibrator's exactly (the collector keeps the true min/max).
+    """
+    import fcntl
+    import hashlib
+    import json
+
+    import onnxruntime as ort
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    from harness import calibration
+
+    h = hashlib.sha256()
+    with open(model.path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    key = hashlib.sha256(
+        f"{h.hexdigest()}|{data.sha256}|{calibration.DEFAULT_NUM_BINS}|{ort.__version__}|{STATS_VERSION}".encode()
+    ).hexdigest()[:24]
+    artifacts = workdir.parent.parent
+    root = artifacts.parent / "calibration" if artifacts.name == "artifacts" else workdir / "calibration"
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{key}.npz"
+    with open(root / f".{key}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel compile workers of one model: one collects, the rest wait
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    names = json.loads(str(z["names"]))
+                    return (
+                        {
+                            n: (z[f"h{i}"], z[f"e{i}"], z["minmax"][i, 0], z["minmax"][i, 1])
+                            for i, n in enumerate(names)
+                        },
+                        True,
+                        path,
+                    )
+            except (OSError, ValueError, KeyError):
+                path.unlink(missing_ok=True)  # a torn or foreign file: collect again
+        with tempfile.TemporaryDirectory(dir=workdir) as tmpd:
+            calibrator = create_calibrator(
+                model.path,
+                [],
+                augmented_model_path=str(Path(tmpd) / "augmented.onnx"),
+                calibrate_method=CalibrationMethod.Entropy,  # histogram collector: histograms and true min/max
+                extra_options={"num_bins": calibration.DEFAULT_NUM_BINS},
+            )
+            with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress to stdout
+                calibrator.collect_data(_Reader(data, model.dynamic_batch))
+            stats = {
+                name: (np.asarray(hist), np.asarray(edges), np.float64(lo), np.float64(hi))
+                for name, (hist, edges, lo, hi, _t) in calibrator.collector.histogram_dict.items()
+            }
+        names = list(stats)
+        arrays = {f"h{i}": stats[n][0] for i, n in enumerate(names)}
+        arrays |= {f"e{i}": stats[n][1] for i, n in enumerate(names)}
+        arrays["minmax"] = np.array([[stats[n][2], stats[n][3]] for n in names], dtype=np.float64).reshape(-1, 2)
+        tmp = root / f".{key}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, names=np.array(json.dumps(names)), **arrays)
+        os.replace(tmp, path)
+        return stats, False, path
+
+
+def cpu_has_vnni() -> bool | None:
+    """Whether this x86 CPU has VNNI/AMX int8 dot products (None: not x86 or unknown)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return None
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+
+
+def s8s8_saturation_risk(spec: QuantSpec, provider: str, graph_optimization: str) -> str:
+    """A note when ORT's fused int8 CPU kernels may saturate on this CPU, else "".
+
+    On x86 without VNNI, ONNX Runtime runs signed-activation (s8s8) QLinear kernels through the u8s8
+    ``VPMADDUBSW`` path, whose pairwise int16 sums can saturate: measured here on a tiny CNN, the same QDQ graph
+    was off by 0.68 (fused, level "all") vs 0.13 (unfused, level "basic") in max |logit error|. The row keeps the
+    fused number (it is what this CPU runs) and says so.
+    """
+    if (
+        provider == "CPUExecutionProvider"
+        and spec.precision in ("int8", "int4")
+        and spec.is_static
+        and spec.activation_symmetric
+        and graph_optimization in ("extended", "all")
+        and cpu_has_vnni() is False
+    ):
+        return (
+            "x86 CPU without VNNI: ORT's fused int8 kernels with signed (symmetric) activations can saturate "
+            "int16 partial sums, so this row may show more error than the QDQ numerics imply; "
+            "compare with options.graph_optimization: basic (unfused reference kernels)"
+        )
+    return ""
 
 
 class _Reader:

@@ -10,7 +10,8 @@ every failing gate is a false alarm. Each ordered pair (i, j), i ≠ j, is one c
 so (i, j) and (j, i) test opposite directions; comparisons sharing a run are not independent).
 
 Printed per gate: the rate of `fail` verdicts under the current rule (interval of the gated statistic from a
-block bootstrap within runs and a resampling of repeats, wholly past the threshold) and under the rule it
+block bootstrap within runs and a resampling of repeats, wholly past the threshold; a side measured while the
+machine was oversubscribed makes it inconclusive), the same without that load guard, and under the rule it
 replaced (threshold crossed and a Mann–Whitney U test on per-iteration samples, p < 0.01), on the same data.
 """
 
@@ -71,10 +72,12 @@ def main() -> None:
             folders.append(root / "results" / f"aa{i:02d}")
         wall = time.perf_counter() - t0
         pooled = [pooled_samples(f) for f in folders]
+        loads = [float(load_results(f)["loadavg_1m_before"].max()) for f in folders]
         medians = np.array([[np.median(p[s]) / 1e3 for s in sorted(p)] for p in pooled])
         new = {g.metric: 0 for g in GATES}
         old = {g.metric: 0 for g in GATES}
         incon = {g.metric: 0 for g in GATES}
+        busy = {g.metric: 0 for g in GATES}  # crossed with the whole interval, but a side's machine was oversubscribed
         total = {g.metric: 0 for g in GATES}
         for i, j in itertools.permutations(range(args.runs), 2):
             res = compare(folders[i], folders[j], GATES)
@@ -85,6 +88,7 @@ def main() -> None:
                 total[metric] += 1
                 new[metric] += v.verdict == "fail"
                 incon[metric] += v.verdict == "inconclusive"
+                busy[metric] += "oversubscribed" in v.reason
                 if metric.startswith("latency"):
                     p = mann_whitney_p(pooled[i][spec], pooled[j][spec])
                     old[metric] += gate.violated(v.baseline, v.candidate) and p < 0.01
@@ -97,13 +101,17 @@ def main() -> None:
     print("median latency per run (µs; fp32, int8):")
     for i, m in enumerate(medians):
         print(f"  run {i:2d}: " + ", ".join(f"{x:.1f}" for x in m))
-    print(f"{'gate':<24} {'comparisons':>11} {'fail (now)':>11} {'inconclusive':>13} {'fail (old MWU rule)':>20}")
+    print(
+        f"{'gate':<24} {'comparisons':>11} {'fail (now)':>11} {'inconclusive':>13} {'of which busy':>14} "
+        f"{'fail w/o load guard':>20} {'fail (old MWU rule)':>20}"
+    )
     for g in GATES:
-        n = total[g.metric]
+        n, m = total[g.metric], g.metric
         print(
-            f"{g.metric + ' ' + g.rule:<24} {n:>11} {new[g.metric] / n:>11.1%} {incon[g.metric] / n:>13.1%} "
-            f"{old[g.metric] / n:>20.1%}"
+            f"{m + ' ' + g.rule:<24} {n:>11} {new[m] / n:>11.1%} {incon[m] / n:>13.1%} {busy[m] / n:>14.1%} "
+            f"{(new[m] + busy[m]) / n:>20.1%} {old[m] / n:>20.1%}"
         )
+    print(f"1-min load average at the runs' cells: {min(loads):.1f}–{max(loads):.1f}")
 
 
 if __name__ == "__main__":

@@ -97,3 +97,9 @@ def device_id(info: dict[str, Any] | None = None) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", base.lower().replace("(r)", "").replace("(tm)", "")).strip("-")
     slug = re.sub(r"-cpu-@.*|-@-.*", "", slug)[:48].strip("-")
     return f"{info['machine']}-{slug}-{info['cpu_affinity']}c"
+
+
+def cores_of(device: str) -> int | None:
+    """The usable core count encoded at the end of a :func:`device_id` (``…-2c``), or None for other ids."""
+    m = re.search(r"-(\d+)c$", str(device))
+    return int(m.group(1)) if m else None

@@ -7,6 +7,10 @@ symmetric histogram of ``num_bins`` bins, and MSE picks the clipping range that 
 quantization error (rounding + clipping) of the histogram's mass. Backends that calibrate through their own SDK
 record that instead; these functions serve adapters that accept explicit ranges.
 
+Percentile ranges are computed here too: ONNX Runtime's percentile calibrator histograms |x|, and then clamps a
+symmetric range's lower end to min |x| (so a tensor with negative values, such as logits, gets [≈0, t] and loses
+its negative half), and takes an asymmetric range's ends from the |x| histogram as well.
+
 Histograms follow ONNX Runtime's layout: counts over ``[-t, t]`` with ``t = max(|min|, |max|)``.
 """
 
@@ -73,6 +77,40 @@ def entropy_range(
             best, best_kl = i, kl
     start, end = zero - best, min(zero + best + 1, num_bins)
     lo, hi = float(edges[start]), float(edges[end])
+    return max(lo, float(data_min)), min(hi, float(data_max))
+
+
+def percentile_range(
+    hist: np.ndarray,
+    edges: np.ndarray,
+    data_min: float,
+    data_max: float,
+    percentile: float,
+    symmetric: bool = False,
+) -> tuple[float, float]:
+    """The central ``percentile`` % of a zero-centred histogram's mass, never wider than the observed data.
+
+    Symmetric: ``[-t, t]`` with ``t`` the percentile of |x| (bins folded about zero). Asymmetric: the
+    ``(100 − p)/2`` % tails cut on each side of the signed distribution. Bin edges round outwards, so the range
+    errs one bin wide rather than clipping mass the percentile keeps.
+    """
+    hist = np.asarray(hist, dtype=np.float64)
+    edges = np.asarray(edges, dtype=np.float64)
+    total = hist.sum()
+    if total <= 0:
+        return float(data_min), float(data_max)
+    q = min(max(percentile, 0.0), 100.0) / 100.0
+    if symmetric:
+        zero = hist.size // 2
+        folded = hist[zero:][: zero] + hist[:zero][::-1]
+        j = min(int(np.searchsorted(np.cumsum(folded) / total, q - 1e-12)), zero - 1)
+        t = min(float(edges[zero + j + 1]), max(abs(float(data_min)), abs(float(data_max))))
+        return -t, t
+    cdf = np.cumsum(hist) / total
+    cut = (1.0 - q) / 2.0
+    i_lo = int(np.searchsorted(cdf, cut, side="right"))
+    i_hi = min(int(np.searchsorted(cdf, 1.0 - cut - 1e-12)), hist.size - 1)
+    lo, hi = float(edges[i_lo]), float(edges[i_hi + 1])
     return max(lo, float(data_min)), min(hi, float(data_max))
 
 

@@ -20,7 +20,9 @@ point estimate and say so. Marks (asv style): ``x`` fail, ``~`` inconclusive, ``
 ``-`` significantly worse but within the gate, blank unchanged.
 
 Drift shared by every repeat of a run (another process loading the machine for the whole sweep) cannot be told
-from a regression with one run per side; more repeats per cell, or re-running both sides back to back, can.
+from a regression with one run per side. Where a row shows it was measured on an oversubscribed machine (1-min
+load average above the usable cores in its ``device`` id), a latency gate that would fail is inconclusive and
+says why; otherwise re-run both sides close in time on a quiet machine.
 """
 
 from __future__ import annotations
@@ -483,6 +485,21 @@ def _samples_by_repeat(frame: Any) -> list[np.ndarray]:
     return [g["latency_ns"].to_numpy(float) for _, g in frame.groupby("repeat", sort=True)]
 
 
+def _oversubscribed(b: Any, c: Any) -> str:
+    """Why a latency change cannot be a regression: a side whose 1-min load average, before or after its timed
+    loop, exceeded the cores it could use (from the ``device`` id) competed for the CPU with other work, and a
+    whole run shifted that way looks exactly like a slowdown. Empty when neither side was oversubscribed."""
+    from devices.host import cores_of
+
+    for side, row in (("baseline", b), ("candidate", c)):
+        cores = cores_of(row.get("device", ""))
+        loads = [float(row.get(k, math.nan)) for k in ("loadavg_1m_before", "loadavg_1m_after")]
+        load = max((x for x in loads if x == x), default=math.nan)
+        if cores and load > cores:
+            return f"the {side}'s machine was oversubscribed (load {load:.1f} on {cores} cores)"
+    return ""
+
+
 def _judge(gate: Gate, label: str, b: Any, c: Any, bdata: dict[str, Any], cdata: dict[str, Any]) -> Verdict:
     base, cand = float(b[gate.metric]), float(c[gate.metric])
     name = f"{gate.metric} {gate.rule}"
@@ -524,6 +541,12 @@ def _judge(gate: Gate, label: str, b: Any, c: Any, bdata: dict[str, Any], cdata:
         reason = "threshold crossed (point estimate; no per-sample data to judge noise)" if bad else ""
         return Verdict(label, name, base, cand, change, evidence, verdict, mark, reason)
     verdict, mark, _, interval = decide(gate, base, cand, *reps)
+    busy = _oversubscribed(b, c) if gate.metric in LATENCY_METRICS else ""
+    if verdict == "fail" and busy:
+        return Verdict(
+            label, name, base, cand, change, f"{interval}; {evidence}", "inconclusive", "~",
+            f"threshold crossed, but {busy}: latency there is not the model's alone",
+        )  # fmt: skip
     reason = {
         "fail": "threshold crossed and the whole interval is past it",
         "inconclusive": "threshold crossed but not significant: the interval reaches back inside the gate "

@@ -107,7 +107,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         overrides["measure"]["iterations"] = args.iterations
     if args.warmup is not None:
         overrides["measure"]["warmup"] = args.warmup
+    if args.board_id:
+        overrides["run"]["board_id"] = args.board_id
+    if args.fleet:
+        fleet = Path(args.fleet)  # a fleet file is relative to where the user stands, an address is kept as is
+        overrides["run"].update(executor="ray", fleet=str(fleet.resolve()) if fleet.is_file() else args.fleet)
+    if args.boards:
+        overrides["run"]["boards"] = list(args.boards)
     sweep = with_overrides(sweep, overrides)
+    if sweep.run.board_id and sweep.run.executor == "ray":
+        raise UserError(
+            "--board-id / run.board_id is for one board's own offline sweep; a fleet sweep (--fleet, "
+            "run.executor: ray) takes board ids from the fleet: drop one of them"
+        )
     if args.backends:
         from harness.config import BackendEntry
 
@@ -144,6 +156,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
     console.print(results_table(df, title=f"{sweep.name}: {len(df)} cells ({wall:.1f}s)"))
     _print_reasons(console, df)
+    if "group" in df and df["group"].replace("", None).dropna().nunique() >= 2:
+        _print_comparison(console, sweep.results_path)
     console.print(f"results: {sweep.results_path}", highlight=False)
     if not args.no_report:
         from harness.report import build_report
@@ -245,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-report", action="store_true", help="do not write the HTML/Markdown report")
     s.add_argument("--report-dir", help="report folder (default reports/<sweep name>)")
     s.add_argument("-q", "--quiet", action="store_true", help="no per-cell progress lines")
+    s.add_argument("--board-id", help="this board's id (offline fleet board): rows' device and cell keys carry it")
+    s.add_argument(
+        "--fleet", help="run on a Ray fleet: a fleet file or a cluster address (ray://HEAD:10001); qtbench[fleet]"
+    )
+    s.add_argument("--boards", nargs="+", metavar="ID", help="fleet sweep: only these boards")
     from harness.trust import UntrustedAction  # light: os + argparse only
 
     s.add_argument("--untrusted", action=UntrustedAction)  # sets QTBENCH_TRUSTED=0 for the sweep and its cells
@@ -459,6 +478,31 @@ def _register_check(sub: Any) -> None:
     c.add_argument("--markdown", help="write a Markdown summary here")
     c.add_argument("--junit", help="write JUnit XML here")
     c.set_defaults(func=cmd_check)
+
+
+def _print_comparison(console: Any, results: Path) -> None:
+    """After a study sweep: the comparison's headlines and per-group table (`qtbench compare` has the rest)."""
+    from rich.table import Table
+
+    from harness.compare import compare, group_table, headlines
+
+    try:
+        df = compare(results)
+    except UserError as exc:  # e.g. more than two groups: the user picks them with `qtbench compare`
+        console.print(f"compare: {exc}", markup=False, highlight=False)
+        return
+    if df.empty:
+        return
+    header, body = group_table(df)
+    table = Table(header_style="bold", title=f"{df.attrs['candidate']} vs {df.attrs['baseline']}: mean ± sd over seeds")
+    for h in header:
+        table.add_column(escape(h))
+    for r in body:
+        table.add_row(*(escape(c) for c in r))
+    console.print(table)
+    for line in headlines(df):
+        console.print(line, markup=False, highlight=False)
+    console.print(f"details: qtbench compare {results} --details", markup=False, highlight=False)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -769,6 +813,69 @@ def _register_localize(sub: Any) -> None:
     g.set_defaults(func=cmd_localize)
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from harness.merge import merge
+
+    for s in merge(args.out, args.inputs):
+        print(
+            f"{s.out}: +{s.rows_added} row(s), {s.rows_present} already present, +{s.runs_added} run(s), "
+            f"+{s.samples_added} latency samples, +{s.predictions_added} predictions "
+            f"(from {', '.join(str(p) for p in s.sources)})"
+        )
+    return 0
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.fleet import fleet_status, load_fleet
+
+    fleet = load_fleet(args.fleet, Path.cwd())
+    rows = fleet_status(fleet, probe_timeout_s=args.timeout, slugs=args.backends)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    from rich.table import Table
+
+    table = Table(header_style="bold")
+    for col in ("board", "state", "node", "host", "python / ray / qtbench", "backends available (offered)"):
+        table.add_column(col)
+    for r in rows:
+        versions = " / ".join(str(r.get(k, "?")) for k in ("python", "ray", "qtbench")) if "python" in r else ""
+        offered = f" ({', '.join(r['offers'])})" if r.get("offers") else ""
+        table.add_row(
+            escape(r["board"]),
+            escape(r["state"]),
+            r["node_id"][:12],
+            escape(r.get("hostname", "")),
+            versions,
+            escape(", ".join(r.get("available", [])) + offered),
+            style="" if r["state"] == "idle" else "magenta",
+        )
+    _console().print(table)
+    return 0
+
+
+def _register_fleet(sub: Any) -> None:
+    f = sub.add_parser("fleet", help="boards of a Ray fleet: ids, backends there, versions, idle (qtbench[fleet])")
+    fsub = f.add_subparsers(dest="fleet_command", required=True)
+    st = fsub.add_parser("status", help="each board's node, idle or busy, versions and `qtbench backends` there")
+    st.add_argument("--fleet", required=True, help="a fleet file or a cluster address (ray://HEAD:10001, auto)")
+    st.add_argument("--timeout", type=float, default=60.0, help="seconds each backend probe may take on a board")
+    st.add_argument("--backends", nargs="+", metavar="SLUG", help="probe only these backends (default: all)")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_fleet)
+
+
+def _register_merge(sub: Any) -> None:
+    m = sub.add_parser(
+        "merge", help="join results folders (e.g. offline boards' sweeps) into OUT by record id; idempotent"
+    )
+    m.add_argument("out", help="results folder to merge into (created if missing)")
+    m.add_argument("inputs", nargs="+", help="results folders (results/<sweep>) or folders of them")
+    m.set_defaults(func=cmd_merge)
+
+
 def _register_zoo(sub: Any) -> None:
     from harness.zoo import register_cli  # torch is imported only when a model is built
 
@@ -785,6 +892,8 @@ _EXTRA_COMMANDS: list[Any] = [
     _register_simgap,
     _register_localize,
     _register_zoo,
+    _register_merge,
+    _register_fleet,
 ]
 
 

@@ -163,6 +163,24 @@ class RunSettings:
     compile_workers: int = _f(
         0, doc="child processes compiling at once in the compile phase (0: min(4, CPU count))", minimum=0, maximum=64
     )
+    board_id: str | None = _f(
+        None,
+        doc="this board's id when it runs its own (offline) sweep: rows' device and cell keys carry it instead of "
+        "the host id, so results merged from several boards stay apart (qtbench sweep --board-id)",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        not_dots=True,
+    )
+    executor: str = _f(
+        "local",
+        doc="where cells run: local (this machine) or ray (boards of a Ray cluster; qtbench[fleet])",
+        choices=("local", "ray"),
+    )
+    fleet: str | None = _f(
+        None,
+        doc="ray executor: a fleet file (boards, their Ray resources and backends) or a cluster address "
+        "(ray://HEAD:10001, HEAD:6379, auto), which discovers boards from nodes' board:<id> resources",
+    )
+    boards: list[str] = _f([], doc="ray executor: only these board ids (default: every board of the fleet)")
 
 
 @dataclass(frozen=True)

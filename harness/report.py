@@ -21,6 +21,8 @@ from harness.tables import SUMMARY_COLUMNS, format_value, with_gap
 PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "int4": "D"}
 MAX_LATENCY_CELLS = 40
 MAX_BAR_CELLS = 48
+MAX_HEAT_AXIS = 24  # backends or specs per heat-map axis (the worst gaps)
+MAX_HEAT_GROUPS = 6
 
 
 @dataclass
@@ -127,6 +129,7 @@ def fig_power_or_accuracy(ok: Any, use_power: bool) -> Figure:
     from matplotlib.lines import Line2D
 
     power_known = has_power(ok)
+    all_backends = sorted(ok["backend"].astype(str).unique())  # colours stay the same across both plots
     untimed = 0
     if "timed" in ok:
         untimed = int((~ok["timed"].astype(bool)).sum())
@@ -138,8 +141,8 @@ def fig_power_or_accuracy(ok: Any, use_power: bool) -> Figure:
     ycol = "power_w_mean" if use_power else "top1"
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     backends = sorted(ok["backend"].astype(str).unique())
-    cmap, n = (plt.cm.tab10, 10) if len(backends) <= 10 else (plt.cm.tab20, 20)
-    colors = {b: cmap(i % n) for i, b in enumerate(backends)}
+    cmap, n = (plt.cm.tab10, 10) if len(all_backends) <= 10 else (plt.cm.tab20, 20)
+    colors = {b: cmap(i % n) for i, b in enumerate(all_backends)}
     groups = sorted(ok["_group"].unique())
     fills = {g: FILL_STYLES[i % len(FILL_STYLES)] for i, g in enumerate(groups)}
     scale = 1 if use_power else 100
@@ -256,7 +259,8 @@ def fig_gap_facets(rep: Any, ok: Any) -> Figure | None:
     for p in precs:
         r = rep[rep["precision"] == p]
         cells = r.groupby(["backend", "spec_id"])["gap_pp"].min().sort_values()
-        shown = list(cells.index[:MAX_BAR_CELLS])  # the worst gaps matter most; the summary table has every cell
+        cap = max(8, 2 * MAX_BAR_CELLS // max(1, len(groups)))  # bars per panel stay bounded: a figure per study
+        shown = list(cells.index[:cap])  # the worst gaps matter most; the summary table has every cell
         panels.append((p, r, sorted(shown), len(cells) - len(shown)))
     heights = [max(1.2, 0.16 * len(c) * max(1, len(groups)) + 0.6) for _, _, c, _ in panels]
     fig, axes = plt.subplots(
@@ -311,10 +315,15 @@ def fig_gap_heatmap(rep: Any) -> Figure | None:
 
     if rep is None or rep.empty:
         return None
-    groups = sorted(rep["group"].unique())[:6]
-    backends = sorted(rep["backend"].unique())
+    groups = sorted(rep["group"].unique())[:MAX_HEAT_GROUPS]
+    rep = rep[rep["group"].isin(groups)]
+    # bounded size: the backends and specs with the worst gaps (the summary table has every cell)
+    backends = sorted(rep.groupby("backend")["gap_pp"].min().sort_values().index[:MAX_HEAT_AXIS])
     order = {"int4": 0, "int8": 1, "fp16": 2}
-    specs = sorted(rep["spec_id"].unique(), key=lambda x: (order.get(x.split("-")[0], 9), x))
+    worst_specs = rep.groupby("spec_id")["gap_pp"].min().sort_values().index[:MAX_HEAT_AXIS]
+    specs = sorted(worst_specs, key=lambda x: (order.get(x.split("-")[0], 9), x))
+    rep = rep[rep["backend"].isin(backends) & rep["spec_id"].isin(specs)]
+    annotate = len(backends) * len(specs) <= 240
     lim = max(0.5, float(np.nanmax(np.abs(rep["gap_pp"].to_numpy()))))
     fig, axes = plt.subplots(len(groups), 1, figsize=(7.5, len(groups) * (0.32 * len(backends) + 1.4)), squeeze=False)
     im = None
@@ -323,7 +332,7 @@ def fig_gap_heatmap(rep: Any) -> Figure | None:
         m = m.reindex(index=backends, columns=specs)
         im = ax.imshow(m.to_numpy(float), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
         for (i, j), v in np.ndenumerate(m.to_numpy(float)):
-            if np.isfinite(v):
+            if annotate and np.isfinite(v):
                 ax.text(j, i, f"{v:+.1f}", ha="center", va="center", fontsize=6)
         ax.set_yticks(range(len(backends)), backends, fontsize=6.5)
         ax.set_xticks(range(len(specs)), specs, fontsize=6, rotation=30, ha="right")
@@ -334,7 +343,8 @@ def fig_gap_heatmap(rep: Any) -> Figure | None:
         "FP→Q gap heat map (backend × spec)",
         _fig_to_png(fig),
         "Mean FP→Q top-1 gap over seeds per backend × spec, one panel per checkpoint group, one colour scale; "
-        "blank = not run (unsupported, excluded, or failed).",
+        f"blank = not run (unsupported, excluded, or failed). At most {MAX_HEAT_AXIS} backends and specs (those "
+        f"with the worst gaps) and {MAX_HEAT_GROUPS} groups are drawn; the summary table has every cell.",
     )
 
 
@@ -345,11 +355,16 @@ def fig_reliability(ok: Any, limit: int = 6) -> Figure | None:
     rows = ok[ok["reliability"].fillna("{}") != "{}"]
     if rows.empty:
         return None
-    pick = rows[rows["precision"] == "fp32"].head(limit // 2)
+    # one FP32 cell per checkpoint (its FP32 cells on several backends are near-identical), then the worst ECEs
+    pick = rows[rows["precision"] == "fp32"].drop_duplicates("model").head(limit // 2)
     worst = rows[rows["precision"] != "fp32"].sort_values("ece", ascending=False).head(limit - len(pick))
     pick = [*pick.iterrows(), *worst.iterrows()]
-    fig, axes = plt.subplots(1, len(pick), figsize=(2.7 * len(pick), 2.9), squeeze=False)
-    for ax, (_, r) in zip(axes[0], pick, strict=True):
+    ncols = min(3, len(pick))
+    nrows = math.ceil(len(pick) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(7.5, 2.7 * nrows), squeeze=False)
+    for ax in axes.flat[len(pick) :]:
+        ax.set_visible(False)
+    for ax, (_, r) in zip(axes.flat, pick, strict=False):
         b = json.loads(r["reliability"])
         conf = np.array([np.nan if v is None else v for v in b["confidence"]])
         acc = np.array([np.nan if v is None else v for v in b["accuracy"]])
@@ -365,7 +380,8 @@ def fig_reliability(ok: Any, limit: int = 6) -> Figure | None:
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.tick_params(labelsize=6)
-    axes[0][0].set_ylabel("accuracy")
+    for row in axes:
+        row[0].set_ylabel("accuracy")
     fig.supxlabel("confidence (max softmax), 15 bins", fontsize=8)
     fig.text(0.99, 0.0, _provenance(ok), ha="right", fontsize=7, color="dimgray")
     return Figure(
@@ -618,8 +634,10 @@ def comparison_section(study: Any) -> tuple[Section | None, str]:
         *[f"<li>{e(h)}</li>" for h in headlines(df)],
         "</ul>",
         _html_table(*group_table(df)),
-        "<h3>Differences per precision, backend and spec family</h3>",
+        "<details><summary>Differences per precision, backend and spec family (every metric, with its interval)"
+        "</summary>",
         _html_table(*difference_table(df)),
+        "</details>",
     ]
     if df.attrs.get("notes"):
         body.append("<ul>" + "".join(f"<li>note: {e(n)}</li>" for n in df.attrs["notes"]) + "</ul>")
@@ -688,7 +706,9 @@ def _build_report(results: list[Path], out: Path, title: str | None) -> dict[str
         )
     provenance = _provenance(rows)
     html_path, md_path = out / "report.html", out / "report.md"
-    tables = (summary_rows(rows, cis), spread_table(ok) if not ok.empty else [])
+    # skipped/unavailable cells never ran: they are listed (grouped) under "Cells that did not run", not as rows
+    ran = rows[~rows["status"].isin(["skipped", "unavailable"])]
+    tables = (summary_rows(ran, cis), spread_table(ok) if not ok.empty else [])
     html_path.write_text(_html(title, rows, ok, not_ok, figures, provenance, tables, sections, notes))
     md_path.write_text(_markdown(title, rows, ok, not_ok, figures, provenance, tables, sections, notes))
     return {"html": html_path, "markdown": md_path, **{f.name: out / f"{f.name}.png" for f in figures}}
@@ -720,7 +740,8 @@ def _html(
         "table{border-collapse:collapse;font-size:12px;display:block;overflow-x:auto;max-width:100%}"
         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:nth-child(-n+4),"
         "th:nth-child(-n+4){text-align:left}figure{margin:1.5em 0}figcaption{color:#555;font-size:13px}"
-        "img{max-width:100%;height:auto}.prov{color:#555}.note{color:#8a4b00}</style></head><body>",
+        "img{max-width:100%;height:auto}.prov{color:#555}.note{color:#8a4b00}td:last-child{text-align:left}"
+        "summary{cursor:pointer;margin:.5em 0;font-weight:bold}</style></head><body>",
         f"<h1>{e(title)}</h1>",
         f"<p class='prov'>{len(rows)} cells, {len(ok)} ok. Every number is labelled by origin; {e(provenance)}. "
         "Latency (p50, p99, FPS) is the harness's host-to-host clock; on simulated rows that clock timed the "
@@ -741,13 +762,13 @@ def _html(
         parts += [f"<li><b>{e(b)}</b>: {e(src)}</li>" for b, src in est]
         parts.append("</ul>")
     if not not_ok.empty:
-        parts.append("<h2>Cells that did not run</h2><ul>")
-        for _, r in not_ok.iterrows():
-            msg = str(r["status_message"]).strip().splitlines()[0] if r["status_message"] else ""
-            parts.append(
-                f"<li><b>{e(r['status'])}</b> {e(r['model'])} × {e(r['backend'])} × {e(r['spec_id'])}: {e(msg)}</li>"
-            )
-        parts.append("</ul>")
+        groups = not_run_groups(not_ok)
+        parts.append(
+            f"<h2>Cells that did not run</h2><details><summary>{len(not_ok)} cells, {len(groups)} reasons</summary><ul>"
+        )
+        for st, cell, msg, models in groups:
+            parts.append(f"<li><b>{e(st)}</b> {e(cell)} — {e(_models_text(models))}: {e(msg)}</li>")
+        parts.append("</ul></details>")
     for f in figures:
         data = base64.b64encode(f.png).decode()
         parts.append(
@@ -756,6 +777,24 @@ def _html(
         )
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def not_run_groups(not_ok: Any) -> list[tuple[str, str, str, list[str]]]:
+    """(status, "backend × spec", first line of the reason, models): one entry per distinct reason, so a study
+    with many checkpoints lists each unsupported cell once rather than once per checkpoint."""
+    out: dict[tuple[str, str, str], list[str]] = {}
+    for _, r in not_ok.iterrows():
+        msg = str(r["status_message"]).strip().splitlines()[0] if r["status_message"] else ""
+        out.setdefault((str(r["status"]), f"{r['backend']} × {r['spec_id']}", msg), []).append(str(r["model"]))
+    return [(st, cell, msg, models) for (st, cell, msg), models in out.items()]
+
+
+def _models_text(models: list[str]) -> str:
+    return (
+        models[0]
+        if len(models) == 1
+        else f"{len(models)} models ({', '.join(models[:3])}{', …' if len(models) > 3 else ''})"
+    )
 
 
 def _md_table(header: list[str], body: list[list[str]]) -> str:
@@ -800,9 +839,8 @@ def _markdown(
         parts.append("")
     if not not_ok.empty:
         parts += ["## Cells that did not run", ""]
-        for _, r in not_ok.iterrows():
-            msg = str(r["status_message"]).strip().splitlines()[0] if r["status_message"] else ""
-            parts.append(f"- **{m(r['status'])}** {m(r['model'])} × {m(r['backend'])} × {m(r['spec_id'])}: {m(msg)}")
+        for st, cell, msg, models in not_run_groups(not_ok):
+            parts.append(f"- **{m(st)}** {m(cell)} — {m(_models_text(models))}: {m(msg)}")
         parts.append("")
     for f in figures:
         parts += [f"## {m(f.title)}", "", f"![{m(f.title)}]({f.name}.png)", "", m(f.caption), ""]

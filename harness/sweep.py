@@ -218,6 +218,10 @@ class Executor:
     a cell is compiled and measured is the executor's business (local child processes here; other executors,
     e.g. a fleet of boards, plug in through :func:`run_sweep`'s ``executor``)."""
 
+    def plan(self, run: SweepRun) -> list[PlannedCell]:
+        """The cells of this run (a fleet plans per board; this machine plans once)."""
+        return plan(run)
+
     def run(self, cells: list[PlannedCell], sweep: Sweep) -> Iterator[tuple[PlannedCell, CellResult]]:
         raise NotImplementedError
 
@@ -321,11 +325,12 @@ def open_run(sweep: Sweep) -> SweepRun:
             "config": sweep.to_dict(),
             "config_hash": sweep.config_hash(),
             "environment": env,
+            **({"board_id": sweep.run.board_id} if sweep.run.board_id else {}),
             "seed": sweep.run.seed,
             **_process_identity(),
         }
     )
-    return SweepRun(sweep, store, run_id, env["device"], done)
+    return SweepRun(sweep, store, run_id, sweep.run.board_id or env["device"], done)
 
 
 def _model_facts(sweep: Sweep) -> dict[str, dict[str, Any]]:
@@ -361,8 +366,11 @@ def _model_facts(sweep: Sweep) -> dict[str, dict[str, Any]]:
     return model_info
 
 
-def _probe_backends(sweep: Sweep, cells: list[Any]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Availability, version and per-spec support of every backend, each probed in a child with a time limit."""
+def _probe_backends(
+    sweep: Sweep, cells: list[Any], call: Callable[..., tuple[str, Any]] | None = None
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Availability, version and per-spec support of every backend, each probed in a child with a time limit
+    (``call``: how to run that child elsewhere, e.g. on a fleet board; same contract as ``call_isolated``)."""
     probes: dict[str, dict[str, Any]] = {}
     specs_by_backend: dict[str, list[Any]] = {}
     for _m, b, s in cells:
@@ -375,8 +383,8 @@ def _probe_backends(sweep: Sweep, cells: list[Any]) -> tuple[dict[str, dict[str,
     targets = {key: backends.resolve(b.name) for key, b in entries.items()}
     paths = tuple(sorted({str(sweep.resolve(m.path)) for m, _b, _s in cells}))
     for name, b in entries.items():
-        if sweep.run.isolate:
-            kind, value = call_isolated(
+        if sweep.run.isolate or call is not None:
+            kind, value = (call or call_isolated)(
                 _probe, (b.name, targets[name], b.options, specs_by_backend[name], paths), sweep.run.timeout_s
             )
             probe = value if kind == "ok" else {"available": False, "reason": f"probe failed: {value}"}
@@ -392,12 +400,13 @@ def _probe_backends(sweep: Sweep, cells: list[Any]) -> tuple[dict[str, dict[str,
     return probes, targets
 
 
-def plan(run: SweepRun) -> list[PlannedCell]:
-    """Expand the matrix and decide, for each cell, whether it is reused, known already, or has to run."""
+def plan(run: SweepRun, probe_call: Callable[..., tuple[str, Any]] | None = None) -> list[PlannedCell]:
+    """Expand the matrix and decide, for each cell, whether it is reused, known already, or has to run
+    (``probe_call``: where backends are probed, default a child process here)."""
     sweep, device, done, run_id = run.sweep, run.device, run.done, run.run_id
     cells = expand(sweep)
     model_info = _model_facts(sweep)
-    probes, targets = _probe_backends(sweep, cells)
+    probes, targets = _probe_backends(sweep, cells, probe_call)
     m_protocol = {k: v for k, v in asdict(sweep.measure).items() if k not in ("cv_threshold",)}
     out: list[PlannedCell] = []
     for idx, (m, b, s) in enumerate(cells):
@@ -532,13 +541,18 @@ def run_sweep(
     unless ``run.rerun``. The returned DataFrame holds the latest row per cell of this sweep's results folder.
     """
     sweep = _load(config)
+    if executor is None and sweep.run.executor == "ray":
+        from harness.fleet import RayExecutor  # imports ray lazily; nothing else in the harness knows it
+
+        executor = RayExecutor.from_sweep(sweep)
+    executor = executor or LocalExecutor()
     run = open_run(sweep)
-    cells = plan(run)
+    cells = executor.plan(run)
     for cell in cells:
         if cell.reused and progress:
             progress(CellEvent(cell.index, cell.total, cell.label, "reused", "already recorded", None, True))
     todo = [c for c in cells if not c.reused]
-    for cell, result in (executor or LocalExecutor()).run(todo, sweep):
+    for cell, result in executor.run(todo, sweep):
         record = store_result(run, cell, result)
         if progress:
             progress(CellEvent(cell.index, cell.total, cell.label, record.status, record.status_message, record, False))

@@ -369,25 +369,38 @@ def make_module(name: str, *, input_size: int | None = None, seed: int = 0, **pa
     if "input_size" in accepted:
         params["input_size"] = input_size or zm.input_size
     module = zm.make(**params)
-    _randomize_bn(module)
+    _condition(module, params.get("input_size", input_size or zm.input_size), seed)
     return module.eval()
 
 
-def _randomize_bn(module: Any) -> None:
-    """Give BatchNorm layers non-trivial running statistics, so a random network's activations have the spread
-    a trained one has (identity BN makes every quantization spec look alike)."""
+def _condition(module: Any, input_size: int, seed: int) -> None:
+    """Make a random network behave like a trained one numerically: convolutions get torchvision's init
+    (Kaiming normal, fan-out; zero biases, so per-pixel classifiers do not predict their bias everywhere),
+    BatchNorm gets random affine parameters and running statistics measured on seeded N(0, 1) inputs (default
+    statistics would let activations shrink or blow up with depth). Activation ranges then have the spread
+    quantization meets in practice, and a segmentation net's masks vary across the image."""
     import torch
     from torch import nn
 
-    g = torch.Generator().manual_seed(1234)
+    g = torch.Generator().manual_seed(seed + 1234)
+    bns = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not bns:
+        return
     with torch.no_grad():
         for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_(0.1 * torch.randn(n, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=g)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for m in bns:
+            m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
+            m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration passes
+        module.train()
+        x = torch.randn(4, 3, input_size, input_size, generator=g)
+        module(x)
+        module.eval()
 
 
 def build(

@@ -46,3 +46,71 @@ def test_mse_keeps_uniform_range_and_clips_outliers():
     best = min(raw_mse(t) for t in grid)
     assert raw_mse(r[1]) <= 1.05 * best
     assert r[1] < 0.9 * np.abs(x).max()  # it does clip the tail
+
+
+@pytest.mark.parametrize("p", [99.0, 99.9, 99.999])
+def test_percentile_range_matches_numpy_on_signed_data(p):
+    from harness.calibration import percentile_range
+
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.standard_normal(200_000) * 2 - 1.0, rng.standard_t(2, 2_000) * 5])  # heavy tails
+    t = float(np.abs(x).max())
+    hist, edges = np.histogram(x, bins=2048, range=(-t, t))
+    width = edges[1] - edges[0]
+    sym = percentile_range(hist, edges, x.min(), x.max(), p, symmetric=True)
+    want = np.percentile(np.abs(x), p)
+    assert sym[0] == -sym[1] and want - 1e-9 <= sym[1] <= want + 2 * width
+    lo, hi = percentile_range(hist, edges, x.min(), x.max(), p, symmetric=False)
+    cut = (100 - p) / 2
+    assert np.percentile(x, cut) - 2 * width <= lo <= np.percentile(x, cut) + 1e-9
+    assert np.percentile(x, 100 - cut) - 1e-9 <= hi <= np.percentile(x, 100 - cut) + 2 * width
+    assert lo < 0 < hi  # the negative side survives (ONNX Runtime's own percentile drops it when symmetric)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_shared_statistics_give_ort_minmax_ranges_exactly(tmp_path, symmetric):
+    import json
+
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    from backends.base import ModelInput
+    from backends.ort import _Reader, static_ranges
+    from harness.cell import model_facts
+    from harness.data import load_dataset
+    from harness.spec import QuantSpec
+
+    from models import tiny_cnn, tiny_data
+
+    path = tiny_cnn(tmp_path / "m.onnx")
+    f = model_facts(path)
+    model = ModelInput(path, "sha", f.input_names, f.output_names, f.dynamic_batch)
+    calib = load_dataset(tiny_data(tmp_path / "c.npz", 32, seed=2, labels=False), ["input"], None)
+    ref = create_calibrator(
+        path,
+        [],
+        augmented_model_path=str(tmp_path / "aug.onnx"),
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"symmetric": symmetric},
+    )
+    ref.collect_data(_Reader(calib, True))
+    want = {k: tuple(float(np.ravel(r)[0]) for r in v.range_value) for k, v in ref.compute_data().data.items()}
+    cache_root = tmp_path / "cache" / "artifacts" / "ort"
+    notes: list[str] = []
+    spec = QuantSpec.parse("int8-static-pt-sym-minmax" if symmetric else "int8-static-pt-wsym-minmax")
+    cache, _ = static_ranges(model, spec, calib, cache_root / "a", notes)
+    got = {
+        k: tuple(float(np.ravel(x["data"] if isinstance(x, dict) else x)[0]) for x in (v["lowest"], v["highest"]))
+        for k, v in json.loads(cache.read_text())["data"].items()
+    }
+    assert set(got) == set(want)
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-7), k
+    assert any("collected once" in n for n in notes)
+    # every other method, granularity and cell of this model and calibration set reuses the same statistics
+    for i, other in enumerate(
+        ["int8-static-pc-wsym-entropy", "int8-static-pt-sym-percentile", "int4-static-pc-sym-mse"]
+    ):
+        more: list[str] = []
+        static_ranges(model, QuantSpec.parse(other), calib, cache_root / f"b{i}", more)
+        assert any("reused from the calibration cache" in n for n in more)
+    assert len(list((tmp_path / "cache" / "calibration").glob("*.npz"))) == 1

@@ -214,3 +214,26 @@ def test_cli_prints_verdicts_in_the_first_column_and_a_summary(tmp_path: Path, c
     header = next(line for line in out.splitlines() if "cell" in line and "gate" in line)
     assert header.strip("┃│ ").startswith("verdict")
     assert "x fail" in out
+
+
+def test_an_oversubscribed_machine_makes_a_latency_fail_inconclusive(tmp_path: Path):
+    """Measured here: other work on the 2 cores (load 3–5) shifted whole runs by up to 60 %; that must not read
+    as a regression. The device id carries the usable cores (…-2c); the rows carry the load average."""
+    import pandas as pd
+
+    rng = np.random.default_rng(7)
+    base = write_results(tmp_path / "a", [rng.lognormal(11, 0.05, 200)])
+    cand = write_results(tmp_path / "b", [rng.lognormal(11, 0.05, 200) * 1.5])
+    gates = [Gate.parse("latency_ms_p50", "+5%")]
+    for folder, load in ((base, 0.4), (cand, 3.2)):
+        f = next(folder.glob("rows-*.parquet"))
+        df = pd.read_parquet(f)
+        df["device"], df["loadavg_1m_before"], df["loadavg_1m_after"] = "x86_64-amd-epyc-2c", load, load
+        df.to_parquet(f)
+    v = compare(base, cand, gates).verdicts[0]
+    assert v.verdict == "inconclusive" and "candidate's machine was oversubscribed (load 3.2 on 2 cores)" in v.reason
+    f = next(cand.glob("rows-*.parquet"))
+    df = pd.read_parquet(f)
+    df["loadavg_1m_before"] = df["loadavg_1m_after"] = 1.5
+    df.to_parquet(f)
+    assert compare(base, cand, gates).verdicts[0].verdict == "fail"

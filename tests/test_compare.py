@@ -88,7 +88,7 @@ def test_planted_int4_difference_is_found_and_int8_is_not_significant(tmp_path: 
     assert any(h.startswith("INT8 mean gap: no difference detectable, CI [") for h in lines), lines
     assert any(h.startswith("INT4 mean gap: qt − fp = +") and "candidate better" in h for h in lines), lines
     md = to_markdown(df)
-    assert "INT8 mean gap: no difference detectable, CI \\[" in md
+    assert "INT8 mean gap: no difference detectable, CI [" in md
     assert "| int4 | fp | 3 | 2 | -" in md.replace("−", "-")
 
 
@@ -155,3 +155,42 @@ def test_combine_paired_and_unpaired():
     # pairing removes the shared seed effect: a much narrower interval
     assert (paired.hi - paired.lo) < 0.3 * (unpaired.hi - unpaired.lo)
     assert paired.significant and not unpaired.significant
+
+
+def test_compare_cli_prints_headlines_and_writes_markdown(tmp_path: Path, capsys):
+    from harness.cli import main
+
+    flip = {("fp", "int8"): 0.005, ("qt", "int8"): 0.005, ("fp", "int4"): 0.05, ("qt", "int4"): 0.01}
+    path = write_study(tmp_path, flip, n=500)
+    md = tmp_path / "cmp.md"
+    assert main(["compare", str(path), "--bootstrap", "200", "--markdown", str(md), "--details"]) == 0
+    out = capsys.readouterr().out
+    assert "INT8 mean gap: no difference detectable" in out and "backend: openvino" in out
+    assert "| int4 | qt |" in md.read_text()
+    assert main(["compare", str(path), "--baseline-group", "nope"]) == 2
+    assert "--baseline-group 'nope' is not a group of these results (groups: fp, qt)" in capsys.readouterr().err
+
+
+def test_sweep_of_a_two_group_study_prints_the_comparison(tmp_path: Path, capsys):
+    import yaml
+
+    from harness.cli import main
+
+    from models import tiny_cnn, tiny_sweep
+
+    cfg = tiny_sweep(tmp_path, specs=["fp32", "int8-static-pc-wsym-minmax"])
+    cfg["models"] = [
+        {
+            "path": str(tiny_cnn(tmp_path / f"{g}{s}.onnx", seed=10 * i + s)),
+            "name": f"{g}-s{s}",
+            "group": g,
+            "seed": s,
+            **({} if s == 0 else {"timing": False}),
+        }
+        for i, g in enumerate(("fp", "qt"))
+        for s in (0, 1)
+    ]
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["sweep", str(tmp_path / "s.yaml"), "-q", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "qt vs fp: mean ± sd over seeds" in out and "INT8 mean gap:" in out

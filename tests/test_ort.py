@@ -48,6 +48,13 @@ def test_all_spec_families_compile_and_stay_close_to_fp32(setup):
     ]:
         out, info = _run(b, setup, spec_id)
         err = np.abs(out - ref).max()
+        if info.extra.get("int8_saturation_risk"):
+            # AVX2 without VNNI: the fused s8s8 kernels saturate; the unfused graph holds the QDQ numerics
+            assert "without VNNI" in " ".join(info.notes)
+            with OrtBackend({"threads": 1, "graph_optimization": "basic"}).compile(
+                setup[0], QuantSpec.parse(spec_id), setup[1], setup[3] / "art" / f"{spec_id}-basic"
+            ) as c:
+                err = np.abs(c.infer(setup[2].batch(0, 16))[0] - ref).max()
         assert 0 < err < tol, (spec_id, err)
         assert info.artifact_bytes > 0
     _, info = _run(b, setup, "int8-static-pc-wsym-minmax")
@@ -101,3 +108,16 @@ def test_unsupported_specs_and_bad_options():
 def test_int4_weightonly_without_matmul_is_skipped_with_reason(setup):
     with pytest.raises(UnsupportedSpec, match="MatMulNBits"):
         _run(OrtBackend(), setup, "int4-weightonly-pc-sym")
+
+
+def test_s8s8_saturation_note_only_where_the_kernels_saturate(monkeypatch):
+    import backends.ort as ort_mod
+
+    sym, wsym = QuantSpec.parse("int8-static-pt-sym-minmax"), QuantSpec.parse("int8-static-pt-wsym-minmax")
+    monkeypatch.setattr(ort_mod, "cpu_has_vnni", lambda: False)
+    assert "without VNNI" in ort_mod.s8s8_saturation_risk(sym, "CPUExecutionProvider", "all")
+    assert ort_mod.s8s8_saturation_risk(wsym, "CPUExecutionProvider", "all") == ""  # uint8 activations
+    assert ort_mod.s8s8_saturation_risk(sym, "CPUExecutionProvider", "basic") == ""  # unfused kernels
+    assert ort_mod.s8s8_saturation_risk(sym, "CUDAExecutionProvider", "all") == ""
+    monkeypatch.setattr(ort_mod, "cpu_has_vnni", lambda: True)
+    assert ort_mod.s8s8_saturation_risk(sym, "CPUExecutionProvider", "all") == ""

@@ -53,19 +53,35 @@ class GraphIndex:
         self.by_name = {t.name: t for t in self.tensors}
 
 
-def index_graph(model_path: Path, workdir: Path) -> GraphIndex:
-    """Index ``model_path``: float, input-dependent tensors only (shape arithmetic and constants are skipped)."""
+def light_proto(path: Path, batch: int | None = None) -> Any:
+    """``path`` loaded with large initializers emptied (dims and type kept), shapes inferred: names, types and
+    sizes without the weights' memory (a ResNet-50 otherwise costs several 100 MB copies). Small initializers stay:
+    shape inference reads Reshape targets from them. ``batch`` fixes a dynamic batch axis first."""
     import onnx
 
-    from backends._graph import fix_batch
-
-    proto = onnx.load(str(model_path), load_external_data=False)
+    proto = onnx.load(str(path), load_external_data=False)
+    for init in proto.graph.initializer:
+        if len(init.raw_data) > 4096:
+            init.ClearField("raw_data")
+            init.data_location = onnx.TensorProto.DEFAULT
+            init.raw_data = b""
+    if batch is not None:
+        inits = {i.name for i in proto.graph.initializer}
+        for v in [*[i for i in proto.graph.input if i.name not in inits], *proto.graph.output]:
+            dims = v.type.tensor_type.shape.dim
+            if dims and not dims[0].HasField("dim_value"):
+                dims[0].ClearField("dim_param")
+                dims[0].dim_value = batch
+        del proto.graph.value_info[:]
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        shaped = onnx.load(str(fix_batch(model_path, workdir / "shapes.onnx")), load_external_data=False)
-        (workdir / "shapes.onnx").unlink(missing_ok=True)
-    except Exception:  # noqa: BLE001 - strict shape inference can fail on exotic graphs; sizes become unknown
-        shaped = onnx.shape_inference.infer_shapes(proto)
+        return onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # noqa: BLE001 - contrib ops or an emptied tensor shape inference wanted: names still hold
+        return proto
+
+
+def index_graph(model_path: Path) -> GraphIndex:
+    """Index ``model_path``: float, input-dependent tensors only (shape arithmetic and constants are skipped)."""
+    proto = shaped = light_proto(model_path, batch=1)
     g = proto.graph
     vis = {v.name: v for v in [*shaped.graph.value_info, *shaped.graph.input, *shaped.graph.output]}
     inits = {i.name for i in g.initializer}
@@ -197,13 +213,8 @@ class OnnxTap:
         self.description = f"ONNX Runtime CPU, graph_optimization={level}, {style} graph"
 
     def _types(self) -> dict[str, int]:
-        import onnx
-
-        try:
-            inferred = onnx.shape_inference.infer_shapes(self.proto)
-            vis = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-        except Exception:  # noqa: BLE001 - contrib ops; types then come from the name rules
-            vis = [*self.proto.graph.input, *self.proto.graph.output]
+        g = light_proto(self.path).graph  # contrib ops may stay untyped: their types come from the name rules
+        vis = [*g.value_info, *g.input, *g.output]
         return {v.name: v.type.tensor_type.elem_type for v in vis if v.type.tensor_type.elem_type}
 
     def locate(self, index: GraphIndex) -> dict[str, Mapping_]:

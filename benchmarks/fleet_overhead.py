@@ -1,0 +1,111 @@
+"""Wall time of the demo's timed cells (seed-0 checkpoints, ort) on a simulated 3-board Ray fleet vs the same
+cells run here by the local executor, and the per-cell overhead the Ray executor adds.
+
+Simulated: the three "boards" are Ray nodes on this one machine (``ray.cluster_utils.Cluster``), so they share
+its cores; the figures measure the executor's overhead, not a fleet's speed-up. Needs ``qtbench[fleet]``.
+
+    python benchmarks/fleet_overhead.py [--out fleet_overhead.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def demo_cells(results: Path) -> dict:
+    """The bundled demo restricted to its timed seed-0 models on ONNX Runtime (every spec of the demo)."""
+    from harness.config import load_sweep
+    from harness.demo import demo_config_path
+
+    cfg = load_sweep(demo_config_path()).to_dict()
+    base = cfg.pop("base_dir")
+    cfg["models"] = [m for m in cfg["models"] if m.get("timing", True)]
+    for m in cfg["models"]:
+        m["path"] = str(Path(base) / m["path"])
+    for k in ("evaluation", "calibration"):
+        cfg[k]["path"] = str(Path(base) / cfg[k]["path"])
+    cfg["backends"] = [b for b in cfg["backends"] if b["name"] == "ort"]
+    cfg["include"], cfg["exclude"] = [], []
+    cfg["run"] = {**cfg["run"], "results_dir": str(results), "cache_dir": None}
+    return cfg
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", help="write the figures as JSON here")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="qtbench-fleet-"))
+    os.environ["QTBENCH_FLEET_DIR"] = str(tmp / "boards")
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from harness.fleet import Board, Fleet, RayExecutor
+    from harness.sweep import run_sweep
+
+    boards = ("a", "b", "c")
+    out: dict = {"simulated": "3 Ray nodes on one machine", "cpus": os.cpu_count()}
+    t = time.perf_counter()
+    small = {"object_store_memory": 80 << 20, "num_cpus": 1}
+    cluster = Cluster(
+        initialize_head=True, head_node_args={**small, "resources": {"board:a": 1}, "include_dashboard": False}
+    )
+    for b in boards[1:]:
+        cluster.add_node(**small, resources={f"board:{b}": 1})
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="warning")
+    out["cluster_start_s"] = time.perf_counter() - t
+    try:
+        t = time.perf_counter()
+        local_rows = []
+        for b in boards:
+            cfg = demo_cells(tmp / f"local-{b}")
+            cfg["run"]["board_id"] = b
+            local_rows.append(run_sweep(cfg))
+        out["local_s"] = time.perf_counter() - t
+        out["cells"] = sum(len(df) for df in local_rows)
+        local_cell_s = sum(float(df["cell_wall_s"].fillna(0).sum()) for df in local_rows)
+        out["local_overhead_s_per_cell"] = (out["local_s"] - local_cell_s) / out["cells"]
+
+        executor = RayExecutor(Fleet(None, tuple(Board(b, f"board:{b}") for b in boards)))
+        t = time.perf_counter()
+        df = run_sweep(demo_cells(tmp / "fleet"), executor=executor)
+        out["fleet_s"] = time.perf_counter() - t
+        assert len(df) == out["cells"] and set(df["status"]) <= {"ok", "skipped"}, df["status"].value_counts()
+        cell_s = dict(zip(df["device"] + "|" + df["model"] + "|" + df["spec_id"], df["cell_wall_s"], strict=True))
+
+        def median(xs: list[float]) -> float:
+            xs = sorted(x for x in xs if x == x)  # NaN: a cell skipped inside the board task has no cell time
+            return xs[len(xs) // 2] if xs else float("nan")
+
+        ivs = executor.intervals
+        task_s = [(iv.task_ns[1] - iv.task_ns[0]) / 1e9 for iv in ivs]
+        parts = [iv.label.split(" × ") for iv in ivs]  # board × model × backend × spec
+        inner = [cell_s[f"{p[0]}|{p[1]}|{p[3]}"] for p in parts]
+        out["fleet_measured_cells"] = len(ivs)
+        # submit → result minus the task's own time on the board: Ray scheduling, argument and result transfer
+        out["fleet_ray_dispatch_s_per_cell_median"] = median([w.wall_s - t for w, t in zip(ivs, task_s, strict=True)])
+        # the task's time minus the cell's own (compile + evaluate + time): unpacking inputs, the child process
+        out["fleet_isolation_s_per_cell_median"] = median([t - c for t, c in zip(task_s, inner, strict=True)])
+        out["fleet_overhead_s_per_cell_median"] = median([w.wall_s - c for w, c in zip(ivs, inner, strict=True)])
+        per_board = {b: sum(iv.wall_s for iv in executor.intervals if iv.board == b) for b in boards}
+        out["fleet_busiest_board_s"] = max(per_board.values())  # the rest of fleet_s is planning and storing
+        t = time.perf_counter()
+        run_sweep(demo_cells(tmp / "fleet"), executor=RayExecutor(executor.fleet))
+        out["fleet_resubmit_s"] = time.perf_counter() - t
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
