@@ -81,9 +81,9 @@ class OrtBackend(Backend):
         if not isinstance(o["exclude_nodes"], list) or not all(isinstance(n, str) for n in o["exclude_nodes"]):
             raise ConfigError("backends.ort.options.exclude_nodes: a list of node names of the original model")
         bs = o["int4_block_size"]
-        if bs != "channel" and not (isinstance(bs, int) and bs >= 16 and bs & (bs - 1) == 0):
+        if bs != "channel" and not (isinstance(bs, int) and 16 <= bs <= 256 and bs & (bs - 1) == 0):
             raise ConfigError(
-                f"backends.ort.options.int4_block_size: {bs!r}; use 'channel' or a power of two ≥ 16 (e.g. 32)"
+                f"backends.ort.options.int4_block_size: {bs!r}; use 'channel' or a power of two in 16..256 (e.g. 32)"
             )
 
     # -- probing -------------------------------------------------------------------------------------------
@@ -274,6 +274,11 @@ class OrtBackend(Backend):
             # per output channel; zero padding changes neither max|w| nor a range that already includes 0
             k = max([_matmul_k(proto, n) for n in proto.graph.node if n.op_type in ("MatMul", "Gemm")] or [16])
             block = max(16, 1 << (k - 1).bit_length())
+            if block > 256:  # MLAS's blockwise kernels take blocks of 16..256 along K (larger ones abort)
+                raise UnsupportedSpec(
+                    f"ORT int4 weight-only blocks span at most 256 inputs; this model's K={k} cannot have one scale "
+                    "per output channel. Set options.int4_block_size to 32/64/128/256 to run group-wise (recorded)"
+                )
             grouping = "per output channel (one block spans K)"
         else:
             grouping = f"group-wise: blocks of {block} weights along K, one scale each (not per output channel)"

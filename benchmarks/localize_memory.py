@@ -87,7 +87,7 @@ def child_baseline(args: argparse.Namespace) -> dict:
         def rewind(self) -> None:
             self.i = 0
 
-        def __iter__(self):  # noqa: ANN204 - collect_activations iterates the reader
+        def __iter__(self):  # collect_activations iterates the reader
             return iter(self.get_next, None)
 
     t0 = time.perf_counter()

@@ -102,7 +102,7 @@ def percentile_range(
     q = min(max(percentile, 0.0), 100.0) / 100.0
     if symmetric:
         zero = hist.size // 2
-        folded = hist[zero:][: zero] + hist[:zero][::-1]
+        folded = hist[zero:][:zero] + hist[:zero][::-1]
         j = min(int(np.searchsorted(np.cumsum(folded) / total, q - 1e-12)), zero - 1)
         t = min(float(edges[zero + j + 1]), max(abs(float(data_min)), abs(float(data_max))))
         return -t, t

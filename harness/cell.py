@@ -6,7 +6,6 @@ Everything here may import heavy SDKs (through the adapter); the parent process 
 from __future__ import annotations
 
 import json
-import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -89,20 +88,6 @@ def fp32_outputs(model_path: str | Path, data: Any, out_index: int, batch: int) 
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
     return run_batched(lambda f: sess.run(None, dict(f)), data, out_index, batch)
-
-
-def reference_logits(job: CellJob, facts: ModelFacts, evaluation: Any, out_index: int) -> np.ndarray:
-    """FP32 ONNX Runtime CPU outputs on the eval set, cached by (model sha, eval sha) — the fidelity baseline."""
-    cache = Path(job.cache_dir) / "reference" / f"{job.model_sha256[:16]}-{evaluation.sha256[:16]}-{out_index}.npy"
-    if cache.is_file():
-        return np.load(cache)
-    batch = job.measure.eval_batch_size if facts.dynamic_batch else 1
-    ref = fp32_outputs(job.model_path, evaluation, out_index, batch)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, ref)
-    os.replace(tmp, cache)
-    return ref
 
 
 def run_cell(job: CellJob) -> CellResult:

@@ -70,3 +70,28 @@ def _as_list(v: str | list[str] | None) -> list[str]:
 
 def cell_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def artifact_key(
+    model_sha: str,
+    spec: QuantSpec,
+    backend_version: str,
+    options: dict[str, Any],
+    calib_sha: str,
+    side_files: dict[str, str] | None = None,
+) -> str:
+    """The compiled-artifact cache key: what decides the artifact's bytes (not the timing protocol or device).
+
+    The sweep and ``qtbench localize`` both call this, so a localisation reuses the sweep's compiled artifacts.
+    ``side_files`` are files besides the model that decide the artifact (a pre-converted ``.tflite``), by hash.
+    """
+    return cell_key(
+        {
+            "model": model_sha,
+            "spec": spec.id,
+            "backend_version": backend_version,
+            "options": options,
+            "calib": calib_sha if spec.is_static else "",
+            **({"artifact_inputs": side_files} if side_files else {}),
+        }
+    )

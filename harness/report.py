@@ -869,7 +869,7 @@ def fig_mask_agreement(ok: Any) -> Figure | None:
     low = float(np.nanmin(100 * seg[["mask_agreement", "miou_fp"]].to_numpy()))
     ax.set_xlim(max(0.0, min(low - 5, 90.0)), 100.5)
     ax.set_xlabel("% (100 = the quantized masks equal the FP32 model's)")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False)
     fig.text(0.99, 0.0, _provenance(seg), ha="right", fontsize=7, color="dimgray")
     return Figure(
         "mask_agreement",

@@ -19,6 +19,7 @@ from harness import isolate
 from harness.cell import CellJob, CellResult, compile_cell, model_facts, run_cell
 from harness.config import DataSource, ModelEntry, Sweep, load_sweep, parse_sweep
 from harness.errors import ConfigError, DataError, QtbenchError, ResultsError
+from harness.plan import artifact_key as plan_artifact_key
 from harness.plan import cell_key, expand
 from harness.records import Record
 from harness.store import ResultsStore, load_results, os_error_message
@@ -478,16 +479,7 @@ def plan(run: SweepRun, probe_call: Callable[..., tuple[str, Any]] | None = None
         else:
             ev_src, ev_path = _data_path(sweep, m, "evaluation")
             ca_src, ca_path = _data_path(sweep, m, "calibration")
-            artifact_key = cell_key(
-                {
-                    "model": info["sha"],
-                    "spec": s.id,
-                    "backend_version": probe["version"],
-                    "options": b.options,
-                    "calib": info["calib_sha"] if s.is_static else "",
-                    **({"artifact_inputs": side_files} if side_files else {}),
-                }
-            )
+            artifact_key = plan_artifact_key(info["sha"], s, probe["version"], b.options, info["calib_sha"], side_files)
             cell.job = CellJob(
                 str(sweep.resolve(m.path)),
                 info["sha"],
@@ -561,7 +553,7 @@ def run_sweep(
 
 
 def _zoo_weights(path: Path) -> str:
-    """"random" for a zoo model built without a state dict (harness.zoo metadata), so every row of it says so."""
+    """The weights label of a zoo model ("random" when built without a state dict), so every row of it says so."""
     from harness.zoo import META_WEIGHTS, model_metadata
 
     return "random" if model_metadata(path).get(META_WEIGHTS) == "random" else ""

@@ -191,6 +191,6 @@ def test_sweep_of_a_two_group_study_prints_the_comparison(tmp_path: Path, capsys
         for s in (0, 1)
     ]
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["sweep", str(tmp_path / "s.yaml"), "-q", "--no-report"]) == 0
+    assert main(["sweep", str(tmp_path / "s.yaml"), "-q", "--no-report", "--no-isolate"]) == 0
     out = capsys.readouterr().out
     assert "qt vs fp: mean ± sd over seeds" in out and "INT8 mean gap:" in out

@@ -121,3 +121,30 @@ def test_s8s8_saturation_note_only_where_the_kernels_saturate(monkeypatch):
     assert ort_mod.s8s8_saturation_risk(sym, "CUDAExecutionProvider", "all") == ""
     monkeypatch.setattr(ort_mod, "cpu_has_vnni", lambda: True)
     assert ort_mod.s8s8_saturation_risk(sym, "CPUExecutionProvider", "all") == ""
+
+
+def test_int4_weightonly_per_channel_refuses_k_above_mlas_blocks(tmp_path: Path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((384, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "k384",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 384])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    path = tmp_path / "k384.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = ModelInput(path, "sha", ["x"], ["y"], True)
+    spec = QuantSpec.parse("int4-weightonly-pc-sym")
+    with pytest.raises(UnsupportedSpec, match="K=384 cannot have one scale per output channel"):
+        OrtBackend({"threads": 1}).compile(model, spec, None, tmp_path / "a")
+    with OrtBackend({"threads": 1, "int4_block_size": 128}).compile(model, spec, None, tmp_path / "b") as c:
+        x = np.random.default_rng(1).standard_normal((4, 384)).astype(np.float32)
+        y = c.infer({"x": x})[0]
+        assert np.abs(y - x @ w).max() / np.abs(x @ w).max() < 0.2
+        assert "group-wise" in " ".join(c.info.notes)
+    with pytest.raises(ConfigError, match=r"16\.\.256"):
+        OrtBackend({"int4_block_size": 512})

@@ -148,18 +148,10 @@ def parse_backends(names: list[str] | None, sweep: Any) -> list[BackendTarget]:
 def artifact_workdir(
     cache: Path, target: BackendTarget, version: str, model_sha: str, spec: Any, calib_sha: str
 ) -> Path:
-    """The sweep's cache folder for this cell (``harness.sweep`` computes the same key): artifacts are shared."""
-    from harness.plan import cell_key
+    """The sweep's cache folder for this cell (the same :func:`harness.plan.artifact_key`): artifacts are shared."""
+    from harness.plan import artifact_key
 
-    key = cell_key(
-        {
-            "model": model_sha,
-            "spec": spec.id,
-            "backend_version": version,
-            "options": target.options,
-            "calib": calib_sha if spec.is_static else "",
-        }
-    )
+    key = artifact_key(model_sha, spec, version, target.options, calib_sha)
     return cache / "artifacts" / target.slug / key
 
 
@@ -686,16 +678,21 @@ def markdown(summary: Any, fallback: Any, plots: list[Path], suggestions: list[P
     if summary.empty:
         return "\n".join([*lines, "no backend ran", ""])
     lines += [
-        "| model | spec | backend | kind | first divergent (dB) | largest jump (dB) | output SQNR dB | note |",
+        "| model | spec | backend | kind | first divergent (SQNR dB) | largest jump (dB drop) | output dB | note |",
         "|---|---|---|---|---|---|---|---|",
     ]
+
+    def text(v: Any) -> str:
+        return v if isinstance(v, str) else ""
+
+    def db(v: Any) -> str:
+        return f" ({v:.1f})" if isinstance(v, float) and np.isfinite(v) else ""
+
     for _, r in summary.iterrows():
-        first = f"{r.get('first_divergent_node') or r.get('first_divergent_tensor') or '—'}"
-        if r.get("first_divergent_tensor"):
-            first += f" ({r['first_divergent_sqnr_db']:.1f})"
-        jump = f"{r.get('largest_jump_node') or '—'}"
-        if isinstance(r.get("largest_jump_db"), float) and np.isfinite(r["largest_jump_db"]):
-            jump += f" ({r['largest_jump_db']:.1f})"
+        first = text(r.get("first_divergent_node")) or text(r.get("first_divergent_tensor"))
+        first = first + db(r.get("first_divergent_sqnr_db")) if first else "—"
+        jump = text(r.get("largest_jump_node"))
+        jump = jump + db(r.get("largest_jump_db")) if jump else "—"
         kind = r.get("kind") if isinstance(r.get("kind"), str) else r["status"]
         note = r["reason"] if r["status"] != "ok" else r.get("tap", "")
         out_db = r.get("output_sqnr_db", float("nan"))
