@@ -171,8 +171,9 @@ def _run_cell(job: CellJob) -> CellResult:
             fields.update(
                 eval_samples=len(evaluation), eval_sha256=evaluation.sha256, metrics_version=metrics.METRICS_VERSION
             )
-            if scored.notes():
-                fields["notes"] = "; ".join(n for n in (fields["notes"], *scored.notes()) if n)
+            said = [*scored.notes(), *getattr(evaluation, "warnings", ())]  # e.g. "no labels: accuracy not computed"
+            if said:
+                fields["notes"] = "; ".join(n for n in (fields["notes"], *said) if n)
             result.predictions = scored.predictions
             if result.predictions is not None and evaluation.labels is not None:
                 result.labels = np.asarray(evaluation.labels)

@@ -51,14 +51,25 @@ def results_table(df: Any, title: str = "") -> Any:
 
 
 def _print_reasons(console: Any, df: Any) -> None:
+    """One line per failed/timed-out/unavailable cell; skipped cells once per (backend, reason), with their specs
+    (a study skips the same unsupported pair for every checkpoint: one line says it)."""
     bad = df[df["status"] != "ok"]
+    skipped: dict[tuple[str, str], list[Any]] = {}
     for _, row in bad.iterrows():
         msg = str(row["status_message"]).strip().splitlines()[0] if row["status_message"] else ""
+        if row["status"] == "skipped":
+            skipped.setdefault((row["backend"], msg), []).append(row)
+            continue
         console.print(
             f"  [{row['status']}] {row['model']} × {row['backend']} × {row['spec_id']}: {msg}",
             markup=False,
             highlight=False,
         )
+    for (backend, msg), rows in skipped.items():
+        specs = sorted({r["spec_id"] for r in rows})
+        models = {r["model"] for r in rows}
+        where = f"{backend} × {', '.join(specs)}" + (f" ({len(models)} models)" if len(models) > 1 else "")
+        console.print(f"  [skipped] {where}: {msg}", markup=False, highlight=False)
     if "unstable" in df and df["unstable"].any():
         console.print("  ! = unstable timing (coefficient of variation above measure.cv_threshold)", highlight=False)
 
@@ -154,7 +165,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     df = run_sweep(sweep, progress=None if args.quiet else progress)
     wall = time.perf_counter() - t0
-    console.print(results_table(df, title=f"{sweep.name}: {len(df)} cells ({wall:.1f}s)"))
+    ran = df[df["status"] != "skipped"]  # skipped pairs are listed once per reason below the table
+    n_skip = len(df) - len(ran)
+    title = f"{sweep.name}: {len(df)} cells ({wall:.1f}s)" + (f", {n_skip} skipped as unsupported" if n_skip else "")
+    console.print(results_table(ran, title=title))
     _print_reasons(console, df)
     if "group" in df and df["group"].replace("", None).dropna().nunique() >= 2:
         _print_comparison(console, sweep.results_path)

@@ -276,6 +276,7 @@ def test_unlabelled_evaluation_runs_and_says_so(tmp_path: Path, base: dict, caps
     run_cli(capsys, "sweep", str(write_cfg(tmp_path, cfg)), "-q", "--no-report")
     row = next(iter(_rows(tmp_path).values()))
     assert row.status == "ok" and np.isnan(row.top1) and row.top1_agreement == 1.0
+    assert "accuracy, ECE and FP→Q gap are not computed" in row.notes
 
 
 # -- results folders ------------------------------------------------------------------------------------------
