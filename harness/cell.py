@@ -92,28 +92,30 @@ def fp32_outputs(model_path: str | Path, data: Any, out_index: int, batch: int) 
 
 def run_cell(job: CellJob) -> CellResult:
     """Compile, evaluate and time one cell; every failure becomes a status, never an exception."""
+    return _guarded(_run_cell, job)
+
+
+def _guarded(fn: Any, job: CellJob, prefix: str = "") -> CellResult:
+    """``fn(job)`` with every failure turned into a status: the mapping both phases of a cell share."""
     try:
-        return _run_cell(job)
+        return fn(job)
     except UnsupportedSpec as exc:
         return CellResult("skipped", str(exc))
     except BackendUnavailable as exc:
         return CellResult("unavailable", str(exc))
     except QtbenchError as exc:
-        return CellResult("failed", f"{type(exc).__name__}: {exc}")
+        return CellResult("failed", f"{prefix}{type(exc).__name__}: {exc}")
     except Exception as exc:  # noqa: BLE001 - an SDK error costs this cell only
         tb = traceback.format_exc(limit=6)
-        return CellResult("failed", f"{type(exc).__name__}: {exc}\n{tb}")
+        return CellResult("failed", f"{prefix}{type(exc).__name__}: {exc}\n{tb}")
 
 
-def _run_cell(job: CellJob) -> CellResult:
+def _open(job: CellJob) -> tuple[Any, ModelFacts, Any, Any, Path] | CellResult:
+    """Backend, graph facts, calibration data, model and workdir of a cell, or the status that ends it early."""
     import backends
-    from harness import metrics, tasks
+    from backends.base import ModelInput
     from harness.data import load_dataset
-    from harness.measure import time_inference
-    from harness.zoo import META_NOTE, META_WEIGHTS, RANDOM_WEIGHTS_NOTE
-    from harness.zoo import model_metadata as zoo_metadata
 
-    t_cell = time.perf_counter()
     backend = backends.create(job.backend, job.backend_options, job.backend_target)
     av = backend.availability()
     if not av.available:
@@ -122,19 +124,32 @@ def _run_cell(job: CellJob) -> CellResult:
     if reason:
         return CellResult("skipped", reason)
     facts = model_facts(job.model_path)
-    evaluation = calib = None
+    calib = None
+    if job.calib_path and job.calibration is not None:
+        calib = load_dataset(job.calib_path, facts.input_names, None, job.calibration.limit, role="calibration")
+    model = ModelInput(
+        Path(job.model_path), job.model_sha256, facts.input_names, facts.output_names, facts.dynamic_batch
+    )
+    return backend, facts, calib, model, Path(job.cache_dir) / "artifacts" / job.backend / job.artifact_key
+
+
+def _run_cell(job: CellJob) -> CellResult:
+    from harness import metrics, tasks
+    from harness.data import load_dataset
+    from harness.measure import time_inference
+    from harness.zoo import META_NOTE, META_WEIGHTS, RANDOM_WEIGHTS_NOTE
+    from harness.zoo import model_metadata as zoo_metadata
+
+    t_cell = time.perf_counter()
+    opened = _open(job)
+    if isinstance(opened, CellResult):
+        return opened
+    backend, facts, calib, model, workdir = opened
+    evaluation = None
     if job.eval_path:
         evaluation = load_dataset(
             job.eval_path, facts.input_names, job.evaluation.labels, job.evaluation.limit, lazy=True
         )
-    if job.calib_path:
-        calib = load_dataset(job.calib_path, facts.input_names, None, job.calibration.limit, role="calibration")
-    from backends.base import ModelInput
-
-    model = ModelInput(
-        Path(job.model_path), job.model_sha256, facts.input_names, facts.output_names, facts.dynamic_batch
-    )
-    workdir = Path(job.cache_dir) / "artifacts" / job.backend / job.artifact_key
     fields: dict[str, Any] = {}
     with backend.compile(model, job.spec, calib, workdir) as compiled:
         info = compiled.info
@@ -236,34 +251,14 @@ def compile_cell(job: CellJob) -> CellResult:
     Nothing is timed or evaluated: the sweep measures the cell later, alone, from the cached artifact. Failures
     become statuses exactly as in :func:`run_cell`.
     """
-    try:
-        import backends
-        from backends.base import ModelInput
-        from harness.data import load_dataset
+    return _guarded(_compile_only, job, prefix="compile: ")
 
-        backend = backends.create(job.backend, job.backend_options, job.backend_target)
-        av = backend.availability()
-        if not av.available:
-            return CellResult("unavailable", av.reason)
-        reason = backend.supports(job.spec)
-        if reason:
-            return CellResult("skipped", reason)
-        facts = model_facts(job.model_path)
-        calib = None
-        if job.calib_path and job.calibration is not None:
-            calib = load_dataset(job.calib_path, facts.input_names, None, job.calibration.limit, role="calibration")
-        model = ModelInput(
-            Path(job.model_path), job.model_sha256, facts.input_names, facts.output_names, facts.dynamic_batch
-        )
-        workdir = Path(job.cache_dir) / "artifacts" / job.backend / job.artifact_key
-        with backend.compile(model, job.spec, calib, workdir) as compiled:
-            info = compiled.info
-            return CellResult("ok", fields={"compile_s": info.compile_s, "cache_hit": info.cache_hit})
-    except UnsupportedSpec as exc:
-        return CellResult("skipped", str(exc))
-    except BackendUnavailable as exc:
-        return CellResult("unavailable", str(exc))
-    except QtbenchError as exc:
-        return CellResult("failed", f"{type(exc).__name__}: {exc}")
-    except Exception as exc:  # noqa: BLE001 - an SDK error costs this cell only
-        return CellResult("failed", f"compile: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}")
+
+def _compile_only(job: CellJob) -> CellResult:
+    opened = _open(job)
+    if isinstance(opened, CellResult):
+        return opened
+    backend, _facts, calib, model, workdir = opened
+    with backend.compile(model, job.spec, calib, workdir) as compiled:
+        info = compiled.info
+        return CellResult("ok", fields={"compile_s": info.compile_s, "cache_hit": info.cache_hit})
