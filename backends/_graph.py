@@ -4,8 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+
+def set_batch(proto: Any, batch: int) -> Any:
+    """``proto`` (changed in place) with every dynamic batch axis of its graph inputs/outputs set to ``batch`` and
+    the stale ``value_info`` dropped, ready for shape inference."""
+    inits = {i.name for i in proto.graph.initializer}
+    for v in [*[i for i in proto.graph.input if i.name not in inits], *proto.graph.output]:
+        dims = v.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].ClearField("dim_param")
+            dims[0].dim_value = batch
+    del proto.graph.value_info[:]
+    return proto
 
 
 def fix_batch(src: Path, dst: Path, batch: int = 1) -> Path:
@@ -16,14 +30,7 @@ def fix_batch(src: Path, dst: Path, batch: int = 1) -> Path:
     """
     import onnx
 
-    proto = onnx.load(str(src))
-    inits = {i.name for i in proto.graph.initializer}
-    for v in [*[i for i in proto.graph.input if i.name not in inits], *proto.graph.output]:
-        dims = v.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
-            dims[0].ClearField("dim_param")
-            dims[0].dim_value = batch
-    del proto.graph.value_info[:]
+    proto = set_batch(onnx.load(str(src)), batch)
     proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     tmp = dst.with_suffix(".tmp.onnx")
     onnx.save(proto, str(tmp))

@@ -125,6 +125,17 @@ class OpenVinoBackend(Backend):
             return f"NNCF PTQ has no {spec.calibration} activation range estimator; use minmax or percentile"
         return None
 
+    def compile_config(self, spec: QuantSpec) -> dict[str, str]:
+        """The ``compile_model`` properties a cell uses (``qtbench localize`` compiles its taps with the same)."""
+        config = {
+            "PERFORMANCE_HINT": self.options["hint"],
+            "NUM_STREAMS": str(self.options["streams"]),
+            "INFERENCE_PRECISION_HINT": {"fp16": "f16", "bf16": "bf16"}.get(spec.precision, "f32"),
+        }
+        if self.options["threads"]:
+            config["INFERENCE_NUM_THREADS"] = str(self.options["threads"])
+        return config
+
     def _nncf_missing(self) -> str | None:
         import importlib.util
 
@@ -149,13 +160,7 @@ class OpenVinoBackend(Backend):
 
         notes, cache_hit = build_once(xml, build)
         compile_s = time.perf_counter() - t0
-        config = {
-            "PERFORMANCE_HINT": self.options["hint"],
-            "NUM_STREAMS": str(self.options["streams"]),
-            "INFERENCE_PRECISION_HINT": {"fp16": "f16", "bf16": "bf16"}.get(spec.precision, "f32"),
-        }
-        if self.options["threads"]:
-            config["INFERENCE_NUM_THREADS"] = str(self.options["threads"])
+        config = self.compile_config(spec)
         compiled = core.compile_model(str(xml), self.options["device"], config)
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")
         actual = hint.to_string() if hasattr(hint, "to_string") else str(hint)

@@ -173,13 +173,7 @@ def _tap_for(target: BackendTarget, backend: Any, compiled: Any, spec: Any) -> t
     if slug == "simnpu":
         return taps.OnnxTap(Path(info.artifact_path), "simnpu", "disabled", 1, target.key), ""
     if slug == "openvino":
-        config = {
-            "PERFORMANCE_HINT": backend.options["hint"],
-            "NUM_STREAMS": str(backend.options["streams"]),
-            "INFERENCE_PRECISION_HINT": {"fp16": "f16", "bf16": "bf16"}.get(spec.precision, "f32"),
-        }
-        if backend.options["threads"]:
-            config["INFERENCE_NUM_THREADS"] = str(backend.options["threads"])
+        config = backend.compile_config(spec)
         qdq = backend.options["quantizer"] == "ort" and not spec.is_float
         return taps.OpenVinoTap(Path(info.artifact_path), config, backend.options["device"], qdq, target.key), ""
     if slug == "tflite":

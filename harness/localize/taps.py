@@ -66,13 +66,9 @@ def light_proto(path: Path, batch: int | None = None) -> Any:
             init.data_location = onnx.TensorProto.DEFAULT
             init.raw_data = b""
     if batch is not None:
-        inits = {i.name for i in proto.graph.initializer}
-        for v in [*[i for i in proto.graph.input if i.name not in inits], *proto.graph.output]:
-            dims = v.type.tensor_type.shape.dim
-            if dims and not dims[0].HasField("dim_value"):
-                dims[0].ClearField("dim_param")
-                dims[0].dim_value = batch
-        del proto.graph.value_info[:]
+        from backends._graph import set_batch
+
+        set_batch(proto, batch)
     try:
         return onnx.shape_inference.infer_shapes(proto)
     except Exception:  # noqa: BLE001 - contrib ops or an emptied tensor shape inference wanted: names still hold
