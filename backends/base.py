@@ -186,6 +186,9 @@ class Backend(abc.ABC):
     #: Options whose value names a program to run or a library to load: refused from untrusted sweep files
     #: (see :mod:`harness.trust`).
     executable_options: ClassVar[tuple[str, ...]] = ()
+    #: Whether an artifact built on one machine runs on another with the same SDK version (a fleet may then
+    #: compile on a host and ship it to the board); False for artifacts bound to the building machine's device.
+    artifact_portable: ClassVar[bool] = True
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         options = dict(options or {})

@@ -1,28 +1,23 @@
 """ONNX Runtime adapter (``ort``): fp32, fp16, INT8 static (QDQ / QOperator) and dynamic, INT4 W4A8 and weight-only.
 
 Execution providers: ``providers: auto`` takes the first present of TensorRT, CUDA, DirectML, CoreML, then CPU;
-the providers the session actually holds are recorded (CPU fallback included). Quantization uses
-``onnxruntime.quantization`` with activation ranges computed by :mod:`harness.calibration` for entropy and MSE
-(see there why), passed through ORT's calibration-cache file so ``quantize_static`` uses exactly them.
+the providers the session actually holds are recorded (CPU fallback included). Quantized graphs come from
+:mod:`backends.qdq` (``onnxruntime.quantization`` fed with activation ranges from statistics collected once per
+model and calibration set), the same builder the qnn, tensorrt, openvino and simnpu adapters call.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import logging
-import os
 import tempfile
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from backends import qdq
 from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once
-from harness.errors import ConfigError, UnsupportedSpec
+from harness.errors import ConfigError
 from harness.spec import QuantSpec
 
 AUTO_PROVIDERS = (
@@ -34,7 +29,6 @@ AUTO_PROVIDERS = (
 )
 GRAPH_OPT = ("disabled", "basic", "extended", "all")
 COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul"}
-CALIB_BATCH = 64
 
 
 class OrtCompiled(Compiled):
@@ -197,112 +191,17 @@ class OrtBackend(Backend):
         workdir: Path,
         out: Path,
         notes: list[str],
-        quantize_bias: bool = True,
     ) -> None:
-        """Write ``spec``'s graph of ``model`` to ``out``. ``quantize_bias=False`` keeps biases float (TensorRT's
-        parser rejects ORT's int32 bias DequantizeLinear, onnx-tensorrt#850)."""
-        import onnxruntime.quantization as q
-
-        logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer warns on every call about pre-processing
-        model = local_model(model, workdir)
-        tmp = workdir / f".tmp-{os.getpid()}.onnx"
-        if spec.precision == "fp16":
-            import onnx
-            from onnxruntime.transformers.float16 import convert_float_to_float16
-
-            onnx.save(convert_float_to_float16(onnx.load(str(model.path)), keep_io_types=True), str(tmp))
-        elif spec.scaling == "weightonly":
-            self._int4_weightonly(model, spec, tmp, notes)
-        elif spec.scaling == "dynamic":
-            q.quantize_dynamic(
-                str(model.path),
-                str(tmp),
-                per_channel=spec.granularity == "per-channel",
-                weight_type=q.QuantType.QInt8 if spec.weight_symmetric else q.QuantType.QUInt8,
-                extra_options={"WeightSymmetric": spec.weight_symmetric},
-                nodes_to_exclude=list(self.options["exclude_nodes"]),
-            )
-        else:
-            self._static(model, spec, calib, workdir, tmp, notes, quantize_bias)
-        os.replace(tmp, out)
-
-    def _static(
-        self,
-        model: ModelInput,
-        spec: QuantSpec,
-        calib: Any,
-        workdir: Path,
-        out: Path,
-        notes: list[str],
-        quantize_bias: bool = True,
-    ) -> None:
-        import onnxruntime.quantization as q
-
-        cache, method = static_ranges(model, spec, calib, workdir, notes)
-        wtype = weight_type(spec)
-        atype = q.QuantType.QInt8 if spec.activation_symmetric else q.QuantType.QUInt8
-        q.quantize_static(
-            str(model.path),
-            str(out),
-            None,
-            quant_format=q.QuantFormat.QOperator if spec.format == "qoperator" else q.QuantFormat.QDQ,
-            per_channel=spec.granularity == "per-channel",
-            activation_type=atype,
-            weight_type=wtype,
-            calibrate_method=method,
-            calibration_cache_path=str(cache),
-            nodes_to_exclude=list(self.options["exclude_nodes"]),
-            extra_options={
-                "WeightSymmetric": spec.weight_symmetric,
-                "ActivationSymmetric": spec.activation_symmetric,
-                "QuantizeBias": quantize_bias,
-            },
+        qdq.build(
+            model,
+            spec,
+            calib,
+            workdir,
+            out,
+            notes,
+            exclude_nodes=self.options["exclude_nodes"],
+            int4_block_size=self.options["int4_block_size"],
         )
-        if not quantize_bias:
-            notes.append("biases kept in float (no int32 bias DequantizeLinear)")
-
-    def _int4_weightonly(self, model: ModelInput, spec: QuantSpec, out: Path, notes: list[str]) -> None:
-        import onnx
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-        logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.CRITICAL)
-        proto = onnx.load(str(model.path))
-        before = Counter(n.op_type for n in proto.graph.node)
-        block = self.options["int4_block_size"]
-        if block == "channel":
-            # one block spanning each weight column (K, zero-padded to MatMulNBits' power of two ≥ 16): one scale
-            # per output channel; zero padding changes neither max|w| nor a range that already includes 0
-            k = max([_matmul_k(proto, n) for n in proto.graph.node if n.op_type in ("MatMul", "Gemm")] or [16])
-            block = max(16, 1 << (k - 1).bit_length())
-            if block > 256:  # MLAS's blockwise kernels take blocks of 16..256 along K (larger ones abort)
-                raise UnsupportedSpec(
-                    f"ORT int4 weight-only blocks span at most 256 inputs; this model's K={k} cannot have one scale "
-                    "per output channel. Set options.int4_block_size to 32/64/128/256 to run group-wise (recorded)"
-                )
-            grouping = "per output channel (one block spans K)"
-        else:
-            grouping = f"group-wise: blocks of {block} weights along K, one scale each (not per output channel)"
-            notes.append(f"int4 weight-only scales are {grouping}; the spec's granularity is {spec.granularity}")
-        quant = MatMulNBitsQuantizer(
-            proto,
-            block_size=int(block),
-            is_symmetric=spec.weight_symmetric,
-            op_types_to_quantize=("MatMul", "Gemm"),
-        )
-        quant.process()
-        result = quant.model.model if hasattr(quant.model, "model") else quant.model
-        n_nbits = sum(1 for n in result.graph.node if n.op_type == "MatMulNBits")
-        if n_nbits == 0:
-            raise UnsupportedSpec(
-                f"int4 weight-only on ORT rewrites MatMul into MatMulNBits; onnxruntime's quantizer took none of "
-                f"this model's {before.get('MatMul', 0)} MatMul / {before.get('Gemm', 0)} Gemm / "
-                f"{before.get('Conv', 0)} Conv nodes"
-            )
-        float_convs = before.get("Conv", 0)
-        if float_convs:
-            notes.append(f"weight-only INT4 covers {n_nbits} MatMul/Gemm layer(s); {float_convs} Conv stay fp32")
-        notes.append(f"int4 block_size={block} ({grouping})")
-        onnx.save(result, str(out))
 
     # -- coverage ------------------------------------------------------------------------------------------
     def _coverage(self, artifact: Path, providers: list[str], spec: QuantSpec, info: CompiledInfo) -> None:
@@ -351,187 +250,6 @@ class OrtBackend(Backend):
                 info.fallback_ops.setdefault(n.op_type, "not quantized by onnxruntime.quantization (runs in float)")
 
 
-def _matmul_k(proto: Any, node: Any) -> int:
-    """The reduction length K of a MatMul/Gemm whose weight is an initializer (0 when it is not one)."""
-    w = next((i for i in proto.graph.initializer if len(node.input) > 1 and i.name == node.input[1]), None)
-    if w is None or len(w.dims) < 2:
-        return 0
-    trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-    return int(w.dims[-1] if node.op_type == "Gemm" and trans_b else w.dims[-2])
-
-
-def local_model(model: ModelInput, workdir: Path) -> ModelInput:
-    """``model`` copied into the cell's ``workdir`` (``source-<tag>.onnx``), for ORT's quantizer and calibrators.
-
-    They write ``<model>-inferred.onnx`` beside the file they are given and delete it: given the user's model, two
-    sweeps of one model race on that file, and a read-only model folder fails every quantized cell with a
-    misleading FileNotFoundError. External data is gathered into the copy.
-    """
-    import hashlib
-    import shutil
-
-    import onnx
-
-    src = model.path.resolve()
-    if src.parent == workdir.resolve():
-        return model  # already a file of this cell (a fixed-batch or prepared copy)
-    st = src.stat()
-    tag = hashlib.sha256(f"{src}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    dst = workdir / f"source-{tag}.onnx"  # one name per source file version: a workdir may serve several models
-    if not dst.is_file():
-        workdir.mkdir(parents=True, exist_ok=True)
-        tmp = workdir / f".source-{os.getpid()}.onnx"
-        head = onnx.load(str(model.path), load_external_data=False)
-        if any(i.data_location == onnx.TensorProto.EXTERNAL for i in head.graph.initializer):
-            onnx.save(onnx.load(str(model.path)), str(tmp))
-        else:
-            shutil.copyfile(model.path, tmp)
-        os.replace(tmp, dst)
-    return ModelInput(dst, model.sha256, model.input_names, model.output_names, model.dynamic_batch)
-
-
-def weight_type(spec: QuantSpec) -> Any:
-    """onnxruntime.quantization's weight QuantType for a spec: 4 or 8 bits, signed when symmetric."""
-    import onnxruntime.quantization as q
-
-    return {
-        (True, True): q.QuantType.QInt4,
-        (True, False): q.QuantType.QUInt4,
-        (False, True): q.QuantType.QInt8,
-        (False, False): q.QuantType.QUInt8,
-    }[(spec.precision == "int4", spec.weight_symmetric)]
-
-
-def static_ranges(model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path, notes: list[str]) -> tuple[Path, Any]:
-    """Activation ranges for a static spec, written as ORT's calibration cache (``workdir/calibration.json``).
-
-    Returns the cache and the CalibrationMethod it is tagged with (``quantize_static`` insists they match).
-    Every adapter that quantizes through ``onnxruntime.quantization`` (ort, qnn) reads the same ranges, so a gap
-    between them is the vendor stack's, not a calibration difference. Entropy and MSE ranges come from
-    :mod:`harness.calibration` (ORT's entropy is ~30x slower and has no MSE).
-    """
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
-
-    from harness import calibration
-
-    if calib is None:
-        raise ConfigError("static quantization needs calibration data: set `calibration:` in the sweep file")
-    model = local_model(model, workdir)  # the calibrator writes <model>-inferred.onnx beside its input
-    data = calib.head(spec.calib_samples)
-    if len(data) < spec.calib_samples:
-        notes.append(f"calibrated on {len(data)} samples (spec asks {spec.calib_samples}; the set is smaller)")
-    stats, hit, stats_path = calibration_stats(model, data, workdir)
-    notes.append(
-        "activation statistics reused from the calibration cache"
-        if hit
-        else f"activation statistics collected once for this model and calibration set ({len(data)} samples)"
-    )
-    sym = spec.activation_symmetric
-    tag = f"{spec.calibration}{spec.percentile if spec.calibration == 'percentile' else ''}-{'sym' if sym else 'asym'}"
-    memo = stats_path.with_name(f"{stats_path.stem}.{tag}.json")  # pt/pc and int8/int4 specs share activation ranges
-    try:
-        found = json.loads(memo.read_text()) if memo.is_file() else None
-    except (OSError, ValueError):
-        found = None
-    if not isinstance(found, dict) or set(found) != set(stats):
-        found = {}
-        for name, (hist, edges, lo, hi) in stats.items():
-            if spec.calibration == "minmax":  # what ORT's MinMax calibrator computes: the observed [min, max]
-                m = max(abs(float(lo)), abs(float(hi)))
-                r = (-m, m) if sym else (float(lo), float(hi))
-            elif spec.calibration == "entropy":
-                r = calibration.entropy_range(hist, edges, lo, hi)
-            elif spec.calibration == "percentile":
-                r = calibration.percentile_range(hist, edges, lo, hi, spec.percentile, sym)
-            else:
-                r = calibration.mse_range(hist, edges, lo, hi, 8, sym)
-            found[name] = [float(r[0]), float(r[1])]
-        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(found))
-        os.replace(tmp, memo)
-    ranges = {n: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for n, (lo, hi) in found.items()}
-    tensors = TensorsData(CalibrationMethod.MinMax, ranges)
-    if spec.calibration != "minmax":
-        notes.append(
-            f"{spec.calibration} ranges computed by qtbench from {calibration.DEFAULT_NUM_BINS}-bin histograms"
-        )
-    cache = workdir / "calibration.json"
-    save_tensors_data(tensors, cache)
-    return cache, tensors.calibration_method
-
-
-STATS_VERSION = 1  # bump when what calibration_stats() collects changes
-
-
-def calibration_stats(model: ModelInput, data: Any, workdir: Path) -> tuple[dict[str, tuple], bool, Path]:
-    """Per-tensor FP32 activation statistics — a 2,048-bin zero-centred histogram and the exact min/max — collected
-    once per (model file, calibration samples) and cached by content hash; returns (stats, cache_hit, file).
-
-    Every range method (min-max, percentile, entropy, MSE) and every spec, granularity and backend that builds
-    ORT QDQ graphs (ort, qnn, simnpu, tensorrt, openvino with ``quantizer: ort``) derive their ranges from the
-    same statistics, so the model's activations are computed once instead of once per spec and backend. Min-max
-    ranges from these statistics equal ORT's MinMax calibrator's exactly (the collector keeps the true min/max).
-    """
-    import fcntl
-    import hashlib
-    import json
-
-    import onnxruntime as ort
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
-
-    from harness import calibration
-
-    h = hashlib.sha256()
-    with open(model.path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    key = hashlib.sha256(
-        f"{h.hexdigest()}|{data.sha256}|{calibration.DEFAULT_NUM_BINS}|{ort.__version__}|{STATS_VERSION}".encode()
-    ).hexdigest()[:24]
-    artifacts = workdir.parent.parent
-    root = artifacts.parent / "calibration" if artifacts.name == "artifacts" else workdir / "calibration"
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / f"{key}.npz"
-    with open(root / f".{key}.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel compile workers of one model: one collects, the rest wait
-        if path.is_file():
-            try:
-                with np.load(path, allow_pickle=False) as z:
-                    names = json.loads(str(z["names"]))
-                    return (
-                        {
-                            n: (z[f"h{i}"], z[f"e{i}"], z["minmax"][i, 0], z["minmax"][i, 1])
-                            for i, n in enumerate(names)
-                        },
-                        True,
-                        path,
-                    )
-            except (OSError, ValueError, KeyError):
-                path.unlink(missing_ok=True)  # a torn or foreign file: collect again
-        with tempfile.TemporaryDirectory(dir=workdir) as tmpd:
-            calibrator = create_calibrator(
-                model.path,
-                [],
-                augmented_model_path=str(Path(tmpd) / "augmented.onnx"),
-                calibrate_method=CalibrationMethod.Entropy,  # histogram collector: histograms and true min/max
-                extra_options={"num_bins": calibration.DEFAULT_NUM_BINS},
-            )
-            with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress to stdout
-                calibrator.collect_data(_Reader(data, model.dynamic_batch))
-            stats = {
-                name: (np.asarray(hist), np.asarray(edges), np.float64(lo), np.float64(hi))
-                for name, (hist, edges, lo, hi, _t) in calibrator.collector.histogram_dict.items()
-            }
-        names = list(stats)
-        arrays = {f"h{i}": stats[n][0] for i, n in enumerate(names)}
-        arrays |= {f"e{i}": stats[n][1] for i, n in enumerate(names)}
-        arrays["minmax"] = np.array([[stats[n][2], stats[n][3]] for n in names], dtype=np.float64).reshape(-1, 2)
-        tmp = root / f".{key}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, names=np.array(json.dumps(names)), **arrays)
-        os.replace(tmp, path)
-        return stats, False, path
-
-
 def cpu_has_vnni() -> bool | None:
     """Whether this x86 CPU has VNNI/AMX int8 dot products (None: not x86 or unknown)."""
     import platform
@@ -567,28 +285,6 @@ def s8s8_saturation_risk(spec: QuantSpec, provider: str, graph_optimization: str
             "compare with options.graph_optimization: basic (unfused reference kernels)"
         )
     return ""
-
-
-class _Reader:
-    """CalibrationDataReader over a harness Dataset, in batches when the model's batch axis is dynamic."""
-
-    def __init__(self, data: Any, dynamic_batch: bool) -> None:
-        self.data = data
-        self.step = CALIB_BATCH if dynamic_batch else 1
-        self.pos = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.pos >= len(self.data):
-            return None
-        batch = self.data.batch(self.pos, self.pos + self.step)
-        self.pos += self.step
-        return batch
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def rewind(self) -> None:
-        self.pos = 0
 
 
 def _device_of(provider: str) -> str:

@@ -8,7 +8,7 @@ inference, turned into ``est_latency_ms`` at a stated clock (``clock_ghz``, an a
 HTP clock). On a Snapdragon device with the same wheel the same code runs the real NPU and rows say ``measured``.
 
 The QDQ graph comes from ``get_qnn_qdq_config`` (QNN's op-specific quantization overrides) with the activation
-ranges the ``ort`` adapter uses (:func:`backends.ort.static_ranges`), so a gap between ``ort`` and ``qnn`` rows is
+ranges the ``ort`` adapter uses (:func:`backends.qdq.static_ranges`), so a gap between ``ort`` and ``qnn`` rows is
 the vendor stack's, not calibration's. Coverage comes from QNN EP's framework-op trace: nodes on HTP vs CPU.
 """
 
@@ -203,7 +203,7 @@ class QnnBackend(Backend):
         import onnxruntime.quantization as q
         from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
-        from backends.ort import static_ranges, weight_type
+        from backends.qdq import static_ranges, weight_type
 
         logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer warns about pre-processing on every call
         fixed_model = ModelInput(fixed, model.sha256, model.input_names, model.output_names, dynamic_batch=False)

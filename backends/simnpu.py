@@ -729,7 +729,7 @@ class SimNpuBackend(Backend):
     ) -> dict[str, tuple[float, float]]:
         from onnxruntime.quantization.calibrate import load_tensors_data
 
-        from backends.ort import static_ranges
+        from backends.qdq import static_ranges
 
         pm = ModelInput(prepared, model.sha256, model.input_names, model.output_names, model.dynamic_batch)
         cache, _ = static_ranges(pm, spec, calib, workdir, notes)

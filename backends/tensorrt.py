@@ -124,6 +124,7 @@ class TensorRtCompiled(Compiled):
 class TensorRtBackend(Backend):
     slug = "tensorrt"
     description = "NVIDIA TensorRT 10 (FP32/FP16/BF16, INT8 from explicit QDQ), CUDA-event device time"
+    artifact_portable = False  # an engine plan is built for one GPU model and TensorRT version
     option_defaults: ClassVar[dict[str, Any]] = {
         "workspace_mb": 1024,
         "max_batch": 256,  # optimisation-profile max for dynamic-batch models (evaluation batches)
@@ -222,12 +223,12 @@ class TensorRtBackend(Backend):
         """Parse ONNX (a QDQ graph for INT8), set precision flags, build and write the serialized engine."""
         onnx_path = model.path
         if spec.precision == "int8":
-            from backends.ort import OrtBackend
+            from backends import qdq
 
             onnx_path = workdir / "qdq.onnx"
             # biases stay float: TensorRT's parser rejects ORT's int32 bias DequantizeLinear (onnx-tensorrt#850)
             # and quantizes biases itself from the input and weight scales
-            OrtBackend()._build(model, spec, calib, workdir, onnx_path, notes, quantize_bias=False)
+            qdq.build(model, spec, calib, workdir, onnx_path, notes, quantize_bias=False)
             notes.append("INT8 from an explicit QDQ graph made by onnxruntime.quantization")
         builder = trt.Builder(logger)
         network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10

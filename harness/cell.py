@@ -59,17 +59,34 @@ class ModelFacts:
     dynamic_batch: bool
 
 
-def model_facts(path: str | Path) -> ModelFacts:
-    """Input/output names and whether the batch axis is dynamic, from the ONNX graph (no runtime needed)."""
+_HEADERS: dict[tuple[str, int, int], tuple[ModelFacts, dict[str, str]]] = {}
+
+
+def _model_header(path: str | Path) -> tuple[ModelFacts, dict[str, str]]:
+    """Graph facts and metadata_props of an ONNX file, parsed once per file version in this process (a warm
+    worker measures many cells of one model; parsing a 100 MB model costs ~0.3 s each time)."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    inits = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in inits]
-    dyn = all(
-        i.type.tensor_type.shape.dim and not i.type.tensor_type.shape.dim[0].HasField("dim_value") for i in inputs
-    )
-    return ModelFacts([i.name for i in inputs], [o.name for o in graph.output], dyn)
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HEADERS:
+        model = onnx.load(str(path), load_external_data=False)
+        graph = model.graph
+        inits = {i.name for i in graph.initializer}
+        inputs = [i for i in graph.input if i.name not in inits]
+        dyn = all(
+            i.type.tensor_type.shape.dim and not i.type.tensor_type.shape.dim[0].HasField("dim_value") for i in inputs
+        )
+        facts = ModelFacts([i.name for i in inputs], [o.name for o in graph.output], dyn)
+        if len(_HEADERS) >= 8:
+            _HEADERS.pop(next(iter(_HEADERS)))
+        _HEADERS[key] = (facts, {p.key: p.value for p in model.metadata_props})
+    return _HEADERS[key]
+
+
+def model_facts(path: str | Path) -> ModelFacts:
+    """Input/output names and whether the batch axis is dynamic, from the ONNX graph (no runtime needed)."""
+    return _model_header(path)[0]
 
 
 def run_batched(infer: Any, data: Any, out_index: int, batch: int) -> np.ndarray:
@@ -138,7 +155,6 @@ def _run_cell(job: CellJob) -> CellResult:
     from harness.data import load_dataset
     from harness.measure import time_inference
     from harness.zoo import META_NOTE, META_WEIGHTS, RANDOM_WEIGHTS_NOTE
-    from harness.zoo import model_metadata as zoo_metadata
 
     t_cell = time.perf_counter()
     opened = _open(job)
@@ -171,7 +187,7 @@ def _run_cell(job: CellJob) -> CellResult:
                 est_source=info.est_source,
             )
         result = CellResult("ok")
-        meta = zoo_metadata(job.model_path)
+        meta = dict(_model_header(job.model_path)[1])
         if meta.get(META_WEIGHTS) == "random":  # the `weights` column comes from the sweep, for every row
             fields["notes"] = "; ".join(n for n in (meta.get(META_NOTE, RANDOM_WEIGHTS_NOTE), fields["notes"]) if n)
         if evaluation is not None:
@@ -181,7 +197,9 @@ def _run_cell(job: CellJob) -> CellResult:
             refs = tasks.fp32_references(
                 job.model_path, job.model_sha256, evaluation, [i for _o, i, _t in plan.scored], batch, job.cache_dir
             )
+            t_eval = time.perf_counter()
             scored = tasks.evaluate(compiled.infer, evaluation, plan, refs, batch)
+            fields["eval_s"] = time.perf_counter() - t_eval
             fields.update(scored.row_fields())
             fields.update(
                 eval_samples=len(evaluation), eval_sha256=evaluation.sha256, metrics_version=metrics.METRICS_VERSION
@@ -219,6 +237,7 @@ def _run_cell(job: CellJob) -> CellResult:
         power = LoopProbe(job.device, info.execution_device)
         fields.update(power.before())
         device_ms: list[float] = []
+        t_timed = time.perf_counter()
         for _ in range(job.measure.repeats):
             compiled.device_latencies_ms()  # drop warm-up and evaluation calls
             timing = time_inference(compiled.infer, feeds, job.measure, power.start, power.stop)
@@ -226,6 +245,7 @@ def _run_cell(job: CellJob) -> CellResult:
             result.samples.append(timing.samples_ns)
             stats = timing.stats(job.measure.cv_threshold)
             device_ms += (compiled.device_latencies_ms() or [])[-len(timing.samples_ns) :]
+        fields["timed_s"] = time.perf_counter() - t_timed
         if device_ms:
             fields["device_latency_ms_p50"] = float(np.median(device_ms))
         if job.measure.repeats > 1:

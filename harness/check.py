@@ -220,17 +220,23 @@ def resample_runs(
         pick = rng.integers(0, n_runs, (m, n_runs)) if n_runs > 1 else np.zeros((m, 1), np.int64)
         n_j = lengths[pick][..., None, None]  # (m, runs, 1, 1)
         starts = (rng.random((m, n_runs, n_blocks, 1)) * n_j).astype(np.int64)
-        within = ((starts + np.arange(block)) % n_j).reshape(m, n_runs, n_blocks * block)[..., :length]
+        within = starts + np.arange(block)
+        if block <= lengths.min():  # starts < n_j and block ≤ n_j: wrap by one subtraction (modulo is slower)
+            within -= n_j * (within >= n_j)
+        else:
+            within %= n_j
+        within = within.reshape(m, n_runs, n_blocks * block)[..., :length]
         idx = offsets[pick][..., None] + within
         out[lo : lo + m] = stat(flat[idx.reshape(m, n_runs * length)])
     return out
 
 
 def percentile_rows(a: np.ndarray, q: float) -> np.ndarray:
-    """``np.percentile(a, q, axis=1)`` (linear interpolation) by partitioning: ~5× faster on bootstrap arrays."""
+    """``np.percentile(a, q, axis=1)`` (linear interpolation) from the sorted rows: the same order statistics as
+    ``np.partition`` with two kth, which is 2-5× slower than a sort on bootstrap arrays (200-20,000 wide)."""
     h = (a.shape[1] - 1) * q / 100.0
     lo, hi = math.floor(h), math.ceil(h)
-    part = np.partition(a, sorted({lo, hi}), axis=1)
+    part = np.sort(a, axis=1)
     return part[:, lo] + (h - lo) * (part[:, hi] - part[:, lo])
 
 
@@ -249,6 +255,13 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, reps: int = BOOTSTRAP, seed: 
     independent draws, so i.i.d. resampling is right here)."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(a), (reps, len(a)))
+    a, b = np.asarray(a), np.asarray(b)
+    if ((a == 0) | (a == 1)).all() and ((b == 0) | (b == 1)).all():
+        # correct/incorrect flags: one int8 gather and counts, ~3× faster; the sums of 0/1 are exact in float64, so
+        # count / n is bit-identical to the float mean
+        g = a.astype(np.int8) + 2 * b.astype(np.int8)
+        g = g[idx]
+        return np.count_nonzero(g & 1, axis=1) / len(a), np.count_nonzero(g & 2, axis=1) / len(a)
     return a[idx].mean(axis=1), b[idx].mean(axis=1)
 
 
@@ -306,18 +319,27 @@ class CheckResult:
 
 def _load(path: Path) -> tuple[Any, dict[str, dict[str, Any]]]:
     """Latest rows of a results folder, and its raw samples and predictions by record id, read once."""
-    import pandas as pd
-
-    from harness.store import load_results, stores_under
+    from harness.store import load_results
 
     rows = load_results(path)
-    ok_ids = list(rows.loc[rows.status == "ok", "record_id"])
-    per_record: dict[str, dict[str, Any]] = {}
+    return rows, _record_data(path, list(rows.loc[rows.status == "ok", "record_id"]))
+
+
+def _record_data(path: Path, record_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Raw samples and predictions of ``record_ids`` by record id (``compare`` asks only for the cells it judges:
+    a check of one model in a 10k-row folder reads that model's samples, not the folder's)."""
+    import pandas as pd
+
+    from harness.store import stores_under
+
+    per_record: dict[str, dict[str, Any]] = {"samples": {}, "predictions": {}}
+    if not record_ids:
+        return per_record
     for kind in ("samples", "predictions"):
-        frames = [f for f in (getattr(s, kind)(ok_ids) for s in stores_under(path)) if not f.empty]
+        frames = [f for f in (getattr(s, kind)(record_ids) for s in stores_under(path)) if not f.empty]
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["record_id"])
         per_record[kind] = {rid: g for rid, g in df.groupby("record_id")}
-    return rows, per_record
+    return per_record
 
 
 def _per_record(data: dict[str, dict[str, Any]], kind: str, record_id: str) -> Any:
@@ -335,8 +357,9 @@ def compare(
     allow_mismatch: bool = False,
 ) -> CheckResult:
     """Match cells of two results folders and judge every gate on every matched cell."""
-    base_rows, base_data = _load(Path(baseline))
-    cand_rows, cand_data = _load(Path(candidate))
+    from harness.store import load_results
+
+    base_rows, cand_rows = load_results(Path(baseline)), load_results(Path(candidate))
     notes: list[str] = []
     base_rows = _select_model(base_rows, baseline_model, "--baseline-model", baseline)
     cand_rows = _select_model(cand_rows, candidate_model, "--candidate-model", candidate)
@@ -354,6 +377,9 @@ def compare(
         key_cols.append("device")
     b_idx = {tuple(r[k] for k in key_cols): r for _, r in base_rows.iterrows()}
     c_idx = {tuple(r[k] for k in key_cols): r for _, r in cand_rows.iterrows()}
+    judged = [k for k in b_idx if k in c_idx and b_idx[k]["status"] == "ok" and c_idx[k]["status"] == "ok"]
+    base_data = _record_data(Path(baseline), [b_idx[k]["record_id"] for k in judged])
+    cand_data = _record_data(Path(candidate), [c_idx[k]["record_id"] for k in judged])
     verdicts: list[Verdict] = []
     missing = [" · ".join(map(str, k)) + " (only in baseline)" for k in b_idx if k not in c_idx]
     missing += [" · ".join(map(str, k)) + " (only in candidate)" for k in c_idx if k not in b_idx]

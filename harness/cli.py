@@ -890,6 +890,34 @@ def _register_merge(sub: Any) -> None:
     m.set_defaults(func=cmd_merge)
 
 
+def cmd_results(args: argparse.Namespace) -> int:
+    from harness.store import compact, stores_under
+    from harness.sweep import run_is_alive
+
+    root = Path(args.results)
+    stores = stores_under(root) if root.is_dir() else []
+    if not stores:
+        raise UserError(f"{root} holds no qtbench results (no manifest.json); pass results/<sweep> or results/")
+    for store in stores:
+        s = compact(store, run_is_alive)
+        recovered = f", folded the parts of {len(s.recovered)} dead run(s)" if s.recovered else ""
+        print(
+            f"{s.root}: {s.files_before} → {s.files_after} Parquet file(s), {s.bytes_before / 1e6:.2f} → "
+            f"{s.bytes_after / 1e6:.2f} MB; {s.rows} row(s) of {s.runs} run(s) kept{recovered}"
+        )
+    return 0
+
+
+def _register_results(sub: Any) -> None:
+    r = sub.add_parser("results", help="maintain results folders (compact: fold re-runs' files into one)")
+    rsub = r.add_subparsers(dest="results_command", required=True)
+    c = rsub.add_parser(
+        "compact", help="fold finished runs' files into one per kind; every row, run and sample stays loadable"
+    )
+    c.add_argument("results", nargs="?", default="results", help="results/<sweep> or a folder of them")
+    c.set_defaults(func=cmd_results)
+
+
 def _register_zoo(sub: Any) -> None:
     from harness.zoo import register_cli  # torch is imported only when a model is built
 
@@ -908,6 +936,7 @@ _EXTRA_COMMANDS: list[Any] = [
     _register_zoo,
     _register_merge,
     _register_fleet,
+    _register_results,
 ]
 
 

@@ -155,6 +155,12 @@ class RunSettings:
     cache_dir: str | None = _f(None, doc="compiled-artifact cache; default <results_dir>/.cache")
     timeout_s: float = _f(900.0, doc="per-cell wall-clock limit; a cell past it is recorded as timeout", minimum=1)
     isolate: bool = _f(True, doc="run each cell in a child process so a crashing SDK costs one cell")
+    warm_workers: bool = _f(
+        True,
+        doc="measure consecutive cells of one backend in one warm child process (restarted after a crash, a "
+        "timeout or worker_cells cells) instead of a fresh child per cell; false: a fresh child for every cell",
+    )
+    worker_cells: int = _f(50, doc="cells a warm worker measures before it is replaced by a fresh one", minimum=1)
     seed: int = _f(0, doc="seed for sample order and anything random in compilation")
     rerun: bool = _f(False, doc="measure cells again even when results hold them (rows are appended)")
     compile_first: bool = _f(
@@ -181,6 +187,18 @@ class RunSettings:
         "(ray://HEAD:10001, HEAD:6379, auto), which discovers boards from nodes' board:<id> resources",
     )
     boards: list[str] = _f([], doc="ray executor: only these board ids (default: every board of the fleet)")
+    compile_on: str = _f(
+        "board",
+        doc="ray executor: where cells compile: board (in the board's own task) or the Ray resource of a compile "
+        "host class (e.g. toolchain:x86; one unit per concurrent compile), whose artifact is shipped to the board; "
+        "a fleet file's boards.<id>.compile_on overrides it per board",
+    )
+    board_wait_s: float = _f(
+        300.0,
+        doc="ray executor: how long planning waits for a board that another job holds before its cells are "
+        "recorded unavailable (a re-run measures them); measuring waits for a busy board without limit",
+        minimum=0,
+    )
 
 
 @dataclass(frozen=True)

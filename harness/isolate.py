@@ -5,6 +5,10 @@ that a timeout or an interrupt kills as a whole. A *lifeline* pipe ties the chil
 parent holds the only write end, a thread in the child blocks on the read end, and when the parent dies for any
 reason (SIGKILL included) the read sees EOF and the child kills its own group. ``PR_SET_PDEATHSIG`` adds the
 same guarantee against the forkserver dying.
+
+:class:`Worker` keeps one such child warm across calls (a sweep's consecutive cells of one backend), so a cell
+does not pay for a process start, imports and SDK initialisation; a call that times out or kills the child
+costs that call only — the child is killed with its group and the next call starts a fresh one.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -128,3 +133,126 @@ def call_isolated(fn: Callable[..., Any], args: tuple, timeout_s: float) -> tupl
     if code is not None and code < 0 and -code in signal.Signals._value2member_map_:
         sig = f" ({signal.Signals(-code).name})"
     return "died", f"child process died with exit code {code}{sig} before returning a result (SDK crash?)"
+
+
+def _serve(conn: Any, lifeline: Any) -> None:
+    """A warm worker's loop: run each ``(fn, args)`` received, send back its outcome; ``None`` or EOF ends it."""
+    import gc
+
+    with contextlib.suppress(OSError):
+        os.setsid()
+    _set_pdeathsig()
+    threading.Thread(target=_watch_lifeline, args=(lifeline,), daemon=True, name="qtbench-lifeline").start()
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        fn, args = msg
+        try:
+            outcome: tuple[str, Any] = ("ok", fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - report anything, including SystemExit from an SDK
+            outcome = ("error", f"{type(exc).__name__}: {exc}")
+        try:
+            conn.send(outcome)
+        except (OSError, EOFError):
+            return
+        except Exception as exc:  # noqa: BLE001 - the result did not pickle: say so, keep serving
+            conn.send(("error", f"the result could not be sent back ({type(exc).__name__}: {exc})"))
+        del outcome, msg
+        gc.collect()  # the previous cell's sessions and buffers go before the next cell is timed
+
+
+class Worker:
+    """One warm child process that runs calls one at a time; ``call`` answers like :func:`call_isolated`.
+
+    ``max_calls`` bounds what a long-lived process may accumulate (allocator fragmentation, SDK caches): after
+    that many calls the child is replaced by a fresh one. Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, max_calls: int = 50) -> None:
+        self.max_calls = max(1, max_calls)
+        self.calls = 0  # calls the current child has run
+        self.starts = 0  # children started over this worker's life
+        self._proc: Any = None
+        self._conn: Any = None
+        self._life_w: Any = None
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.is_alive() else None
+
+    def _start(self) -> None:
+        ctx = context()
+        parent, child = ctx.Pipe(duplex=True)
+        life_r, life_w = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_serve, args=(child, life_r), daemon=True)
+        proc.start()
+        child.close()
+        life_r.close()
+        self._proc, self._conn, self._life_w = proc, parent, life_w
+        self.calls = 0
+        self.starts += 1
+
+    def _stop(self, graceful: bool) -> None:
+        proc, conn, life_w = self._proc, self._conn, self._life_w
+        self._proc = self._conn = self._life_w = None
+        if proc is None:
+            return
+        if graceful:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(None)
+            proc.join(KILL_GRACE_S)
+        if proc.is_alive():
+            kill_group(proc)
+            proc.join(KILL_GRACE_S)
+        for c in (conn, life_w):
+            with contextlib.suppress(OSError):
+                c.close()
+
+    def close(self) -> None:
+        """End the child (asked first, killed with its group if it does not go)."""
+        self._stop(graceful=True)
+
+    def call(self, fn: Callable[..., Any], args: tuple, timeout_s: float) -> tuple[str, Any]:
+        """``fn(*args)`` in the warm child: ('ok', value) | ('error', msg) | ('timeout', msg) | ('died', msg)."""
+        if self._proc is not None and (self.calls >= self.max_calls or not self._proc.is_alive()):
+            self._stop(graceful=True)
+        if self._proc is None:
+            self._start()
+        proc, conn = self._proc, self._conn
+        self.calls += 1
+        deadline = time.monotonic() + timeout_s
+        try:
+            try:
+                conn.send((fn, args))
+            except (OSError, EOFError):  # the child went between calls: one fresh start, then the call
+                self._stop(graceful=False)
+                self._start()
+                proc, conn = self._proc, self._conn
+                self.calls += 1
+                conn.send((fn, args))
+            if conn.poll(max(0.0, deadline - time.monotonic())):
+                with contextlib.suppress(EOFError, OSError):
+                    return conn.recv()
+            else:
+                self._stop(graceful=False)
+                return "timeout", f"cell exceeded run.timeout_s={timeout_s:g}s and was killed (with its subprocesses)"
+        except BaseException:
+            self._stop(graceful=False)
+            raise
+        proc.join(KILL_GRACE_S)  # the pipe closed without an answer: the child died
+        code = proc.exitcode
+        self._stop(graceful=False)
+        sig = ""
+        if code is not None and code < 0 and -code in signal.Signals._value2member_map_:
+            sig = f" ({signal.Signals(-code).name})"
+        return "died", f"child process died with exit code {code}{sig} before returning a result (SDK crash?)"

@@ -146,6 +146,10 @@ class Record:
     notes: str = ""
     backend_extra: str = "{}"  # JSON: adapter-specific facts (providers, threads, ...)
     cell_wall_s: float = NAN
+    # where a cell's wall time went: its quality pass and its timed loops (warm-ups included); the rest of
+    # cell_wall_s is loading, compiling or reading the artifact, and writing results
+    eval_s: float = NAN
+    timed_s: float = NAN
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -400,11 +400,11 @@ def fig_latency(ok: Any, samples: Any) -> Figure | None:
     if samples is None or samples.empty:
         return None
     ok = ok.sort_values(["model", "backend", "spec_id"])
-    groups = samples.groupby("record_id")["latency_ns"]
+    where, latency = samples.groupby("record_id").indices, samples["latency_ns"].to_numpy()
     data, labels = [], []
     for _, r in ok.iterrows():
-        if r["record_id"] in groups.groups:
-            data.append(groups.get_group(r["record_id"]).to_numpy() / 1e6)
+        if r["record_id"] in where:  # positions in file order, as get_group gives them (10k get_group calls: ~1 s)
+            data.append(latency[where[r["record_id"]]] / 1e6)
             tag = "" if r.get("numbers") in ("measured", None, "") else f" [{r['numbers']}: host runs a simulator]"
             labels.append(f"{r['model']} · {r['backend']} · {r['spec_id']}{tag}")
     if not data:

@@ -129,6 +129,34 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _with_external(sha: str, external: dict[str, str]) -> str:
+    """The identity a cell's job gives its model: the .onnx file's sha, folded with its external weights' (caches
+    keyed by it, e.g. the FP32 reference outputs, must not outlive a changed weights file)."""
+    if not external:
+        return sha
+    return hashlib.sha256(json.dumps([sha, sorted(external.items())]).encode()).hexdigest()
+
+
+def external_data_files(path: Path) -> list[Path]:
+    """The external-data files an ONNX model's initializers name (inside the model's folder): they hold its
+    weights, so they key its cells and travel with it to fleet boards."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - an unreadable model fails its cells elsewhere, with the reason
+        return []
+    here = path.parent.resolve()
+    out: list[Path] = []
+    for t in graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), "")
+            f = (here / loc).resolve()
+            if loc and f.is_file() and f.is_relative_to(here) and f not in out:
+                out.append(f)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Child processes (harness.isolate): re-exported here for callers that import them from the sweep
 # ---------------------------------------------------------------------------------------------------------
@@ -229,21 +257,48 @@ class Executor:
 
 class LocalExecutor(Executor):
     """This machine: compile every cell's artifact first, off the clock (``run.compile_workers`` child processes
-    at a time), then measure cells one at a time with nothing else of the sweep running."""
+    at a time), then measure cells one at a time with nothing else of the sweep running.
+
+    With ``run.warm_workers`` (the default) the measure phase keeps one warm child per backend
+    (:class:`harness.isolate.Worker`) for its consecutive cells; a crash or timeout costs its cell and the next
+    cell gets a fresh child. At most ``WARM_WORKERS`` idle children are kept; the rest are ended.
+    """
+
+    WARM_WORKERS = 2
+
+    def __init__(self) -> None:
+        self._workers: dict[tuple[str, str, str], isolate.Worker] | None = None  # only while run() is going
 
     def run(self, cells: list[PlannedCell], sweep: Sweep) -> Iterator[tuple[PlannedCell, CellResult]]:
         todo = [c for c in cells if c.job is not None]
         compiled = self.compile_all(todo, sweep)
-        for cell in cells:
-            if cell.job is None:
-                assert cell.outcome is not None
-                yield cell, cell.outcome
-                continue
-            built = compiled.get(cell.index)
-            if built is not None and built.status != "ok":  # compile failed: that is the cell's outcome
-                yield cell, built
-                continue
-            yield cell, self.measure(cell, sweep, built)
+        self._workers = {}
+        try:
+            for cell in cells:
+                if cell.job is None:
+                    assert cell.outcome is not None
+                    yield cell, cell.outcome
+                    continue
+                built = compiled.get(cell.index)
+                if built is not None and built.status != "ok":  # compile failed: that is the cell's outcome
+                    yield cell, built
+                    continue
+                yield cell, self.measure(cell, sweep, built)
+        finally:
+            workers, self._workers = self._workers, None
+            for w in workers.values():
+                w.close()
+
+    def _worker(self, job: CellJob, sweep: Sweep) -> isolate.Worker | None:
+        """The warm child for this cell's backend (least recently used ones ended past WARM_WORKERS)."""
+        if self._workers is None or not sweep.run.warm_workers:
+            return None
+        key = (job.backend, job.backend_target, json.dumps(job.backend_options, sort_keys=True, default=str))
+        worker = self._workers.pop(key, None) or isolate.Worker(sweep.run.worker_cells)
+        self._workers[key] = worker  # most recent last
+        while len(self._workers) > self.WARM_WORKERS:
+            self._workers.pop(next(iter(self._workers))).close()
+        return worker
 
     def compile_all(self, cells: list[PlannedCell], sweep: Sweep) -> dict[int, CellResult]:
         """Build artifacts into the cache; one entry per cell (status ok with compile facts, or the failure)."""
@@ -284,7 +339,11 @@ class LocalExecutor(Executor):
         assert job is not None
         t0 = time.perf_counter()
         if sweep.run.isolate:
-            kind, value = call_isolated(run_cell, (job,), sweep.run.timeout_s)
+            worker = self._worker(job, sweep)
+            if worker is not None:
+                kind, value = worker.call(run_cell, (job,), sweep.run.timeout_s)
+            else:
+                kind, value = call_isolated(run_cell, (job,), sweep.run.timeout_s)
             if kind == "ok":
                 result = value
             else:
@@ -345,6 +404,8 @@ def _model_facts(sweep: Sweep) -> dict[str, dict[str, Any]]:
         try:
             facts = _read_model(path, m)
             info["sha"] = file_sha256(path)
+            here = path.parent.resolve()  # external weights: another weights file is another cell
+            info["external"] = {str(f.relative_to(here)): file_sha256(f) for f in external_data_files(path)}
             info["weights"] = _zoo_weights(path)
             for kind in ("evaluation", "calibration"):
                 src, p = _data_path(sweep, m, kind)
@@ -412,7 +473,10 @@ def plan(run: SweepRun, probe_call: Callable[..., tuple[str, Any]] | None = None
     out: list[PlannedCell] = []
     for idx, (m, b, s) in enumerate(cells):
         info, probe = model_info[m.display_name], probes[b.key]
-        side_files = probe.get("artifact_inputs", {}).get(f"{sweep.resolve(m.path)}|{s.id}", {})
+        side_files = {
+            **info.get("external", {}),
+            **probe.get("artifact_inputs", {}).get(f"{sweep.resolve(m.path)}|{s.id}", {}),
+        }
         key = cell_key(
             {
                 "model_sha256": info["sha"],
@@ -482,7 +546,7 @@ def plan(run: SweepRun, probe_call: Callable[..., tuple[str, Any]] | None = None
             artifact_key = plan_artifact_key(info["sha"], s, probe["version"], b.options, info["calib_sha"], side_files)
             cell.job = CellJob(
                 str(sweep.resolve(m.path)),
-                info["sha"],
+                _with_external(info["sha"], info.get("external", {})),
                 m.output,
                 b.name,
                 targets[b.key],

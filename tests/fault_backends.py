@@ -94,3 +94,38 @@ class LoggingBackend(OrtBackend):
 
         compiled._infer = logged
         return compiled
+
+
+class InferCrashBackend(LoggingBackend):
+    """Logs like ``logged``; the INT8 symmetric-activation spec's artifact dies with SIGSEGV on its first inference
+    (a native kernel crash in the measure phase)."""
+
+    slug = "crashinfer"
+
+    def compile(self, model, spec, calib, workdir):
+        compiled = super().compile(model, spec, calib, workdir)
+        if spec.activation_symmetric and spec.precision == "int8":
+
+            def crash(feeds):
+                os.kill(os.getpid(), signal.SIGSEGV)
+
+            compiled._infer = crash
+        return compiled
+
+
+# callables for harness.isolate.Worker tests (module level: the child imports them by name)
+def whoami(x: int = 0) -> tuple[int, int]:
+    return os.getpid(), x
+
+
+def sleep_then(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def die() -> None:
+    os._exit(3)
+
+
+def unpicklable() -> object:
+    return lambda: None

@@ -74,7 +74,7 @@ def test_shared_statistics_give_ort_minmax_ranges_exactly(tmp_path, symmetric):
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     from backends.base import ModelInput
-    from backends.ort import _Reader, static_ranges
+    from backends.qdq import CalibrationReader, static_ranges
     from harness.cell import model_facts
     from harness.data import load_dataset
     from harness.spec import QuantSpec
@@ -92,7 +92,7 @@ def test_shared_statistics_give_ort_minmax_ranges_exactly(tmp_path, symmetric):
         calibrate_method=CalibrationMethod.MinMax,
         extra_options={"symmetric": symmetric},
     )
-    ref.collect_data(_Reader(calib, True))
+    ref.collect_data(CalibrationReader(calib, True))
     want = {k: tuple(float(np.ravel(r)[0]) for r in v.range_value) for k, v in ref.compute_data().data.items()}
     cache_root = tmp_path / "cache" / "artifacts" / "ort"
     notes: list[str] = []
@@ -114,3 +114,48 @@ def test_shared_statistics_give_ort_minmax_ranges_exactly(tmp_path, symmetric):
         static_ranges(model, QuantSpec.parse(other), calib, cache_root / f"b{i}", more)
         assert any("reused from the calibration cache" in n for n in more)
     assert len(list((tmp_path / "cache" / "calibration").glob("*.npz"))) == 1
+
+
+def test_own_histogram_collector_matches_ort_histograms(tmp_path):
+    """qtbench's collector (no stacked copies, one vectorised binning pass) against ORT's HistogramCollector on the
+    same augmented model and data, several batches: same tensors, exact min/max, same edges, and counts that
+    differ only by elements on a bin edge."""
+    import contextlib
+    import io
+
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    from backends.qdq import CalibrationReader, _collect
+    from harness.data import load_dataset
+
+    from models import tiny_cnn, tiny_data
+
+    path = tiny_cnn(tmp_path / "m.onnx")
+    calib = load_dataset(tiny_data(tmp_path / "c.npz", 150, seed=3, labels=False), ["input"], None)
+    even = calib.head(128)  # ORT's collector stacks the batches, so it needs equal ones: 64 + 64
+
+    def calibrator(name: str):
+        return create_calibrator(
+            path,
+            [],
+            augmented_model_path=str(tmp_path / f"{name}.onnx"),
+            calibrate_method=CalibrationMethod.Entropy,
+            extra_options={"num_bins": 2048},
+        )
+
+    ref = calibrator("ref")
+    with contextlib.redirect_stdout(io.StringIO()):
+        ref.collect_data(CalibrationReader(even, True))
+    want = ref.collector.histogram_dict
+    got = _collect(calibrator("own"), CalibrationReader(even, True), 2048)
+    assert set(got) == set(want) and len(got) >= 5
+    for name, (hist, edges, lo, hi) in got.items():
+        w_hist, w_edges, w_lo, w_hi, _t = want[name]
+        assert (lo, hi) == (float(w_lo), float(w_hi)), name
+        np.testing.assert_allclose(edges, w_edges, rtol=1e-6, atol=1e-7)
+        assert hist.sum() == w_hist.sum()
+        assert np.abs(hist - w_hist).sum() <= max(2, 1e-3 * w_hist.sum()), name
+    # ragged batches (64, 64, 22), which ORT's collector cannot stack: every sample counted once
+    ragged = _collect(calibrator("ragged"), CalibrationReader(calib, True), 2048)
+    first = next(iter(want))
+    assert ragged[first][0].sum() == want[first][0].sum() * 150 // 128

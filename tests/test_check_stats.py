@@ -18,6 +18,7 @@ from harness.check import (
     load_gates,
     mann_whitney_p,
     optimal_block_length,
+    paired_bootstrap,
     percentile_rows,
     resample_runs,
 )
@@ -79,6 +80,29 @@ def test_percentile_rows_matches_numpy():
     a = np.random.default_rng(0).random((20, 37))
     for q in (0, 50, 90, 95, 99, 100):
         np.testing.assert_allclose(percentile_rows(a, q), np.percentile(a, q, axis=1))
+
+
+def test_paired_bootstrap_of_flags_is_the_float_mean_exactly():
+    """The 0/1 fast path (int8 gather and counts) returns bit-identical replicates to the float mean."""
+    rng = np.random.default_rng(3)
+    a, b = (rng.random(777) > 0.2).astype(float), (rng.random(777) > 0.3).astype(float)
+    idx = np.random.default_rng(5).integers(0, len(a), (400, len(a)))
+    fast = paired_bootstrap(a, b, reps=400, seed=5)
+    assert np.array_equal(fast[0], a[idx].mean(axis=1)) and np.array_equal(fast[1], b[idx].mean(axis=1))
+    c = a * 0.5 + 0.25  # not flags: the general path
+    assert np.array_equal(paired_bootstrap(c, b, reps=400, seed=5)[0], c[idx].mean(axis=1))
+
+
+@pytest.mark.parametrize("block", [1, 7, 40])
+def test_block_bootstrap_indices_wrap_like_a_modulo(block: int):
+    """One run, circular blocks: the same replicates as drawing starts and wrapping with ``%`` (the definition)."""
+    x = np.random.default_rng(2).lognormal(0, 0.1, 120)
+    stat = latency_statistic("latency_ms_p99")
+    rng = np.random.default_rng(9)
+    n_blocks = -(-len(x) // block)
+    starts = (rng.random((50, 1, n_blocks, 1)) * np.full((50, 1, 1, 1), len(x))).astype(np.int64)
+    idx = ((starts + np.arange(block)) % len(x)).reshape(50, n_blocks * block)[:, : len(x)]
+    np.testing.assert_array_equal(resample_runs([x], stat, reps=50, seed=9, block=block), stat(x[idx]))
 
 
 def test_block_length_grows_with_autocorrelation():

@@ -68,3 +68,42 @@ def test_unsupported_specs_say_why():
         QuantSpec.parse("int8-static-pc-wsym-minmax-qoperator")
     )
     assert OpenVinoBackend({"device": "NPU"}).availability().available is ("NPU" in ov.Core().available_devices)
+
+
+def test_rows_record_the_compiled_properties_benchmark_app_needs(setup):
+    _, info = _run(OpenVinoBackend({"threads": 1}), setup, "fp32")
+    props = info.extra["compiled_properties"]
+    assert props["INFERENCE_NUM_THREADS"] == "1" and props["NUM_STREAMS"] == "1"
+    assert props["INFERENCE_PRECISION_HINT"] == "f32" and props["ENABLE_CPU_PINNING"] in ("True", "False")
+    _, info = _run(OpenVinoBackend({"hint": "THROUGHPUT", "streams": 2, "threads": 1}), setup, "bf16")
+    assert info.extra["compiled_properties"]["PERFORMANCE_HINT"] == "THROUGHPUT"
+    assert info.extra["num_streams"] == 2 and info.extra["compiled_properties"]["NUM_STREAMS"] == "1"
+    assert "asked NUM_STREAMS=2, the device uses 1" in info.notes  # 2 streams need 2 threads
+
+
+def test_batch1_calls_run_a_static_twin_and_see_new_and_mutated_inputs(setup):
+    model, calib, x, ref, tmp = setup
+    assert model.dynamic_batch
+    with OpenVinoBackend().compile(model, QuantSpec("fp32"), calib, tmp / "twin") as c:
+        assert c.info.extra["batch1_static"] is True
+        assert c.batch1.inputs[0].get_partial_shape().is_static  # what `benchmark_app -shape [1,...]` runs
+        np.testing.assert_allclose(c.infer(x)[0], ref, atol=1e-4)  # batch 16: the dynamic model
+        one = {"input": x["input"][:1].copy()}
+        for _ in range(2):  # the second call re-uses the bound tensor
+            np.testing.assert_allclose(c.infer(one)[0], ref[:1], atol=1e-4)
+        one["input"][...] = x["input"][3]  # mutated in place: the shared tensor sees it
+        np.testing.assert_allclose(c.infer(one)[0], ref[3:4], atol=1e-4)
+        other = {"input": np.asfortranarray(x["input"][5:6])}  # a new array, and one that must be copied
+        np.testing.assert_allclose(c.infer(other)[0], ref[5:6], atol=1e-4)
+        assert len(c.device_latencies_ms()) == 5 and c.device_latencies_ms() == []
+
+
+def test_a_fixed_batch_model_has_no_twin(setup):
+    from backends._graph import fix_batch
+
+    model, calib, x, ref, tmp = setup
+    fixed = fix_batch(model.path, tmp / "fixed.onnx")
+    m = ModelInput(fixed, "sha2", model.input_names, model.output_names, False)
+    with OpenVinoBackend().compile(m, QuantSpec("fp32"), calib, tmp / "fixed") as c:
+        assert c.info.extra["batch1_static"] is False and c.batch1 is None
+        np.testing.assert_allclose(c.infer({"input": x["input"][:1]})[0], ref[:1], atol=1e-4)

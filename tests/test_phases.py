@@ -76,3 +76,61 @@ def test_executor_seam(tmp_path: Path):
     df = run_sweep(cfg, executor=Recording())
     assert seen == ["tiny × ort × fp32", f"tiny × ort × {SPECS[0]}"] and set(df["status"]) == {"ok"}
     assert run_sweep(cfg, executor=Recording()) is not None and len(seen) == 2  # nothing to run on a re-run
+
+
+def _measure_pids(log: Path) -> list[int]:
+    """pids of the measure phase's cells (their compile is a cache hit: the compile phase built the artifact)."""
+    return [
+        int(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("compile") and "True" in line
+    ]
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_warm_worker_measures_consecutive_cells_in_one_process(tmp_path: Path, logged: Path, warm: bool):
+    cfg = tiny_sweep(
+        tmp_path, backends=["logged"], specs=SPECS, run={"results_dir": str(tmp_path / "r"), "warm_workers": warm}
+    )
+    assert list(run_sweep(cfg)["status"]) == ["ok"] * 3
+    pids = _measure_pids(logged)
+    assert len(pids) == 3
+    assert len(set(pids)) == (1 if warm else 3)
+
+
+def test_a_crash_in_a_warm_worker_costs_its_cell_only(tmp_path: Path, monkeypatch):
+    monkeypatch.setitem(backends.BUILTIN, "crashinfer", "fault_backends:InferCrashBackend")
+    specs = [SPECS[0], SPECS[2], SPECS[1]]  # the middle one (symmetric activations) crashes when it is timed
+    df = run_sweep(tiny_sweep(tmp_path, backends=["crashinfer"], specs=specs))
+    by = dict(zip(df["spec_id"], zip(df["status"], df["status_message"], strict=True), strict=True))
+    assert by[SPECS[2]][0] == "failed" and "child process died" in by[SPECS[2]][1] and "SIGSEGV" in by[SPECS[2]][1]
+    assert by[SPECS[0]][0] == by[SPECS[1]][0] == "ok"
+    pids = _measure_pids(tmp_path / "phases.log")
+    assert len(pids) == 3 and pids[0] == pids[1] != pids[2]  # the cell after the crash ran in a fresh worker
+
+
+def test_worker_outcomes_and_restarts():
+    from harness.isolate import Worker
+
+    import fault_backends as fb
+
+    with Worker(max_calls=3) as w:
+        a = w.call(fb.whoami, (1,), 30)
+        assert a[0] == "ok" and a[1][1] == 1
+        assert w.call(fb.whoami, (2,), 30)[1][0] == a[1][0]  # same warm process
+        kind, msg = w.call(fb.sleep_then, (30,), 1)
+        assert kind == "timeout" and "run.timeout_s=1s" in msg
+        b = w.call(fb.whoami, (), 30)
+        assert b[0] == "ok" and b[1][0] != a[1][0]  # the timed-out child was killed; a fresh one answers
+        kind, msg = w.call(fb.die, (), 30)
+        assert kind == "died" and "exit code 3" in msg
+        c = w.call(fb.unpicklable, (), 30)
+        assert c[0] == "error" and "could not be sent back" in c[1]
+        pid = w.call(fb.whoami, (), 30)[1][0]
+        assert w.call(fb.whoami, (), 30)[1][0] == pid  # the unpicklable result did not cost the process
+        w.call(fb.whoami, (), 30)
+        assert w.call(fb.whoami, (), 30)[1][0] != pid  # max_calls=3: replaced by a fresh child
+        last = w.pid
+    assert last is not None and w.pid is None
+    import os
+
+    with pytest.raises(ProcessLookupError):
+        os.kill(last, 0)
