@@ -208,6 +208,16 @@ def cmd_backends(args: argparse.Namespace) -> int:
     return 0
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (e.g. 50, or 0 for all)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; use 0 for all, or a count such as 50")
+    return value
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from harness.store import load_results
 
@@ -231,7 +241,16 @@ def cmd_show(args: argparse.Namespace) -> int:
         console.print("no rows match", highlight=False)
         return 0
     df = df.sort_values(["sweep", "model", "backend", "spec_id"]) if not args.history else df.sort_values("created_utc")
-    console.print(results_table(df, title=f"{args.results}: {len(df)} row(s)"))
+    shown = df if args.limit == 0 else df.head(args.limit)
+    title = f"{args.results}: {len(df)} row(s)" + (f", the first {len(shown)} shown" if len(shown) < len(df) else "")
+    console.print(results_table(shown, title=title))
+    if len(shown) < len(df):
+        counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
+        console.print(
+            f"{len(df) - len(shown)} more row(s) ({counts} in all): filter with --backend/--model/--spec/--status, "
+            "--limit 0 for every row, or --format csv for a file",
+            highlight=False,
+        )
     _print_reasons(console, df)
     return 0
 
@@ -298,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--status", nargs="+")
     sh.add_argument("--history", action="store_true", help="every row ever recorded, not just the latest per cell")
     sh.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sh.add_argument(
+        "--limit",
+        type=_non_negative_int,
+        default=200,
+        help="table rows to print (default 200; 0: all — a terminal table of 10,000 rows takes ~30 s to draw)",
+    )
     sh.set_defaults(func=cmd_show)
 
     sc = sub.add_parser("schema", help="print the JSON schema of sweep files")
@@ -431,6 +456,9 @@ def _register_report(sub: Any) -> None:
     r.set_defaults(func=cmd_report)
 
 
+CHECK_TABLE_ROWS = 200  # verdicts drawn in the terminal table before only the notable ones are
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -448,7 +476,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     for col in ("verdict", "cell", "gate", "baseline", "candidate", "change", "evidence", "why"):
         table.add_column(col)
     style = {"fail": "red", "inconclusive": "yellow", "pass": ""}
-    for v in result.verdicts:
+    shown = result.verdicts
+    if not args.all and len(shown) > CHECK_TABLE_ROWS:
+        # a terminal table of thousands of verdicts takes minutes to draw: the ones that need a look come first
+        shown = [v for v in shown if v.verdict != "pass" or v.mark][:CHECK_TABLE_ROWS]
+    for v in shown:
         table.add_row(
             escape(v.verdict_text),
             escape(v.cell),
@@ -462,6 +494,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     console = _console()
     console.print(table)
+    if len(shown) < len(result.verdicts):
+        console.print(
+            f"{len(result.verdicts) - len(shown)} of {len(result.verdicts)} verdicts not listed (passes without a "
+            f"significant change, and any past {CHECK_TABLE_ROWS} rows): --all lists every one; --markdown and "
+            "--junit files hold them all",
+            highlight=False,
+        )
     for m in result.missing:
         console.print(f"not compared: {m}", highlight=False)
     for n in result.notes:
@@ -491,6 +530,12 @@ def _register_check(sub: Any) -> None:
     c.add_argument("--strict", action="store_true", help="exit 3 when any gate is inconclusive")
     c.add_argument("--markdown", help="write a Markdown summary here")
     c.add_argument("--junit", help="write JUnit XML here")
+    c.add_argument(
+        "--all",
+        action="store_true",
+        help=f"list every verdict (by default, past {CHECK_TABLE_ROWS} verdicts only fails, inconclusives and "
+        "significant changes are listed)",
+    )
     c.set_defaults(func=cmd_check)
 
 

@@ -305,7 +305,7 @@ class LocalExecutor(Executor):
         if not sweep.run.compile_first or not cells:
             return {}
         workers = sweep.run.compile_workers or self.auto_workers(cells)
-        jobs = {c.index: c.job for c in cells}
+        jobs = {c.index: c.job for c in self.compile_order(cells)}
         if not sweep.run.isolate:
             return {i: compile_cell(j) for i, j in jobs.items()}
 
@@ -322,6 +322,30 @@ class LocalExecutor(Executor):
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             return dict(pool.map(one, jobs.items()))
+
+    @staticmethod
+    def compile_order(cells: list[PlannedCell]) -> list[PlannedCell]:
+        """Cells in the order the compile workers take them: round-robin over (model, backend), largest model
+        first. Cells of one model and backend share one calibration pass (the first collects, the rest wait on
+        its lock), so workers that start on different models and backends all do useful work at once."""
+        groups: dict[tuple[str, str], list[PlannedCell]] = {}
+        for c in cells:
+            assert c.job is not None
+            groups.setdefault((c.job.model_path, c.job.backend), []).append(c)
+
+        def size(key: tuple[str, str]) -> int:
+            try:
+                return Path(key[0]).stat().st_size
+            except OSError:
+                return 0
+
+        queues = [groups[k] for k in sorted(groups, key=size, reverse=True)]
+        out: list[PlannedCell] = []
+        while any(queues):
+            for q in queues:
+                if q:
+                    out.append(q.pop(0))
+        return out
 
     @staticmethod
     def auto_workers(cells: list[PlannedCell]) -> int:

@@ -82,14 +82,22 @@ def test_percentile_rows_matches_numpy():
         np.testing.assert_allclose(percentile_rows(a, q), np.percentile(a, q, axis=1))
 
 
-def test_paired_bootstrap_of_flags_is_the_float_mean_exactly():
-    """The 0/1 fast path (int8 gather and counts) returns bit-identical replicates to the float mean."""
+def test_paired_bootstrap_of_flags_has_the_resampling_distribution():
+    """The 0/1 fast path (a multinomial over the four (a, b) outcomes) draws from the same distribution as
+    resampling the pairs: same means, spreads and pairing (correlation) within Monte Carlo error."""
     rng = np.random.default_rng(3)
-    a, b = (rng.random(777) > 0.2).astype(float), (rng.random(777) > 0.3).astype(float)
-    idx = np.random.default_rng(5).integers(0, len(a), (400, len(a)))
-    fast = paired_bootstrap(a, b, reps=400, seed=5)
-    assert np.array_equal(fast[0], a[idx].mean(axis=1)) and np.array_equal(fast[1], b[idx].mean(axis=1))
+    a = (rng.random(777) > 0.2).astype(float)
+    b = np.where(rng.random(777) < 0.8, a, 1 - a)  # paired: b mostly agrees with a
+    idx = np.random.default_rng(5).integers(0, len(a), (20_000, len(a)))
+    slow = (a[idx].mean(axis=1), b[idx].mean(axis=1))
+    fast = paired_bootstrap(a, b, reps=20_000, seed=5)
+    for f, s in zip(fast, slow, strict=True):
+        assert abs(f.mean() - s.mean()) < 3e-4 and abs(f.std() / s.std() - 1) < 0.03
+    d_fast, d_slow = fast[1] - fast[0], slow[1] - slow[0]
+    assert abs(d_fast.std() / d_slow.std() - 1) < 0.03  # the pairing shrinks the spread of the difference alike
+    assert d_fast.std() < 0.8 * np.hypot(fast[0].std(), fast[1].std())
     c = a * 0.5 + 0.25  # not flags: the general path
+    idx = np.random.default_rng(5).integers(0, len(a), (400, len(a)))
     assert np.array_equal(paired_bootstrap(c, b, reps=400, seed=5)[0], c[idx].mean(axis=1))
 
 

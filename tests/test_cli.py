@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from harness.cli import main
 
 from models import tiny_sweep
@@ -63,3 +65,21 @@ def test_sweep_then_show_filters(tmp_path: Path, capsys):
     assert [r["spec_id"] for r in rows] == ["fp32"]
     assert main(["show", str(tmp_path / "results"), "--backend", "nope"]) == 0
     assert "no rows match" in capsys.readouterr().out
+
+
+def test_show_limit_caps_the_table_and_says_how_many_are_left(tmp_path: Path, capsys):
+    import yaml
+
+    cfg = tiny_sweep(tmp_path, specs=["fp32", "int8-static-pc-wsym-minmax", "int8-dynamic-pc-wsym"])
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["sweep", str(tmp_path / "s.yaml"), "-q", "--no-report"]) == 0
+    capsys.readouterr()
+    folder = str(tmp_path / "results" / "tiny")
+    assert main(["show", folder, "--limit", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "3 row(s), the first 1 shown" in out and "2 more row(s) (3 ok in all)" in out
+    assert main(["show", folder, "--limit", "0"]) == 0
+    assert "more row(s)" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["show", folder, "--limit", "-1"])
+    assert "negative" in capsys.readouterr().err

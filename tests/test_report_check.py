@@ -191,3 +191,19 @@ def test_row_flags_catch_unchanged_top1_with_low_agreement_and_unstable_timing()
     assert "top-1 unchanged but only 84.0 % agreement with FP32" in flags
     assert row_flags({**r, "gap_pp": -3.0, "unstable": False}) == []  # a visible drop needs no extra warning
     assert row_flags({**r, "timed": False, "top1_agreement": 0.99}) == ["fidelity only (not timed)"]
+
+
+def test_check_table_lists_the_notable_verdicts_past_its_cap(tmp_path: Path, baseline, monkeypatch, capsys):
+    """Past CHECK_TABLE_ROWS verdicts the terminal table keeps fails/inconclusives/significant changes and says
+    how many it left out; --all lists every verdict."""
+    import harness.cli as cli
+
+    base, correct = baseline
+    cand = synthetic_results(tmp_path / "b", "cand", latency_ms=1.3, correct=correct, seed=2)  # latency fails only
+    monkeypatch.setattr(cli, "CHECK_TABLE_ROWS", 1)
+    args = ["check", "--baseline", str(base), "--candidate", str(cand)]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "5 of 6 verdicts not listed" in out  # 2 cells × 3 gates; the cap keeps one (a fail)
+    assert main([*args, "--all"]) == 1
+    assert "not listed" not in capsys.readouterr().out
