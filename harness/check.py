@@ -319,6 +319,15 @@ class CheckResult:
         return line + (f"; {len(self.missing)} not compared)" if self.missing else ")")
 
 
+@dataclass(frozen=True)
+class Predictions:
+    """One record's per-sample predictions, in sample order."""
+
+    correct: np.ndarray  # 0/1 as float
+    pred: np.ndarray
+    labelled: bool  # every sample had a label
+
+
 def _load(path: Path) -> tuple[Any, dict[str, dict[str, Any]]]:
     """Latest rows of a results folder, and its raw samples and predictions by record id, read once."""
     from harness.store import load_results
@@ -339,15 +348,41 @@ def _record_data(path: Path, record_ids: list[str]) -> dict[str, dict[str, Any]]
         return per_record
     for kind in ("samples", "predictions"):
         frames = [f for f in (getattr(s, kind)(record_ids) for s in stores_under(path)) if not f.empty]
-        df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["record_id"])
-        per_record[kind] = {rid: g for rid, g in df.groupby("record_id")}
+        if not frames:
+            continue
+        df = pd.concat(frames, ignore_index=True)
+        # one sort of the whole frame and array slices per record (a pandas groupby + sort per record took
+        # most of a 10k-cell check)
+        codes, names = pd.factorize(df["record_id"])
+        if kind == "samples":
+            repeat = df["repeat"].to_numpy(np.int64) if "repeat" in df else np.zeros(len(df), np.int64)
+            order = np.lexsort((df["iteration"].to_numpy(np.int64), repeat, codes))
+            lat, rep, codes = df["latency_ns"].to_numpy(float)[order], repeat[order], codes[order]
+            cuts = np.flatnonzero((np.diff(codes) != 0) | (np.diff(rep) != 0)) + 1
+            runs: dict[str, list[np.ndarray]] = {}
+            for start, stop in zip(np.r_[0, cuts], np.r_[cuts, len(lat)], strict=True):
+                runs.setdefault(names[codes[start]], []).append(lat[start:stop])
+            per_record[kind] = runs
+        else:
+            per_record[kind] = predictions_by_record(df)
     return per_record
 
 
-def _per_record(data: dict[str, dict[str, Any]], kind: str, record_id: str) -> Any:
+def predictions_by_record(df: Any) -> dict[str, Predictions]:
+    """A predictions frame (store layout) as one :class:`Predictions` per record id: one sort, array slices."""
     import pandas as pd
 
-    return data[kind].get(record_id, pd.DataFrame())
+    if df is None or df.empty:
+        return {}
+    codes, names = pd.factorize(df["record_id"])
+    order = np.lexsort((df["sample_index"].to_numpy(np.int64), codes))
+    ok, pred = df["correct"].to_numpy(float)[order], df["pred"].to_numpy(np.int64)[order]
+    lab, codes = df["has_label"].to_numpy(bool)[order], codes[order]
+    cuts = np.flatnonzero(np.diff(codes) != 0) + 1
+    return {
+        names[codes[a]]: Predictions(ok[a:b], pred[a:b], bool(lab[a:b].all()))
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(ok)], strict=True)
+    }
 
 
 def compare(
@@ -525,14 +560,6 @@ def _pct(base: Any, cand: Any) -> Any:
     return 100.0 * (np.asarray(cand, float) / np.asarray(base, float) - 1.0)
 
 
-def _samples_by_repeat(frame: Any) -> list[np.ndarray]:
-    """A record's raw latencies as one array per repeat, in the order they were timed."""
-    if "repeat" not in frame:
-        return [frame["latency_ns"].to_numpy(float)]
-    frame = frame.sort_values(["repeat", "iteration"])
-    return [g["latency_ns"].to_numpy(float) for _, g in frame.groupby("repeat", sort=True)]
-
-
 def _oversubscribed(b: Any, c: Any) -> str:
     """Why a latency change cannot be a regression: a side whose 1-min load average, before or after its timed
     loop, exceeded the cores it could use (from the ``device`` id) competed for the CPU with other work, and a
@@ -560,14 +587,13 @@ def _judge(gate: Gate, label: str, b: Any, c: Any, bdata: dict[str, Any], cdata:
     reps: tuple[Any, Any] | None = None
     evidence = "point estimate (no per-sample data stored for this metric)"
     if gate.metric in LATENCY_METRICS:
-        xs = _per_record(bdata, "samples", b["record_id"])
-        ys = _per_record(cdata, "samples", c["record_id"])
-        if len(xs) < MIN_SAMPLES or len(ys) < MIN_SAMPLES:
+        xr, yr = bdata["samples"].get(b["record_id"], []), cdata["samples"].get(c["record_id"], [])
+        nx, ny = sum(map(len, xr)), sum(map(len, yr))
+        if nx < MIN_SAMPLES or ny < MIN_SAMPLES:
             return Verdict(
-                label, name, base, cand, change, f"{len(xs)}/{len(ys)} samples", "inconclusive", "~",
+                label, name, base, cand, change, f"{nx}/{ny} samples", "inconclusive", "~",
                 f"too few raw samples (need ≥ {MIN_SAMPLES} per side)",
             )  # fmt: skip
-        xr, yr = _samples_by_repeat(xs), _samples_by_repeat(ys)
         stat = latency_statistic(gate.metric, int(b.get("batch_size", 1) or 1))
         bx, by = max(optimal_block_length(r) for r in xr), max(optimal_block_length(r) for r in yr)
         n_reps = SCREEN_REPS
@@ -577,11 +603,11 @@ def _judge(gate: Gate, label: str, b: Any, c: Any, bdata: dict[str, Any], cdata:
             reps = (resample_runs(xr, stat, seed=0, block=bx), resample_runs(yr, stat, seed=1, block=by))
         evidence = f"block bootstrap (blocks {bx}/{by}, repeats {len(xr)}/{len(yr)}, {n_reps} replicates)"
     elif gate.metric == "top1":
-        pa = _per_record(bdata, "predictions", b["record_id"])
-        pb = _per_record(cdata, "predictions", c["record_id"])
-        if len(pa) and len(pa) == len(pb) and pa["has_label"].all() and b["eval_sha256"] == c["eval_sha256"]:
-            a_ok = pa.sort_values("sample_index")["correct"].to_numpy(float)
-            b_ok = pb.sort_values("sample_index")["correct"].to_numpy(float)
+        none = Predictions(np.zeros(0), np.zeros(0, np.int64), False)
+        pa = bdata["predictions"].get(b["record_id"], none)
+        pb = cdata["predictions"].get(c["record_id"], none)
+        a_ok, b_ok = pa.correct, pb.correct
+        if len(a_ok) and len(a_ok) == len(b_ok) and pa.labelled and b["eval_sha256"] == c["eval_sha256"]:
             reps = paired_bootstrap(a_ok, b_ok)
             evidence = f"paired bootstrap (n={len(a_ok)})"
         else:

@@ -192,10 +192,9 @@ def build_study(rows: Any, predictions: dict[str, Any]) -> Study:
 
     def arrays(rid: str) -> tuple[np.ndarray, np.ndarray] | None:
         p = predictions.get(rid)
-        if p is None or not len(p) or not bool(p["has_label"].all()):
+        if p is None or not len(p.correct) or not p.labelled:
             return None
-        p = p.sort_values("sample_index")
-        return p["correct"].to_numpy(bool), p["pred"].to_numpy(np.int64)
+        return p.correct.astype(bool), p.pred
 
     # the FP32 reference per model: its ort fp32 cell (the reference *is* ORT CPU FP32), else any fp32 cell
     refs: dict[str, tuple[np.ndarray, np.ndarray, float, str]] = {}

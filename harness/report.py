@@ -579,7 +579,9 @@ def load_report_data(results: list[Path]) -> ReportData:
         preds += [store.predictions(ok_ids) for store in stores_under(r)]
     rows = pd.concat(frames, ignore_index=True)
     preds = [p for p in preds if not p.empty]
-    predictions = {rid: g for rid, g in pd.concat(preds, ignore_index=True).groupby("record_id")} if preds else {}
+    from harness.check import predictions_by_record
+
+    predictions = predictions_by_record(pd.concat(preds, ignore_index=True)) if preds else {}
     if rows.empty:
         raise ResultsError(f"{', '.join(map(str, results))}: no rows to report; run a sweep first")
     training = {}
