@@ -27,6 +27,7 @@ says why; otherwise re-run both sides close in time on a quiet machine.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -206,16 +207,27 @@ def resample_runs(
     runs = [np.asarray(r, float) for r in runs if len(r)]
     if not runs:
         raise ValueError("no samples to resample")
-    rng = np.random.default_rng(seed)
-    n_runs = len(runs)
-    lengths = np.array([len(r) for r in runs])
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     flat = np.concatenate(runs)
-    length = round(float(lengths.mean()))
     block = block or max(optimal_block_length(r) for r in runs)
-    n_blocks = -(-length // block)
     out = np.empty(reps)
+    for lo, idx in _resample_indices(tuple(len(r) for r in runs), block, reps, seed):
+        out[lo : lo + len(idx)] = stat(flat[idx])
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _resample_indices(lengths_t: tuple[int, ...], block: int, reps: int, seed: int) -> tuple[tuple[int, Any], ...]:
+    """The replicate index chunks of :func:`resample_runs` for runs of these lengths: a function of the shapes and
+    the seed only, so cells measured with the same protocol share one draw (a check of thousands of cells draws
+    it once instead of once per cell; every cell gets exactly the indices it would have drawn itself)."""
+    rng = np.random.default_rng(seed)
+    lengths = np.array(lengths_t)
+    n_runs = len(lengths)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    length = round(float(lengths.mean()))
+    n_blocks = -(-length // block)
     chunk = max(1, 2_000_000 // (n_runs * n_blocks * block))
+    out = []
     for lo in range(0, reps, chunk):
         m = min(chunk, reps - lo)
         pick = rng.integers(0, n_runs, (m, n_runs)) if n_runs > 1 else np.zeros((m, 1), np.int64)
@@ -227,9 +239,10 @@ def resample_runs(
         else:
             within %= n_j
         within = within.reshape(m, n_runs, n_blocks * block)[..., :length]
-        idx = offsets[pick][..., None] + within
-        out[lo : lo + m] = stat(flat[idx.reshape(m, n_runs * length)])
-    return out
+        idx = (offsets[pick][..., None] + within).reshape(m, n_runs * length)
+        idx.setflags(write=False)
+        out.append((lo, idx))
+    return tuple(out)
 
 
 def percentile_rows(a: np.ndarray, q: float) -> np.ndarray:
@@ -513,8 +526,8 @@ def decide(gate: Gate, base: float, cand: float, base_reps: Any, cand_reps: Any)
     lo_q, hi_q = 100 * ALPHA / 2, 100 * (1 - ALPHA / 2)
     q_reps, d_reps = _quantities(gate, base_reps, cand_reps)
     q_point = gate.change(base, cand) if gate.kind == "delta" else cand
-    lo, hi = (float(v) for v in np.nanpercentile(q_reps, [lo_q, hi_q]))
-    d_lo, d_hi = (float(v) for v in np.nanpercentile(d_reps, [lo_q, hi_q]))
+    lo, hi = _interval(q_reps, lo_q, hi_q)
+    d_lo, d_hi = (lo, hi) if d_reps is q_reps else _interval(d_reps, lo_q, hi_q)
     worse = _worse_sign(gate)
     direction = 0
     if d_lo > 0 or d_hi < 0:
@@ -528,6 +541,14 @@ def decide(gate: Gate, base: float, cand: float, base_reps: Any, cand_reps: Any)
     if point_bad or all_bad:
         return "inconclusive", "~", direction, interval
     return "pass", "+" if direction > 0 else ("-" if direction < 0 else ""), direction, interval
+
+
+def _interval(reps: np.ndarray, lo_q: float, hi_q: float) -> tuple[float, float]:
+    """The percentile interval of replicates, ignoring NaN ones (np.percentile when there are none: ~5× faster)."""
+    r = np.asarray(reps, float)
+    pick = np.nanpercentile if np.isnan(r).any() else np.percentile
+    lo, hi = pick(r, [lo_q, hi_q])
+    return float(lo), float(hi)
 
 
 def _quantities(gate: Gate, base_reps: Any, cand_reps: Any) -> tuple[np.ndarray, np.ndarray]:
