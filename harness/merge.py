@@ -17,13 +17,7 @@ from typing import Any
 
 from harness.errors import ResultsError
 from harness.records import SCHEMA_VERSION
-from harness.store import MANIFEST, ResultsStore, _read_many, _write_parquet, atomic_write_bytes, stores_under
-
-KEYS = {
-    "rows": ["record_id"],
-    "samples": ["record_id", "repeat", "iteration"],
-    "predictions": ["record_id", "sample_index"],
-}
+from harness.store import KEYS, MANIFEST, ResultsStore, _read_many, _write_parquet, atomic_write_bytes, stores_under
 
 
 @dataclass
