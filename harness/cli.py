@@ -170,7 +170,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     title = f"{sweep.name}: {len(df)} cells ({wall:.1f}s)" + (f", {n_skip} skipped as unsupported" if n_skip else "")
     console.print(results_table(ran, title=title))
     _print_reasons(console, df)
-    if "group" in df and df["group"].replace("", None).dropna().nunique() >= 2:
+    declared = {m.group for m in sweep.models if m.group}
+    if len(declared) >= 2:  # a study (models[].group): its comparison; plain sweeps of several models have none
         _print_comparison(console, sweep.results_path)
     console.print(f"results: {sweep.results_path}", highlight=False)
     if not args.no_report:
