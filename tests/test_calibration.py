@@ -116,15 +116,17 @@ def test_shared_statistics_give_ort_minmax_ranges_exactly(tmp_path, symmetric):
     assert len(list((tmp_path / "cache" / "calibration").glob("*.npz"))) == 1
 
 
-def test_own_histogram_collector_matches_ort_histograms(tmp_path):
-    """qtbench's collector (no stacked copies, one vectorised binning pass) against ORT's HistogramCollector on the
-    same augmented model and data, several batches: same tensors, exact min/max, same edges, and counts that
-    differ only by elements on a bin edge."""
+def test_own_histogram_collector_matches_ort_histograms(tmp_path, monkeypatch):
+    """qtbench's streamed collector against ORT's on the same augmented model and data: a set that fits one batch
+    equals ORT's HistogramCalibrater (stacked outputs); in several batches, ragged last one included, it equals
+    ORT's HistogramCollector fed batch by batch (same range widening). Exact min/max, same edges, counts equal up
+    to elements on a bin edge."""
     import contextlib
     import io
 
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.calibrate import CalibrationMethod, HistogramCollector, create_calibrator
 
+    import backends.qdq as qdq
     from backends.qdq import CalibrationReader, _collect
     from harness.data import load_dataset
 
@@ -132,7 +134,7 @@ def test_own_histogram_collector_matches_ort_histograms(tmp_path):
 
     path = tiny_cnn(tmp_path / "m.onnx")
     calib = load_dataset(tiny_data(tmp_path / "c.npz", 150, seed=3, labels=False), ["input"], None)
-    even = calib.head(128)  # ORT's collector stacks the batches, so it needs equal ones: 64 + 64
+    one = calib.head(64)  # ≤ CALIB_BATCH: one batch
 
     def calibrator(name: str):
         return create_calibrator(
@@ -143,19 +145,28 @@ def test_own_histogram_collector_matches_ort_histograms(tmp_path):
             extra_options={"num_bins": 2048},
         )
 
+    def same(got: dict, want: dict) -> None:
+        assert set(got) == set(want) and len(got) >= 5
+        for name, (hist, edges, lo, hi) in got.items():
+            w_hist, w_edges, w_lo, w_hi, _t = want[name]
+            assert (lo, hi) == (float(w_lo), float(w_hi)), name
+            assert len(hist) == len(w_hist), name
+            np.testing.assert_allclose(edges, w_edges, rtol=1e-6, atol=1e-7)
+            assert hist.sum() == w_hist.sum()
+            assert np.abs(hist - w_hist).sum() <= max(2, 1e-3 * w_hist.sum()), name
+
     ref = calibrator("ref")
     with contextlib.redirect_stdout(io.StringIO()):
-        ref.collect_data(CalibrationReader(even, True))
-    want = ref.collector.histogram_dict
-    got = _collect(calibrator("own"), CalibrationReader(even, True), 2048)
-    assert set(got) == set(want) and len(got) >= 5
-    for name, (hist, edges, lo, hi) in got.items():
-        w_hist, w_edges, w_lo, w_hi, _t = want[name]
-        assert (lo, hi) == (float(w_lo), float(w_hi)), name
-        np.testing.assert_allclose(edges, w_edges, rtol=1e-6, atol=1e-7)
-        assert hist.sum() == w_hist.sum()
-        assert np.abs(hist - w_hist).sum() <= max(2, 1e-3 * w_hist.sum()), name
-    # ragged batches (64, 64, 22), which ORT's collector cannot stack: every sample counted once
-    ragged = _collect(calibrator("ragged"), CalibrationReader(calib, True), 2048)
-    first = next(iter(want))
-    assert ragged[first][0].sum() == want[first][0].sum() * 150 // 128
+        ref.collect_data(CalibrationReader(one, True))
+    same(_collect(calibrator("own"), one, True, 2048), ref.collector.histogram_dict)
+
+    monkeypatch.setattr(qdq, "CALIB_BATCH", 16)  # 150 samples: 9 batches of 16 and one of 6
+    cal = calibrator("batches")
+    col = HistogramCollector("entropy", False, 2048, 128, None, None)
+    names = [o.name for o in cal.infer_session.get_outputs()]
+    for pos in range(0, 150, 16):
+        outs = cal.infer_session.run(None, calib.batch(pos, pos + 16))
+        col.collect_value({n: o for n, o in zip(names, outs, strict=True) if n in cal.tensors_to_calibrate})
+    got = _collect(calibrator("own2"), calib, True, 2048)
+    same(got, col.histogram_dict)
+    assert any(len(h) > 2048 for h, *_ in got.values())  # some range widened past the first batch's
