@@ -83,6 +83,9 @@ class CompiledInfo:
             raise ValueError(f"numbers must be one of {NUMBERS}, got {self.numbers!r}")
 
 
+BUILD_LOCK = ".build.lock"  # per cache entry: one build at a time (and a fleet board's unpack of a shipped one)
+
+
 def build_once(artifact: Path, build: Callable[[list[str]], None]) -> tuple[list[str], bool]:
     """Run ``build(notes)`` unless a complete cache entry for ``artifact`` exists; returns (notes, cache_hit).
 
@@ -98,7 +101,7 @@ def build_once(artifact: Path, build: Callable[[list[str]], None]) -> tuple[list
 
     artifact.parent.mkdir(parents=True, exist_ok=True)
     record = artifact.with_name("notes.json")
-    with open(artifact.with_name(".build.lock"), "a+") as lock:
+    with open(artifact.with_name(BUILD_LOCK), "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         cached = _read_entry(artifact, record)
         if cached is not None:

@@ -127,7 +127,19 @@ class OrtBackend(Backend):
             artifact, notes, cache_hit = model.path, [], True
         else:
             artifact = workdir / "model.onnx"
-            notes, cache_hit = build_once(artifact, lambda n: self._build(model, spec, calib, workdir, artifact, n))
+            notes, cache_hit = build_once(
+                artifact,
+                lambda n: qdq.build(
+                    model,
+                    spec,
+                    calib,
+                    workdir,
+                    artifact,
+                    n,
+                    exclude_nodes=self.options["exclude_nodes"],
+                    int4_block_size=self.options["int4_block_size"],
+                ),
+            )
         compile_s = time.perf_counter() - t0
         session = self._session(artifact)
         actual = session.get_providers()
@@ -182,26 +194,6 @@ class OrtBackend(Backend):
         if optimized_out is not None:
             so.optimized_model_filepath = str(optimized_out)
         return ort.InferenceSession(str(path), so, providers=self.providers())
-
-    def _build(
-        self,
-        model: ModelInput,
-        spec: QuantSpec,
-        calib: Any,
-        workdir: Path,
-        out: Path,
-        notes: list[str],
-    ) -> None:
-        qdq.build(
-            model,
-            spec,
-            calib,
-            workdir,
-            out,
-            notes,
-            exclude_nodes=self.options["exclude_nodes"],
-            int4_block_size=self.options["int4_block_size"],
-        )
 
     # -- coverage ------------------------------------------------------------------------------------------
     def _coverage(self, artifact: Path, providers: list[str], spec: QuantSpec, info: CompiledInfo) -> None:

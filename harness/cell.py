@@ -41,6 +41,11 @@ class CellJob:
     timed: bool = True  # False: fidelity only (models[].timing), compile + evaluate without the timed loop
     task: str | dict[str, Any] | None = None  # models[].task: how each output is scored (harness.tasks)
 
+    @property
+    def workdir(self) -> Path:
+        """The cell's artifact cache entry (shared by every cell with the same artifact key)."""
+        return Path(self.cache_dir) / "artifacts" / self.backend / self.artifact_key
+
 
 @dataclass
 class CellResult:
@@ -147,7 +152,7 @@ def _open(job: CellJob) -> tuple[Any, ModelFacts, Any, Any, Path] | CellResult:
     model = ModelInput(
         Path(job.model_path), job.model_sha256, facts.input_names, facts.output_names, facts.dynamic_batch
     )
-    return backend, facts, calib, model, Path(job.cache_dir) / "artifacts" / job.backend / job.artifact_key
+    return backend, facts, calib, model, job.workdir
 
 
 def _run_cell(job: CellJob) -> CellResult:

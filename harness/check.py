@@ -364,38 +364,49 @@ def _record_data(path: Path, record_ids: list[str]) -> dict[str, dict[str, Any]]
         if not frames:
             continue
         df = pd.concat(frames, ignore_index=True)
-        # one sort of the whole frame and array slices per record (a pandas groupby + sort per record took
-        # most of a 10k-cell check)
-        codes, names = pd.factorize(df["record_id"])
-        if kind == "samples":
-            repeat = df["repeat"].to_numpy(np.int64) if "repeat" in df else np.zeros(len(df), np.int64)
-            order = np.lexsort((df["iteration"].to_numpy(np.int64), repeat, codes))
-            lat, rep, codes = df["latency_ns"].to_numpy(float)[order], repeat[order], codes[order]
-            cuts = np.flatnonzero((np.diff(codes) != 0) | (np.diff(rep) != 0)) + 1
-            runs: dict[str, list[np.ndarray]] = {}
-            for start, stop in zip(np.r_[0, cuts], np.r_[cuts, len(lat)], strict=True):
-                runs.setdefault(names[codes[start]], []).append(lat[start:stop])
-            per_record[kind] = runs
-        else:
-            per_record[kind] = predictions_by_record(df)
+        per_record[kind] = samples_by_record(df) if kind == "samples" else predictions_by_record(df)
     return per_record
 
 
-def predictions_by_record(df: Any) -> dict[str, Predictions]:
-    """A predictions frame (store layout) as one :class:`Predictions` per record id: one sort, array slices."""
+def _spans(df: Any, sort_cols: list[str], split_cols: tuple[str, ...] = ()) -> tuple[Any, list[tuple[str, int, int]]]:
+    """The order that sorts a store frame by record id, then ``sort_cols``, and the (record id, start, stop) spans
+    of each record (of each record × ``split_cols`` value) in it: one sort of the whole frame and array slices,
+    where a pandas groupby + sort per record took most of a 10k-cell check."""
     import pandas as pd
 
+    codes, names = pd.factorize(df["record_id"])
+    order = np.lexsort((*(df[c].to_numpy(np.int64) for c in reversed(sort_cols)), codes))
+    codes = codes[order]
+    change = np.diff(codes) != 0
+    for c in split_cols:
+        change |= np.diff(df[c].to_numpy(np.int64)[order]) != 0
+    cuts = np.flatnonzero(change) + 1
+    bounds = zip(np.r_[0, cuts], np.r_[cuts, len(codes)], strict=True)
+    return order, [(names[codes[a]], int(a), int(b)) for a, b in bounds]
+
+
+def samples_by_record(df: Any) -> dict[str, list[np.ndarray]]:
+    """A samples frame (store layout) as each record's latencies, one array per repeat in timing order."""
     if df is None or df.empty:
         return {}
-    codes, names = pd.factorize(df["record_id"])
-    order = np.lexsort((df["sample_index"].to_numpy(np.int64), codes))
+    if "repeat" not in df:
+        df = df.assign(repeat=0)
+    order, spans = _spans(df, ["repeat", "iteration"], split_cols=("repeat",))
+    lat = df["latency_ns"].to_numpy(float)[order]
+    runs: dict[str, list[np.ndarray]] = {}
+    for rid, a, b in spans:
+        runs.setdefault(rid, []).append(lat[a:b])
+    return runs
+
+
+def predictions_by_record(df: Any) -> dict[str, Predictions]:
+    """A predictions frame (store layout) as one :class:`Predictions` per record id, in sample order."""
+    if df is None or df.empty:
+        return {}
+    order, spans = _spans(df, ["sample_index"])
     ok, pred = df["correct"].to_numpy(float)[order], df["pred"].to_numpy(np.int64)[order]
-    lab, codes = df["has_label"].to_numpy(bool)[order], codes[order]
-    cuts = np.flatnonzero(np.diff(codes) != 0) + 1
-    return {
-        names[codes[a]]: Predictions(ok[a:b], pred[a:b], bool(lab[a:b].all()))
-        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(ok)], strict=True)
-    }
+    lab = df["has_label"].to_numpy(bool)[order]
+    return {rid: Predictions(ok[a:b], pred[a:b], bool(lab[a:b].all())) for rid, a, b in spans}
 
 
 def compare(

@@ -299,11 +299,6 @@ def _localize(job: CellJob, local: dict[str, str], cache_dir: Path) -> CellJob:
 
 
 # -- artifacts compiled on a host: the cache entry as a tar ------------------------------------------------
-def _workdir(job: CellJob) -> Path:
-    """The artifact cache entry of a cell (as :func:`harness.cell._open` names it)."""
-    return Path(job.cache_dir) / "artifacts" / job.backend / job.artifact_key
-
-
 def _pack(workdir: Path) -> bytes:
     """A cache entry as tar bytes, its commit marker (``notes.json``) last: an unpack cut short leaves no marker,
     and the board's ``build_once`` then rebuilds instead of trusting a partial entry."""
@@ -322,7 +317,9 @@ def _install_artifact(workdir: Path, payload: bytes) -> str:
     import fcntl
 
     workdir.mkdir(parents=True, exist_ok=True)
-    with open(workdir / ".build.lock", "a+") as lock:
+    from backends.base import BUILD_LOCK
+
+    with open(workdir / BUILD_LOCK, "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (workdir / "notes.json").is_file():
             return "present"
@@ -380,7 +377,7 @@ def compile_on_host(
     if result.status != "ok":
         meta.update(status=result.status, message=result.message)
         return meta, None
-    payload = _pack(_workdir(here))
+    payload = _pack(here.workdir)
     meta.update(
         status="ok",
         compile_s=result.fields.get("compile_s"),
@@ -448,7 +445,7 @@ def measure_on_board(
         cell = dataclasses.replace(cell, job=_localize(cell.job, local, root / "cache"))
         assert cell.job is not None
         if artifact is not None:
-            installed = _install_artifact(_workdir(cell.job), artifact)
+            installed = _install_artifact(cell.job.workdir, artifact)
         marker = root / "current-cell.json"  # what the board is doing, for operators and `fleet status`
         marker.write_text(json.dumps({"cell": cell.label, "sweep": sweep.name, "pid": os.getpid()}))
         try:

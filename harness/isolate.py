@@ -63,11 +63,28 @@ def _watch_lifeline(lifeline: Any) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _child(fn: Callable[..., Any], args: tuple, conn: Any, lifeline: Any) -> None:
+def _detach(lifeline: Any) -> None:
+    """In a new child: its own session and group (a timeout kills it and everything it started), killed when its
+    parent dies (PR_SET_PDEATHSIG, and the lifeline thread)."""
     with contextlib.suppress(OSError):
-        os.setsid()  # own session and group: a timeout kills the cell and everything it started
+        os.setsid()
     _set_pdeathsig()
     threading.Thread(target=_watch_lifeline, args=(lifeline,), daemon=True, name="qtbench-lifeline").start()
+
+
+def _timed_out(timeout_s: float) -> tuple[str, str]:
+    return "timeout", f"cell exceeded run.timeout_s={timeout_s:g}s and was killed (with its subprocesses)"
+
+
+def _died(code: int | None) -> tuple[str, str]:
+    sig = ""
+    if code is not None and code < 0 and -code in signal.Signals._value2member_map_:
+        sig = f" ({signal.Signals(-code).name})"
+    return "died", f"child process died with exit code {code}{sig} before returning a result (SDK crash?)"
+
+
+def _child(fn: Callable[..., Any], args: tuple, conn: Any, lifeline: Any) -> None:
+    _detach(lifeline)
     try:
         conn.send(("ok", fn(*args)))
     except BaseException as exc:  # noqa: BLE001 - report anything, including SystemExit from an SDK
@@ -114,7 +131,7 @@ def call_isolated(fn: Callable[..., Any], args: tuple, timeout_s: float) -> tupl
                 outcome = recv.recv()
         else:
             kill_group(proc)
-            outcome = ("timeout", f"cell exceeded run.timeout_s={timeout_s:g}s and was killed (with its subprocesses)")
+            outcome = _timed_out(timeout_s)
     except BaseException:
         kill_group(proc)
         proc.join(KILL_GRACE_S)
@@ -126,23 +143,14 @@ def call_isolated(fn: Callable[..., Any], args: tuple, timeout_s: float) -> tupl
     if proc.is_alive():
         kill_group(proc)
         proc.join(KILL_GRACE_S)
-    if outcome is not None:
-        return outcome
-    code = proc.exitcode
-    sig = ""
-    if code is not None and code < 0 and -code in signal.Signals._value2member_map_:
-        sig = f" ({signal.Signals(-code).name})"
-    return "died", f"child process died with exit code {code}{sig} before returning a result (SDK crash?)"
+    return outcome if outcome is not None else _died(proc.exitcode)
 
 
 def _serve(conn: Any, lifeline: Any) -> None:
     """A warm worker's loop: run each ``(fn, args)`` received, send back its outcome; ``None`` or EOF ends it."""
     import gc
 
-    with contextlib.suppress(OSError):
-        os.setsid()
-    _set_pdeathsig()
-    threading.Thread(target=_watch_lifeline, args=(lifeline,), daemon=True, name="qtbench-lifeline").start()
+    _detach(lifeline)
     while True:
         try:
             msg = conn.recv()
@@ -245,14 +253,11 @@ class Worker:
                     return conn.recv()
             else:
                 self._stop(graceful=False)
-                return "timeout", f"cell exceeded run.timeout_s={timeout_s:g}s and was killed (with its subprocesses)"
+                return _timed_out(timeout_s)
         except BaseException:
             self._stop(graceful=False)
             raise
         proc.join(KILL_GRACE_S)  # the pipe closed without an answer: the child died
         code = proc.exitcode
         self._stop(graceful=False)
-        sig = ""
-        if code is not None and code < 0 and -code in signal.Signals._value2member_map_:
-            sig = f" ({signal.Signals(-code).name})"
-        return "died", f"child process died with exit code {code}{sig} before returning a result (SDK crash?)"
+        return _died(code)

@@ -37,6 +37,12 @@ from harness.records import SCHEMA_VERSION, Record, to_frame, upgrade_frame
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 KINDS = ("rows", "samples", "predictions")
+#: Readers' duplicate keys per kind (the first file in name order wins); compaction and merge use the same keys.
+KEYS = {
+    "rows": ["record_id"],
+    "samples": ["record_id", "repeat", "iteration"],
+    "predictions": ["record_id", "sample_index"],
+}
 
 
 def os_error_message(exc: OSError, what: str) -> str:
@@ -293,15 +299,15 @@ class ResultsStore:
             if not files:
                 return upgrade_frame(to_frame([]), str(self.root))
             df = upgrade_frame(_read_many(files), str(self.root))
-        return df.drop_duplicates("record_id", keep="first").reset_index(drop=True)
+        return df.drop_duplicates(KEYS["rows"], keep="first").reset_index(drop=True)
 
     def samples(self, record_ids: list[str] | None = None) -> Any:
-        return self._read_kind("samples", record_ids, ["record_id", "repeat", "iteration"])
+        return self._read_kind("samples", record_ids)
 
     def predictions(self, record_ids: list[str] | None = None) -> Any:
-        return self._read_kind("predictions", record_ids, ["record_id", "sample_index"])
+        return self._read_kind("predictions", record_ids)
 
-    def _read_kind(self, kind: str, record_ids: list[str] | None, key: list[str]) -> Any:
+    def _read_kind(self, kind: str, record_ids: list[str] | None) -> Any:
         import pandas as pd
 
         filters = [("record_id", "in", list(record_ids))] if record_ids is not None else None
@@ -310,7 +316,7 @@ class ResultsStore:
             if not files:
                 return pd.DataFrame()
             df = _read_many(files, filters)
-        return df.drop_duplicates(key, keep="first").reset_index(drop=True)
+        return df.drop_duplicates(KEYS[kind], keep="first").reset_index(drop=True)
 
 
 def _read_many(files: list[Path], filters: Any = None, corrupt: list[Path] | None = None) -> Any:
@@ -344,12 +350,6 @@ def _read_many(files: list[Path], filters: Any = None, corrupt: list[Path] | Non
 #: The compacted file's run-id slot: ``<kind>-0-compacted.parquet`` sorts before every run's own file (run ids
 #: start with a year), so readers see its rows first, in the order the folded files had.
 COMPACTED = "0-compacted"
-#: Readers' duplicate keys per kind (the first file in name order wins); compaction folds with the same keys.
-KEYS = {
-    "rows": ["record_id"],
-    "samples": ["record_id", "repeat", "iteration"],
-    "predictions": ["record_id", "sample_index"],
-}
 
 
 @dataclass
