@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 from collections import Counter
@@ -344,8 +345,10 @@ def _collect(calibrator: Any, data: Any, dynamic_batch: bool, num_bins: int) -> 
     if len(data) == 0:
         raise ConfigError("the calibration set is empty: add samples to the `calibration:` data")
     step = 1
-    if dynamic_batch:  # one sample's outputs size the batches (its run is only a probe)
-        per_sample = max(1, sum(o.size for o in sess.run(None, data.batch(0, 1))))
+    if dynamic_batch:  # one sample's output size sizes the batches: from the static shapes, else a probe run
+        per_sample = _per_sample_elements(sess)
+        if per_sample is None:
+            per_sample = max(1, sum(o.size for o in sess.run(None, data.batch(0, 1))))
         step = int(min(CALIB_BATCH, max(1, STATS_BATCH_ELEMENTS // per_sample)))
     acc: dict[str, list[Any]] = {}  # name -> [hist, edges, t, lo, hi]
     for pos in range(0, len(data), step):
@@ -356,12 +359,30 @@ def _collect(calibrator: Any, data: Any, dynamic_batch: bool, num_bins: int) -> 
     return {n: (np.asarray(h), np.asarray(e), np.float64(lo), np.float64(hi)) for n, (h, e, _t, lo, hi) in acc.items()}
 
 
+def _per_sample_elements(sess: Any) -> int | None:
+    """Values one sample adds to the outputs, from their static shapes (a leading symbolic batch axis; a fully
+    static output counts whole, so the estimate errs large); None when a shape is not known statically."""
+    total = 0
+    for o in sess.get_outputs():
+        shape = list(o.shape) if o.shape is not None else None
+        if not shape:
+            return None
+        lead = [] if isinstance(shape[0], str) or shape[0] is None else [shape[0]]
+        dims = lead + shape[1:]
+        if any(not isinstance(d, int) or d < 0 for d in dims):
+            return None
+        total += math.prod(dims)
+    return max(1, total)
+
+
 def _fold(acc: dict[str, list[Any]], name: str, a: np.ndarray, num_bins: int) -> None:
     """Add one batch's values of a tensor to its running (histogram, edges, threshold, min, max)."""
-    if a.size and np.isnan(a.min()):
+    lo = a.min() if a.size else None
+    if lo is not None and np.isnan(lo):
         a = a[~np.isnan(a)]
-    if a.size:
-        lo, hi = a.min(), a.max()
+        lo = a.min() if a.size else None
+    if lo is not None:
+        hi = a.max()
     else:
         lo = hi = np.zeros((), dtype=a.dtype if a.dtype.kind == "f" else np.float32)[()]
     t = np.asarray(max(abs(lo), abs(hi)), dtype=lo.dtype)[()]

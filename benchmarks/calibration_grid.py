@@ -8,9 +8,11 @@ activations). qtbench collects the FP32 activation histograms + min/max once per
 derives every method's activation ranges from them (per-tensor, as ORT's QDQ activations are); weights get their
 per-tensor and per-output-channel ranges from the initializers. The baseline is what a user of
 onnxruntime.quantization does for a single spec (its calibration and its QDQ graph). Target: calibration grid /
-baseline ≤ 1.5. ``--build`` also times writing the 8 QDQ graphs from the cached ranges (onnxruntime.quantization's
-graph rewrite, once per spec, sequentially and with ``--workers`` processes as a sweep's compile phase runs them),
-so the whole cost of a grid is visible too. Rounds start with the baseline so machine drift hits both sides.
+baseline ≤ 1.5. The plain FP32 forward pass over the same set is printed too: the baseline's cost moves with
+the onnxruntime version, the forward pass is the floor any calibration pays. ``--build`` also times writing the 8
+QDQ graphs from the cached ranges (onnxruntime.quantization's graph rewrite, once per spec, sequentially and with
+``--workers`` processes as a sweep's compile phase runs them), so the whole cost of a grid is visible too. Rounds
+start with the baseline so machine drift hits both sides.
 """
 
 from __future__ import annotations
@@ -108,12 +110,26 @@ def main() -> None:
                 list(pool.map(_build, [model] * len(GRID), GRID, [calib] * len(GRID), [root / s for s in GRID]))
         return time.perf_counter() - t0
 
+    def forward() -> float:
+        """One plain FP32 pass over the calibration set (ORT, same batches): the work no calibration avoids."""
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        reader = qdq.CalibrationReader(calib, facts.dynamic_batch)
+        t0 = time.perf_counter()
+        while (feed := reader.get_next()) is not None:
+            sess.run(None, feed)
+        return time.perf_counter() - t0
+
     for r in range(args.rounds):
         b = baseline()
+        f = forward()
         g, per = calibration_grid(r)
         print(
             f"round {r}: one quantize_static minmax {b:.1f} s | calibration grid (8 specs' ranges) {g:.1f} s | "
-            f"ratio {g / b:.2f}"
+            f"ratio {g / b:.2f} | FP32 forward over the set {f:.1f} s (grid / forward {g / f:.2f})"
         )
         print(
             "   per spec (the first collects the statistics; last: weight ranges pt+pc): "

@@ -170,3 +170,26 @@ def test_own_histogram_collector_matches_ort_histograms(tmp_path, monkeypatch):
     got = _collect(calibrator("own2"), calib, True, 2048)
     same(got, col.histogram_dict)
     assert any(len(h) > 2048 for h, *_ in got.values())  # some range widened past the first batch's
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_entropy_equals_per_candidate_reference(seed):
+    """The prefix-sum KL search picks the same window as the per-candidate loop on awkward histograms: ReLU
+    tails, sparse integer-valued data, a lone outlier, a constant tensor, bins odd and even, every candidate."""
+    from harness.calibration import _entropy_range_loop
+
+    rng = np.random.default_rng(seed)
+    xs = [
+        np.maximum(rng.standard_t(3, 30_000), 0),
+        rng.laplace(0, 1, 30_000) * (rng.random(30_000) < 0.3),
+        rng.integers(-3, 4, 5_000).astype(float),
+        np.concatenate([rng.normal(0, 1, 20_000), [60.0]]),
+        np.full(1_000, 0.7),
+    ]
+    for x in xs:
+        for bins in (512, 2048, 2049):
+            t = float(np.abs(x).max())
+            h, e = np.histogram(x, bins, range=(-t, t))
+            for nq, mc in ((128, 256), (128, 10_000), (255, 256)):
+                want = _entropy_range_loop(h, e, x.min(), x.max(), nq, mc)
+                assert entropy_range(h, e, x.min(), x.max(), nq, mc) == want
