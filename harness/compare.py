@@ -209,7 +209,8 @@ def build_study(rows: Any, predictions: dict[str, Any]) -> Study:
     q = ok[ok["precision"].isin(QUANTIZED)]
     keep, gaps, agrees, missing = [], [], [], set()
     n = None
-    for i, r in q.iterrows():
+    fields = q[["model", "record_id", "eval_sha256", "backend", "spec_id"]].to_dict("records")
+    for i, r in zip(q.index, fields, strict=True):
         ref = refs.get(r["model"])
         arr = arrays(r["record_id"])
         if ref is None or arr is None or ref[3] != r["eval_sha256"]:
@@ -232,7 +233,7 @@ def build_study(rows: Any, predictions: dict[str, Any]) -> Study:
         )
     cells = q.loc[keep].copy()
     cells["family"] = [spec_family(s, g) for s, g in zip(cells["scaling"], cells["granularity"], strict=True)]
-    cells["ece_change"] = [float(r["ece"]) - refs[r["model"]][2] for _, r in cells.iterrows()]
+    cells["ece_change"] = [float(e) - refs[m][2] for e, m in zip(cells["ece"], cells["model"], strict=True)]
     cells = cells.reset_index(drop=True)
     shape = (0, n or 0)
     return Study(

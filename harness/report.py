@@ -36,7 +36,7 @@ class Figure:
 @dataclass
 class ReportData:
     rows: Any
-    samples: Any
+    samples: dict[str, Any]  # record id → raw latencies (ns), every repeat
     training: dict[str, Any] = field(default_factory=dict)
     predictions: dict[str, Any] = field(default_factory=dict)  # record id → per-sample predictions
 
@@ -397,14 +397,13 @@ def fig_latency(ok: Any, samples: Any) -> Figure | None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    if samples is None or samples.empty:
+    if not samples:
         return None
     ok = ok.sort_values(["model", "backend", "spec_id"])
-    where, latency = samples.groupby("record_id").indices, samples["latency_ns"].to_numpy()
     data, labels = [], []
-    for _, r in ok.iterrows():
-        if r["record_id"] in where:  # positions in file order, as get_group gives them (10k get_group calls: ~1 s)
-            data.append(latency[where[r["record_id"]]] / 1e6)
+    for r in ok[["record_id", "numbers", "model", "backend", "spec_id"]].to_dict("records"):
+        if r["record_id"] in samples:
+            data.append(samples[r["record_id"]] / 1e6)
             tag = "" if r.get("numbers") in ("measured", None, "") else f" [{r['numbers']}: host runs a simulator]"
             labels.append(f"{r['model']} · {r['backend']} · {r['spec_id']}{tag}")
     if not data:
@@ -567,22 +566,25 @@ SPREAD_HEADER = ["model", "precision", "cells", "mean gap pp", "worst gap pp", "
 # Assembly
 # ---------------------------------------------------------------------------------------------------------
 def load_report_data(results: list[Path]) -> ReportData:
+    import numpy as np
     import pandas as pd
 
+    from harness.check import predictions_of, samples_of
     from harness.store import load_results, stores_under
 
-    frames, samples, preds = [], [], []
+    frames: list[Any] = []
+    samples: dict[str, Any] = {}
+    predictions: dict[str, Any] = {}
     for r in results:
         df = load_results(r)
         frames.append(df)
         ok_ids = list(df.loc[df.status == "ok", "record_id"])
-        samples += [store.samples(ok_ids) for store in stores_under(r)]
-        preds += [store.predictions(ok_ids) for store in stores_under(r)]
+        stores = stores_under(r)
+        for rid, runs in samples_of(stores, ok_ids).items():
+            samples.setdefault(rid, np.concatenate(runs) if len(runs) > 1 else runs[0])
+        for rid, p in predictions_of(stores, ok_ids).items():
+            predictions.setdefault(rid, p)
     rows = pd.concat(frames, ignore_index=True)
-    preds = [p for p in preds if not p.empty]
-    from harness.check import predictions_by_record
-
-    predictions = predictions_by_record(pd.concat(preds, ignore_index=True)) if preds else {}
     if rows.empty:
         raise ResultsError(f"{', '.join(map(str, results))}: no rows to report; run a sweep first")
     training = {}
@@ -592,8 +594,7 @@ def load_report_data(results: list[Path]) -> ReportData:
         log = Path(path).with_suffix(".csv")
         if log.is_file():
             training[name] = pd.read_csv(log, comment="#")
-    samples_df = pd.concat(samples, ignore_index=True) if samples else pd.DataFrame()
-    return ReportData(rows, samples_df, training, predictions)
+    return ReportData(rows, samples, training, predictions)
 
 
 @dataclass
@@ -701,7 +702,7 @@ def _build_report(results: list[Path], out: Path, title: str | None) -> dict[str
             f"{n_unstable} of {len(timed)} timed cells are unstable (coefficient of variation above "
             "measure.cv_threshold; marked ! at p50 and in flags): compare their speeds with care"
         )
-    n_low = sum("agreement with FP32" in "; ".join(row_flags(r)) for _, r in with_gap(ok).iterrows())
+    n_low = sum("agreement with FP32" in "; ".join(row_flags(r)) for r in with_gap(ok).to_dict("records"))
     if n_low:
         notes.append(
             f"{n_low} quantized cell(s) keep top-1 but agree with FP32 on < {100 * LOW_AGREEMENT:.0f} % of "

@@ -319,6 +319,120 @@ class ResultsStore:
         return df.drop_duplicates(KEYS[kind], keep="first").reset_index(drop=True)
 
 
+#: Per kind: the integer columns that order a record's entries (the last splits samples into repeats) and the
+#: value columns ``record_arrays`` returns, with the dtype and fill for files written before a column existed.
+_ORDER = {"samples": ("repeat", "iteration"), "predictions": ("sample_index",)}
+_VALUES = {
+    "samples": {"latency_ns": (np.float64, np.nan)},
+    "predictions": {"pred": (np.int32, -1), "correct": (np.bool_, False), "has_label": (np.bool_, False)},
+}
+
+
+@dataclass
+class RecordArrays:
+    """One kind's per-sample data of many records as flat numpy columns, sorted by record then order key, with
+    each record's [start, stop) span — what ``samples()``/``predictions()`` return, without a DataFrame of
+    millions of Python strings (a 10k-cell check or report spent most of its time building and de-duplicating
+    those)."""
+
+    columns: dict[str, np.ndarray]
+    spans: dict[str, tuple[int, int]]
+    repeats: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # samples: one span per repeat
+
+
+def record_arrays(stores: list[ResultsStore], kind: str, record_ids: list[str]) -> RecordArrays:
+    """``kind`` ("samples" or "predictions") of ``record_ids`` across ``stores``, de-duplicated on the store's
+    keys with the same rule as the readers (the first file in name order wins; stores in the order given).
+
+    record_id is read dictionary-encoded and mapped to integer codes through each chunk's (small) dictionary,
+    so no per-row string is ever materialised; de-duplication and ordering are one stable lexsort."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    wanted = {r: i for i, r in enumerate(dict.fromkeys(record_ids))}
+    names = list(wanted)
+    order_cols, value_cols = _ORDER[kind], _VALUES[kind]
+    codes, cols = [], {c: [] for c in (*order_cols, *value_cols)}
+    for store in stores:
+        with store.lock(exclusive=False):
+            files = store._files(kind)
+            for f in files:
+                try:
+                    table = pq.read_table(f, read_dictionary=["record_id"])
+                except (pa.ArrowException, OSError) as exc:
+                    raise ResultsError(
+                        f"{f} is not a readable Parquet file ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:120]}); move it out of the results folder (its cells will be "
+                        "measured again on the next sweep)"
+                    ) from None
+                if not table.num_rows or "record_id" not in table.column_names:
+                    continue
+                rid = table.column("record_id")
+                parts = []
+                for chunk in rid.chunks:
+                    if not pa.types.is_dictionary(chunk.type):
+                        chunk = chunk.dictionary_encode()
+                    lut = np.array([wanted.get(v, -1) for v in chunk.dictionary.to_pylist()] + [-1], np.int32)
+                    idx = chunk.indices.to_numpy(zero_copy_only=False)
+                    if chunk.null_count:
+                        idx = np.where(chunk.is_valid().to_numpy(zero_copy_only=False), idx, len(lut) - 1)
+                    parts.append(lut.take(idx))
+                del rid
+                code = np.concatenate(parts) if len(parts) != 1 else parts[0]
+                del parts
+                keep = code >= 0
+                if not keep.any():
+                    continue
+                every = bool(keep.all())
+                codes.append(code if every else code[keep])
+                for c in cols:
+                    dtype, fill = ({c: (np.int64, 0) for c in order_cols} | value_cols)[c]
+                    if c in table.column_names:
+                        col = table.column(c)
+                        arr = col.fill_null(fill).to_numpy() if col.null_count else col.to_numpy()
+                        cols[c].append(np.asarray(arr if every else np.asarray(arr)[keep]).astype(dtype, copy=False))
+                    else:
+                        cols[c].append(np.full(int(keep.sum()), fill, dtype))
+    if not codes:
+        return RecordArrays({c: np.zeros(0, v[0]) for c, v in value_cols.items()}, {})
+    code = np.concatenate(codes) if len(codes) != 1 else codes[0]
+    flat = {c: np.concatenate(v) if len(v) != 1 else v[0] for c, v in cols.items()}
+    del codes, cols
+    keys = [flat[c] for c in order_cols]
+    run_start = np.ones(len(code), bool)
+    run_start[1:] = code[1:] != code[:-1]
+    # as written (one cell's entries together, in order): strictly rising keys within each record's single run
+    rising = np.zeros(len(code) - 1, bool)
+    tied = np.ones(len(code) - 1, bool)
+    for k in keys:
+        a, b = k[:-1], k[1:]
+        rising |= tied & (b > a)
+        tied &= b == a
+    heads = code[run_start]
+    if len(np.unique(heads)) == len(heads) and (rising | run_start[1:]).all():
+        out = {c: flat[c] for c in value_cols}
+    else:  # duplicates (a re-folded run) or interleaved files: a stable sort, the first file's entry kept
+        order = np.lexsort((*reversed(keys), code))
+        code, keys = code[order], [k[order] for k in keys]
+        first = np.ones(len(code), bool)
+        first[1:] = code[1:] != code[:-1]
+        for k in keys:
+            first[1:] |= k[1:] != k[:-1]
+        sel = order[first]
+        code, keys = code[first], [k[first] for k in keys]
+        out = {c: flat[c][sel] for c in value_cols}
+    cuts = np.flatnonzero(code[1:] != code[:-1]) + 1
+    starts, stops = np.r_[0, cuts], np.r_[cuts, len(code)]
+    spans = {names[c]: (int(a), int(b)) for c, a, b in zip(code[starts].tolist(), starts, stops, strict=True)}
+    repeats: dict[str, list[tuple[int, int]]] = {}
+    if kind == "samples":
+        rc = np.flatnonzero((code[1:] != code[:-1]) | (keys[0][1:] != keys[0][:-1])) + 1
+        r_starts, r_stops = np.r_[0, rc], np.r_[rc, len(code)]
+        for c, a, b in zip(code[r_starts].tolist(), r_starts.tolist(), r_stops.tolist(), strict=True):
+            repeats.setdefault(names[c], []).append((a, b))
+    return RecordArrays(out, spans, repeats)
+
+
 def _read_many(files: list[Path], filters: Any = None, corrupt: list[Path] | None = None) -> Any:
     """Concatenate Parquet files; a corrupt one is a one-line ResultsError naming it, or, when ``corrupt`` is
     given (folding parts), appended there and skipped."""

@@ -269,3 +269,28 @@ def test_an_oversubscribed_machine_makes_a_latency_fail_inconclusive(tmp_path: P
     df["loadavg_1m_before"] = df["loadavg_1m_after"] = 1.5
     df.to_parquet(f)
     assert compare(base, cand, gates).verdicts[0].verdict == "fail"
+
+
+def test_rank_path_and_batched_screening_equal_the_value_path_bit_for_bit():
+    """Percentile replicates from radix-sorted ranks, and the batched screening of many cells at once, give
+    exactly what the plain statistic of the gathered values gives, cell by cell (ties, repeats and NaN too)."""
+    from harness.check import _screen_latency, block_lengths
+
+    rng = np.random.default_rng(3)
+    cells = {f"r{i}": [np.round(rng.lognormal(13, 0.1, 60)), np.round(rng.lognormal(13.1, 0.1, 60))] for i in range(7)}
+    cells["r7"] = [np.full(120, 1e6)]  # all tied
+    cells["r8"] = [np.r_[rng.lognormal(13, 0.1, 119), np.nan]]
+    for metric in ("latency_ms_p50", "latency_ms_p99", "fps", "latency_ms_mean"):
+        stat = latency_statistic(metric, 4)
+        for runs in cells.values():
+            block = int(max(block_lengths(np.stack([r]))[0] for r in runs))
+            fast = resample_runs(runs, stat, reps=300, seed=2, block=block)
+            plain = resample_runs(runs, lambda a, s=stat: s(a), reps=300, seed=2, block=block)
+            np.testing.assert_array_equal(fast, plain)
+        data = {"samples": cells}
+        rows = [{"record_id": r, "status": "ok", "batch_size": 4} for r in cells]
+        _screen_latency([Gate.parse(metric, "+5%")], rows, data, seed=1, n_reps=250)
+        for rid, runs in cells.items():
+            block = data["blocks"][rid]
+            want = resample_runs(runs, stat, reps=250, seed=1, block=block)
+            np.testing.assert_array_equal(data["screen"][(rid, metric, 4)], want)

@@ -124,3 +124,40 @@ def test_missing_results_folder_is_a_user_error(tmp_path: Path):
         load_results(tmp_path / "nope")
     with pytest.raises(ResultsError, match="holds no qtbench results"):
         load_results(tmp_path)
+
+
+def test_record_arrays_deduplicate_and_order_like_the_readers(tmp_path: Path):
+    """The numpy reader that check and report use returns what samples()/predictions() return: a record written
+    twice (a re-folded run) keeps its first file's entries, shuffled rows come back in timing order, repeats
+    split, and records not asked for are left out."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from harness.store import record_arrays
+
+    store = ResultsStore(tmp_path / "s")
+    store.record_run({"run_id": "run1"})
+    store.write_cell("run1", 0, _record(0, "a"), [np.array([5, 6, 7]), np.array([9, 8])], np.array([1, 0, 2]),
+                     np.array([1, 1, 2]))  # fmt: skip
+    store.write_cell("run1", 1, _record(1, "b"), [np.array([1, 2])], np.array([3]), None)
+    store.consolidate("run1")
+    first = pq.read_table(tmp_path / "s" / "samples-run1.parquet").to_pandas()
+    # a later file holding r0 again with other values, rows shuffled: the first file must win
+    dup = first[first.record_id == "r0"].assign(latency_ns=lambda d: d.latency_ns + 1000).sample(frac=1, random_state=0)
+    pq.write_table(pa.Table.from_pandas(dup, preserve_index=False), tmp_path / "s" / "samples-run9.parquet")
+    shuffled = first.sample(frac=1, random_state=1)
+    pq.write_table(pa.Table.from_pandas(shuffled, preserve_index=False), tmp_path / "s" / "samples-run1.parquet")
+
+    got = record_arrays([store], "samples", ["r0", "r1", "missing"])
+    lat = got.columns["latency_ns"]
+    assert [lat[a:b].tolist() for a, b in got.repeats["r0"]] == [[5, 6, 7], [9, 8]]
+    assert [lat[a:b].tolist() for a, b in got.repeats["r1"]] == [[1, 2]]
+    assert "missing" not in got.spans
+    want = store.samples(["r0"]).sort_values(["repeat", "iteration"])["latency_ns"].tolist()
+    assert lat[slice(*got.spans["r0"])].tolist() == want
+    preds = record_arrays([store], "predictions", ["r1", "r0"])
+    a, b = preds.spans["r0"]
+    assert preds.columns["pred"][a:b].tolist() == [1, 0, 2]
+    assert preds.columns["correct"][a:b].tolist() == [True, False, True]
+    a, b = preds.spans["r1"]
+    assert not preds.columns["has_label"][a:b].any()
