@@ -14,7 +14,8 @@ median ratio, a p99 gate on the p99 ratio, ``top1: -0.5pp`` on the change in poi
 wholly past the threshold. Latency intervals come from the raw samples with a resampling that respects how
 they were taken: a circular block bootstrap within each timed run (consecutive iterations are correlated) and,
 when a cell has several repeats (``measure.repeats`` > 1), resampling of repeats, so repeat-to-repeat drift widens
-the interval. ``top1`` uses a paired bootstrap over the evaluation samples. α = 0.05 (95 % intervals).
+the interval. ``top1`` uses a paired bootstrap over the evaluation samples. α = 0.05 (95 % intervals). Each
+gate is first judged on 200 replicates and on 2,000 only when its interval ends lie near a boundary.
 Crossed but not significant → **inconclusive** (with why). Metrics without per-sample data are judged on the
 point estimate and say so. Marks (asv style): ``x`` fail, ``~`` inconclusive, ``+`` significantly better,
 ``-`` significantly worse but within the gate, blank unchanged.
@@ -43,7 +44,7 @@ LATENCY_METRICS = {"latency_ms_mean", "latency_ms_p50", "latency_ms_p90", "laten
 ALPHA = 0.05  # every verdict uses the two-sided (1 − ALPHA) bootstrap interval
 MIN_SAMPLES = 10
 BOOTSTRAP = 2000
-SCREEN_REPS = 200  # latency gates resample this many first, and BOOTSTRAP only when that verdict could change
+SCREEN_REPS = 200  # latency and top-1 gates resample this many first, BOOTSTRAP only when the verdict could change
 _RULE = re.compile(
     r"^\s*(?:(?P<cmp>>=|<=|>|<)\s*(?P<bound>[-+]?\d*\.?\d+(?:e[-+]?\d+)?)|"
     r"(?P<delta>[-+]\d*\.?\d+(?:e[-+]?\d+)?)\s*(?P<unit>pp|%)?)\s*$",
