@@ -4,8 +4,8 @@ Why not the runtime's own: ONNX Runtime's entropy search loops in Python over ev
 at 2,048 bins, 20 s for a 23-tensor CNN) and, through ``quantize_static``, silently uses 128/128 bins so its
 "entropy" ranges equal min-max. Here the same TensorRT-style KL search scores every candidate window at once
 (prefix sums) over a symmetric histogram of ``num_bins`` bins, and MSE picks the clipping range that minimises
-the expected squared quantization error (rounding + clipping) of the histogram's mass. Backends that calibrate through their own SDK
-record that instead; these functions serve adapters that accept explicit ranges.
+the expected squared quantization error (rounding + clipping) of the histogram's mass. Backends that calibrate
+through their own SDK record that instead; these functions serve adapters that accept explicit ranges.
 
 Percentile ranges are computed here too: ONNX Runtime's percentile calibrator histograms |x|, and then clamps a
 symmetric range's lower end to min |x| (so a tensor with negative values, such as logits, gets [≈0, t] and loses
