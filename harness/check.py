@@ -218,7 +218,7 @@ def resample_runs(
     flat = np.concatenate(runs)[None, :]
     block = block or max(optimal_block_length(r) for r in runs)
     out = np.empty(reps)
-    ranked = _ranked(flat) if isinstance(stat, LatencyStatistic) and stat.q is not None else None
+    ranked = _ranked(flat) if isinstance(stat, LatencyStatistic) and stat.by_rank else None
     for lo, idx in _resample_indices(tuple(len(r) for r in runs), block, reps, seed):
         out[lo : lo + len(idx)] = _replicates(flat, idx, stat, ranked)[0]
     return out
@@ -278,6 +278,11 @@ class LatencyStatistic:
             return np.mean(a, axis=1) / 1e6
         return self._finish(percentile_rows(a, self.q))
 
+    @property
+    def by_rank(self) -> bool:
+        """Percentiles (and FPS) of resamples come from ranks (:meth:`of_ranks`); the mean from the values."""
+        return self.q is not None
+
     def _finish(self, v: np.ndarray) -> np.ndarray:
         return self.batch_size * 1e9 / v if self.fps else v / 1e6
 
@@ -317,7 +322,7 @@ def _replicates(flat: np.ndarray, idx: np.ndarray, stat: Any, ranked: Any = None
     ``ranked``: :func:`_ranked` of ``flat``, when the caller reuses it across chunks."""
     cells, n = flat.shape
     m, width = idx.shape
-    if isinstance(stat, LatencyStatistic) and stat.q is not None:
+    if isinstance(stat, LatencyStatistic) and stat.by_rank:
         ranks, ordered = ranked if ranked is not None else _ranked(flat)
         if cells <= 2 or m >= 1000:  # the fastest gather differs with the shape (measured)
             return stat.of_ranks(np.stack([ranks[c].take(idx) for c in range(cells)]), ordered)
@@ -749,7 +754,7 @@ def _screen_latency(
         ranked = None
         for gate in lat_gates:
             stat = latency_statistic(gate.metric, batch)
-            if stat.q is not None and ranked is None:
+            if stat.by_rank and ranked is None:
                 ranked = _ranked(flat)
             reps = np.empty((len(members), n_reps))
             for lo, idx in _resample_indices(lengths, block, n_reps, seed):
@@ -787,23 +792,21 @@ def _judge(gate: Gate, label: str, b: Any, c: Any, bdata: dict[str, Any], cdata:
         batch = int(b.get("batch_size", 1) or 1)
         stat = latency_statistic(gate.metric, batch)
         bx, by = (_blocks(d, [row["record_id"]])[row["record_id"]] for d, row in ((bdata, b), (cdata, c)))
+        sides = ((bdata, b, xr, 0, bx), (cdata, c, yr, 1, by))
+
+        def replicates(into: str, n: int) -> tuple[Any, ...]:
+            """Each side's ``n`` replicates: batched by compare() into ``data[into]``, else resampled here."""
+            got = [d.get(into, {}).get((row["record_id"], gate.metric, batch)) for d, row, *_ in sides]
+            return tuple(
+                g if g is not None else resample_runs(runs, stat, n, seed=seed, block=blk)
+                for g, (_, _, runs, seed, blk) in zip(got, sides, strict=True)
+            )
+
         n_reps = SCREEN_REPS
-        screened = [
-            d.get("screen", {}).get((row["record_id"], gate.metric, batch)) for d, row in ((bdata, b), (cdata, c))
-        ]
-        reps = (
-            screened[0] if screened[0] is not None else resample_runs(xr, stat, n_reps, seed=0, block=bx),
-            screened[1] if screened[1] is not None else resample_runs(yr, stat, n_reps, seed=1, block=by),
-        )
+        reps = replicates("screen", n_reps)
         if not settled(gate, *reps):  # near a boundary: the full resampling decides
             n_reps = BOOTSTRAP
-            full = [
-                d.get("full", {}).get((row["record_id"], gate.metric, batch)) for d, row in ((bdata, b), (cdata, c))
-            ]
-            reps = (
-                full[0] if full[0] is not None else resample_runs(xr, stat, seed=0, block=bx),
-                full[1] if full[1] is not None else resample_runs(yr, stat, seed=1, block=by),
-            )
+            reps = replicates("full", n_reps)
         evidence = f"block bootstrap (blocks {bx}/{by}, repeats {len(xr)}/{len(yr)}, {n_reps} replicates)"
     elif gate.metric == "top1":
         none = Predictions(np.zeros(0), np.zeros(0, np.int64), False)

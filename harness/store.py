@@ -319,9 +319,9 @@ class ResultsStore:
         return df.drop_duplicates(KEYS[kind], keep="first").reset_index(drop=True)
 
 
-#: Per kind: the integer columns that order a record's entries (the last splits samples into repeats) and the
-#: value columns ``record_arrays`` returns, with the dtype and fill for files written before a column existed.
-_ORDER = {"samples": ("repeat", "iteration"), "predictions": ("sample_index",)}
+#: Per kind: the value columns ``record_arrays`` returns, with the dtype and fill for files written before a
+#: column existed. A record's entries are ordered by the rest of its duplicate key (``KEYS``; samples: repeat, then
+#: iteration, the first splitting them into repeats).
 _VALUES = {
     "samples": {"latency_ns": (np.float64, np.nan)},
     "predictions": {"pred": (np.int32, -1), "correct": (np.bool_, False), "has_label": (np.bool_, False)},
@@ -345,14 +345,16 @@ def record_arrays(stores: list[ResultsStore], kind: str, record_ids: list[str]) 
     keys with the same rule as the readers (the first file in name order wins; stores in the order given).
 
     record_id is read dictionary-encoded and mapped to integer codes through each chunk's (small) dictionary,
-    so no per-row string is ever materialised; de-duplication and ordering are one stable lexsort."""
+    so no per-row string is ever materialised. Data as the store writes it (each record's entries together, in
+    key order) is used as read; otherwise one stable lexsort orders it and drops duplicates."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     wanted = {r: i for i, r in enumerate(dict.fromkeys(record_ids))}
     names = list(wanted)
-    order_cols, value_cols = _ORDER[kind], _VALUES[kind]
-    codes, cols = [], {c: [] for c in (*order_cols, *value_cols)}
+    order_cols, value_cols = KEYS[kind][1:], _VALUES[kind]
+    kinds = {c: (np.int64, 0) for c in order_cols} | value_cols  # column -> (dtype, fill)
+    codes, cols = [], {c: [] for c in kinds}
     for store in stores:
         with store.lock(exclusive=False):
             files = store._files(kind)
@@ -360,11 +362,7 @@ def record_arrays(stores: list[ResultsStore], kind: str, record_ids: list[str]) 
                 try:
                     table = pq.read_table(f, read_dictionary=["record_id"])
                 except (pa.ArrowException, OSError) as exc:
-                    raise ResultsError(
-                        f"{f} is not a readable Parquet file ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:120]}); move it out of the results folder (its cells will be "
-                        "measured again on the next sweep)"
-                    ) from None
+                    raise _unreadable(f, exc) from None
                 if not table.num_rows or "record_id" not in table.column_names:
                     continue
                 rid = table.column("record_id")
@@ -385,12 +383,11 @@ def record_arrays(stores: list[ResultsStore], kind: str, record_ids: list[str]) 
                     continue
                 every = bool(keep.all())
                 codes.append(code if every else code[keep])
-                for c in cols:
-                    dtype, fill = ({c: (np.int64, 0) for c in order_cols} | value_cols)[c]
+                for c, (dtype, fill) in kinds.items():
                     if c in table.column_names:
                         col = table.column(c)
-                        arr = col.fill_null(fill).to_numpy() if col.null_count else col.to_numpy()
-                        cols[c].append(np.asarray(arr if every else np.asarray(arr)[keep]).astype(dtype, copy=False))
+                        arr = np.asarray(col.fill_null(fill).to_numpy() if col.null_count else col.to_numpy())
+                        cols[c].append((arr if every else arr[keep]).astype(dtype, copy=False))
                     else:
                         cols[c].append(np.full(int(keep.sum()), fill, dtype))
     if not codes:
@@ -433,6 +430,14 @@ def record_arrays(stores: list[ResultsStore], kind: str, record_ids: list[str]) 
     return RecordArrays(out, spans, repeats)
 
 
+def _unreadable(f: Path, exc: Exception) -> ResultsError:
+    """The one-line error for a Parquet file no reader can open, with what to do about it."""
+    return ResultsError(
+        f"{f} is not a readable Parquet file ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+        "move it out of the results folder (its cells will be measured again on the next sweep)"
+    )
+
+
 def _read_many(files: list[Path], filters: Any = None, corrupt: list[Path] | None = None) -> Any:
     """Concatenate Parquet files; a corrupt one is a one-line ResultsError naming it, or, when ``corrupt`` is
     given (folding parts), appended there and skipped."""
@@ -448,10 +453,7 @@ def _read_many(files: list[Path], filters: Any = None, corrupt: list[Path] | Non
             if corrupt is not None:
                 corrupt.append(f)
                 continue
-            raise ResultsError(
-                f"{f} is not a readable Parquet file ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
-                "move it out of the results folder (its cells will be measured again on the next sweep)"
-            ) from None
+            raise _unreadable(f, exc) from None
     tables = [t for t in tables if t.num_columns]
     if not tables:
         return pd.DataFrame()
