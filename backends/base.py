@@ -17,8 +17,9 @@ Lifecycle, as the harness drives it in a child process per cell::
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -84,6 +85,9 @@ class CompiledInfo:
 
 
 BUILD_LOCK = ".build.lock"  # per cache entry: one build at a time (and a fleet board's unpack of a shipped one)
+#: Files a cache entry derives on the machine that runs it (OpenVINO's compiled-blob cache, ORT's coverage facts):
+#: rebuilt where they are missing, never shipped with the entry to another machine.
+MACHINE_LOCAL = ("ov_cache", "coverage-")
 
 
 def build_once(artifact: Path, build: Callable[[list[str]], None]) -> tuple[list[str], bool]:
@@ -94,32 +98,66 @@ def build_once(artifact: Path, build: Callable[[list[str]], None]) -> tuple[list
     and the marker, an empty or truncated file) is discarded and rebuilt, never trusted. Builds of one entry are
     serialised by a lock file, and temp files a killed build left behind are removed before building.
     """
-    import contextlib
     import fcntl
-    import os
-    import shutil
 
     artifact.parent.mkdir(parents=True, exist_ok=True)
-    record = artifact.with_name("notes.json")
     with open(artifact.with_name(BUILD_LOCK), "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        cached = _read_entry(artifact, record)
+        cached = _read_entry(artifact, artifact.with_name("notes.json"))
         if cached is not None:
             return cached, True
-        for leftover in artifact.parent.iterdir():  # under the lock no other build is running here
-            if leftover.name.startswith((".tmp", "tmp")) and leftover != artifact:
-                with contextlib.suppress(OSError):
-                    shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-        record.unlink(missing_ok=True)
+        _clear_entry(artifact)
         notes: list[str] = []
         build(notes)
-        if not artifact.exists():
-            raise RuntimeError(f"the backend's build finished without writing {artifact}")
-        marker = {"notes": notes, "artifact": artifact.name, "bytes": _entry_bytes(artifact)}
-        tmp = record.with_name(f".tmp-notes-{os.getpid()}.json")
-        tmp.write_text(json.dumps(marker))
-        os.replace(tmp, record)
+        commit_entry(artifact, notes)
         return notes, False
+
+
+@contextlib.contextmanager
+def claim_entry(artifact: Path) -> Iterator[bool]:
+    """:func:`build_once` without waiting, for an adapter that builds other cells' artifacts alongside its own
+    (one calibration pass for several specs). Yields True while this process holds the entry's build lock and
+    the entry is incomplete (cleaned: write the artifact, then :func:`commit_entry`); False when the entry is
+    complete or another process is building it (leave it alone). Never blocks, so two builders claiming each
+    other's entries cannot deadlock."""
+    import fcntl
+
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    with open(artifact.with_name(BUILD_LOCK), "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        if _read_entry(artifact, artifact.with_name("notes.json")) is not None:
+            yield False
+            return
+        _clear_entry(artifact)
+        yield True
+
+
+def commit_entry(artifact: Path, notes: list[str]) -> None:
+    """Write the commit marker of a built entry (under its build lock): from now on it is a cache hit."""
+    import os
+
+    if not artifact.exists():
+        raise RuntimeError(f"the backend's build finished without writing {artifact}")
+    record = artifact.with_name("notes.json")
+    marker = {"notes": notes, "artifact": artifact.name, "bytes": _entry_bytes(artifact)}
+    tmp = record.with_name(f".tmp-notes-{os.getpid()}.json")
+    tmp.write_text(json.dumps(marker))
+    os.replace(tmp, record)
+
+
+def _clear_entry(artifact: Path) -> None:
+    """Under the entry's lock no other build is running: drop its marker and a killed build's temp files."""
+    import shutil
+
+    for leftover in artifact.parent.iterdir():
+        if leftover.name.startswith((".tmp", "tmp")) and leftover != artifact:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    artifact.with_name("notes.json").unlink(missing_ok=True)
 
 
 def _entry_bytes(artifact: Path) -> int:
@@ -194,6 +232,7 @@ class Backend(abc.ABC):
     artifact_portable: ClassVar[bool] = True
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        self.siblings: tuple[tuple[Any, Path], ...] = ()  # see compile()
         options = dict(options or {})
         unknown = sorted(set(options) - set(self.option_defaults))
         if unknown:
@@ -212,12 +251,16 @@ class Backend(abc.ABC):
     def supports(self, spec: Any) -> str | None:
         """``None`` when ``spec`` can be compiled here, else the reason (kept in the skipped row)."""
 
-    def compile(self, model: ModelInput, spec: Any, calib: Any, workdir: Path) -> Compiled:
+    def compile(
+        self, model: ModelInput, spec: Any, calib: Any, workdir: Path, siblings: Sequence[tuple[Any, Path]] = ()
+    ) -> Compiled:
         """Build the artifact for ``spec`` (calibrating on ``calib`` when static) in ``workdir``.
 
         Checks ``supports(spec)`` first (an unsupported spec raises UnsupportedSpec → a 'skipped' row) and makes
         ``workdir``, which is stable per (model, spec, calibration set, backend version and options), so an
-        adapter may treat files already there as its cache.
+        adapter may treat files already there as its cache. ``siblings`` are (spec, workdir) of other cells of
+        the sweep in the same :meth:`build_group`: an adapter may build their artifacts in the same pass
+        (``self.siblings`` during the call), each claimed with :func:`claim_entry`; others ignore them.
         """
         from harness.errors import UnsupportedSpec
 
@@ -225,7 +268,17 @@ class Backend(abc.ABC):
         if reason:
             raise UnsupportedSpec(reason)
         workdir.mkdir(parents=True, exist_ok=True)
-        return self._compile(model, spec, calib, workdir)
+        self.siblings = tuple(siblings)
+        try:
+            return self._compile(model, spec, calib, workdir)
+        finally:
+            self.siblings = ()
+
+    def build_group(self, spec: Any) -> str | None:
+        """A key shared by specs whose artifacts this adapter can build together with one calibration pass of a
+        model (same key: one pass serves all), or None (default: every artifact is built on its own). Called
+        in the planning probe; the sweep then hands each such cell the others as ``siblings``."""
+        return None
 
     @abc.abstractmethod
     def _compile(self, model: ModelInput, spec: Any, calib: Any, workdir: Path) -> Compiled:

@@ -40,11 +40,17 @@ class CellJob:
     device: DeviceSettings = field(default_factory=DeviceSettings)
     timed: bool = True  # False: fidelity only (models[].timing), compile + evaluate without the timed loop
     task: str | dict[str, Any] | None = None  # models[].task: how each output is scored (harness.tasks)
+    #: (spec, artifact key) of the sweep's other cells in this cell's build group (Backend.build_group): the
+    #: adapter may build their artifacts in the same calibration pass as this one
+    siblings: tuple[tuple[QuantSpec, str], ...] = ()
 
     @property
     def workdir(self) -> Path:
         """The cell's artifact cache entry (shared by every cell with the same artifact key)."""
         return Path(self.cache_dir) / "artifacts" / self.backend / self.artifact_key
+
+    def sibling_workdirs(self) -> list[tuple[QuantSpec, Path]]:
+        return [(spec, Path(self.cache_dir) / "artifacts" / self.backend / key) for spec, key in self.siblings]
 
 
 @dataclass
@@ -172,7 +178,8 @@ def _run_cell(job: CellJob) -> CellResult:
             job.eval_path, facts.input_names, job.evaluation.labels, job.evaluation.limit, lazy=True
         )
     fields: dict[str, Any] = {}
-    with backend.compile(model, job.spec, calib, workdir) as compiled:
+    siblings = {"siblings": job.sibling_workdirs()} if job.siblings else {}  # compile_first off: built here
+    with backend.compile(model, job.spec, calib, workdir, **siblings) as compiled:
         info = compiled.info
         fields.update(
             numbers=info.numbers,
@@ -279,11 +286,44 @@ def compile_cell(job: CellJob) -> CellResult:
     return _guarded(_compile_only, job, prefix="compile: ")
 
 
+def compile_cell_on(job: CellJob, cores: set[int] | None) -> CellResult:
+    """:func:`compile_cell` in this process restricted to ``cores`` (a compile worker's share; None: all)."""
+    import os
+
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+    return compile_cell(job)
+
+
 def _compile_only(job: CellJob) -> CellResult:
     opened = _open(job)
     if isinstance(opened, CellResult):
         return opened
-    backend, _facts, calib, model, workdir = opened
-    with backend.compile(model, job.spec, calib, workdir) as compiled:
+    backend, facts, calib, model, workdir = opened
+    siblings = {"siblings": job.sibling_workdirs()} if job.siblings else {}  # only adapters with a build group
+    with backend.compile(model, job.spec, calib, workdir, **siblings) as compiled:
         info = compiled.info
-        return CellResult("ok", fields={"compile_s": info.compile_s, "cache_hit": info.cache_hit})
+        result = CellResult("ok", fields={"compile_s": info.compile_s, "cache_hit": info.cache_hit})
+    if job.eval_path:
+        _warm_references(job, facts)
+    return result
+
+
+def _warm_references(job: CellJob, facts: ModelFacts) -> None:
+    """Compute the cell's FP32 reference outputs into the cache now, off the clock, so the measure phase only
+    reads them. Best effort: a failure here (a model that overflows on the data, say) happens again when the cell
+    is measured, which reports it as the cell's status exactly as without this step."""
+    from harness import tasks
+    from harness.data import load_dataset
+
+    try:
+        evaluation = load_dataset(
+            job.eval_path, facts.input_names, job.evaluation.labels, job.evaluation.limit, lazy=True
+        )
+        plan = tasks.plan_outputs(job.task, job.output, facts.output_names, dict(_model_header(job.model_path)[1]))
+        batch = job.measure.eval_batch_size if facts.dynamic_batch else 1
+        tasks.fp32_references(
+            job.model_path, job.model_sha256, evaluation, [i for _o, i, _t in plan.scored], batch, job.cache_dir
+        )
+    except Exception:  # noqa: BLE001 - see the docstring: the measure phase reports it
+        pass

@@ -157,8 +157,9 @@ class RunSettings:
     isolate: bool = _f(True, doc="run each cell in a child process so a crashing SDK costs one cell")
     warm_workers: bool = _f(
         True,
-        doc="measure consecutive cells of one backend in one warm child process (restarted after a crash, a "
-        "timeout or worker_cells cells) instead of a fresh child per cell; false: a fresh child for every cell",
+        doc="measure consecutive cells of one backend in one warm child process, and build artifacts in one warm "
+        "child per compile worker (restarted after a crash, a timeout or worker_cells cells) instead of a fresh "
+        "child per cell; false: a fresh child for every cell",
     )
     worker_cells: int = _f(50, doc="cells a warm worker measures before it is replaced by a fresh one", minimum=1)
     seed: int = _f(0, doc="seed for sample order and anything random in compilation")

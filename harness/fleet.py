@@ -305,7 +305,15 @@ def _pack(workdir: Path) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         if workdir.is_dir():
-            files = sorted(f for f in workdir.rglob("*") if f.is_file() and not f.name.startswith((".", "tmp")))
+            from backends.base import MACHINE_LOCAL
+
+            files = sorted(
+                f
+                for f in workdir.rglob("*")
+                if f.is_file()
+                and not f.name.startswith((".", "tmp"))
+                and not f.relative_to(workdir).parts[0].startswith(MACHINE_LOCAL)
+            )
             for f in sorted(files, key=lambda f: f.name == "notes.json"):
                 tar.add(f, arcname=str(f.relative_to(workdir)))
     return buf.getvalue()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import isolate
-from harness.cell import CellJob, CellResult, compile_cell, model_facts, run_cell
+from harness.cell import CellJob, CellResult, compile_cell, compile_cell_on, model_facts, run_cell
 from harness.config import DataSource, ModelEntry, Sweep, load_sweep, parse_sweep
 from harness.errors import ConfigError, DataError, QtbenchError, ResultsError
 from harness.plan import artifact_key as plan_artifact_key
@@ -179,6 +179,7 @@ def _probe(
     if av.available:
         out["version"] = ";".join(f"{k}={v}" for k, v in sorted(av.versions.items()))
         out["supports"] = {s.id: backend.supports(s) for s in specs}
+        out["build_groups"] = {s.id: backend.build_group(s) for s in specs if not out["supports"][s.id]}
         out["artifact_inputs"] = {}
         for path in model_paths:
             for s in specs:
@@ -257,7 +258,8 @@ class Executor:
 
 class LocalExecutor(Executor):
     """This machine: compile every cell's artifact first, off the clock (``run.compile_workers`` child processes
-    at a time), then measure cells one at a time with nothing else of the sweep running.
+    at a time, each a warm worker that builds cell after cell unless ``run.warm_workers`` is off), then measure
+    cells one at a time with nothing else of the sweep running.
 
     With ``run.warm_workers`` (the default) the measure phase keeps one warm child per backend
     (:class:`harness.isolate.Worker`) for its consecutive cells; a crash or timeout costs its cell and the next
@@ -309,10 +311,28 @@ class LocalExecutor(Executor):
         if not sweep.run.isolate:
             return {i: compile_cell(j) for i, j in jobs.items()}
 
+        import threading
+
+        local = threading.local()  # each pool thread drives one warm child (or a fresh child per cell)
+        started: list[isolate.Worker] = []
+        shares = self.core_shares(workers)
+        taken = iter(range(workers))
+        lock = threading.Lock()
+
         def one(item: tuple[int, CellJob]) -> tuple[int, CellResult]:
             i, job = item
             t0 = time.perf_counter()
-            kind, value = call_isolated(compile_cell, (job,), sweep.run.timeout_s)
+            if getattr(local, "slot", None) is None:
+                with lock:
+                    local.slot = next(taken)
+            cores = shares[local.slot] if shares else None
+            if sweep.run.warm_workers:
+                if getattr(local, "worker", None) is None:
+                    local.worker = isolate.Worker(sweep.run.worker_cells)
+                    started.append(local.worker)
+                kind, value = local.worker.call(compile_cell_on, (job, cores), sweep.run.timeout_s)
+            else:
+                kind, value = call_isolated(compile_cell_on, (job, cores), sweep.run.timeout_s)
             if kind == "ok":
                 return i, value
             status = "timeout" if kind == "timeout" else "failed"
@@ -320,14 +340,20 @@ class LocalExecutor(Executor):
 
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            return dict(pool.map(one, jobs.items()))
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                return dict(pool.map(one, jobs.items()))
+        finally:
+            for w in started:  # the compile phase's children end before any cell is timed
+                w.close()
 
     @staticmethod
     def compile_order(cells: list[PlannedCell]) -> list[PlannedCell]:
         """Cells in the order the compile workers take them: round-robin over (model, backend), largest model
         first. Cells of one model and backend share one calibration pass (the first collects, the rest wait on
-        its lock), so workers that start on different models and backends all do useful work at once."""
+        its lock), so workers that start on different models and backends all do useful work at once. A build
+        group's first cell builds every sibling's artifact too: it goes first (the longest jobs start first, so
+        none is left running alone at the end) and its siblings go last (cache hits by then)."""
         groups: dict[tuple[str, str], list[PlannedCell]] = {}
         for c in cells:
             assert c.job is not None
@@ -341,11 +367,34 @@ class LocalExecutor(Executor):
 
         queues = [groups[k] for k in sorted(groups, key=size, reverse=True)]
         out: list[PlannedCell] = []
+        later: list[PlannedCell] = []  # cells a sibling built before them: cache hits, so they go last
+        leaders: set[str] = set()
         while any(queues):
             for q in queues:
                 if q:
-                    out.append(q.pop(0))
-        return out
+                    c = q.pop(0)
+                    assert c.job is not None
+                    if c.job.siblings and any(k in leaders for _s, k in c.job.siblings):
+                        later.append(c)
+                        continue
+                    leaders.add(c.job.artifact_key)
+                    out.append(c)
+        leading = [c for c in out if c.job is not None and c.job.siblings]  # builds several artifacts: start early
+        return leading + [c for c in out if c not in leading] + later
+
+    @staticmethod
+    def core_shares(workers: int) -> list[set[int]]:
+        """Disjoint CPU sets, one per compile worker, from the cores this process may use (empty when there are
+        fewer cores than workers, or no affinity on this OS). SDKs size their thread pools from the set they
+        see, so parallel builds do not oversubscribe the cores: on 2 cores, two workers' ORT calibration and
+        OpenVINO/NNCF inference each spinning 2 threads made the paper-scale compile phase ~5 % slower."""
+        if not hasattr(os, "sched_getaffinity"):
+            return []
+        cpus = sorted(os.sched_getaffinity(0))
+        share = len(cpus) // max(1, workers)
+        if workers < 2 or share < 1:
+            return []
+        return [set(cpus[k * share : (k + 1) * share]) for k in range(workers)]
 
     @staticmethod
     def auto_workers(cells: list[PlannedCell]) -> int:
@@ -468,21 +517,31 @@ def _probe_backends(
     entries = {b.key: b for _m, b, _s in cells}
     targets = {key: backends.resolve(b.name) for key, b in entries.items()}
     paths = tuple(sorted({str(sweep.resolve(m.path)) for m, _b, _s in cells}))
-    for name, b in entries.items():
+
+    def one(name: str) -> dict[str, Any]:
+        b = entries[name]
         if sweep.run.isolate or call is not None:
             kind, value = (call or call_isolated)(
                 _probe, (b.name, targets[name], b.options, specs_by_backend[name], paths), sweep.run.timeout_s
             )
-            probe = value if kind == "ok" else {"available": False, "reason": f"probe failed: {value}"}
-        else:
-            try:
-                probe = _probe(b.name, targets[name], b.options, specs_by_backend[name], paths)
-            except Exception as exc:  # noqa: BLE001
-                probe = {"available": False, "reason": f"probe failed: {type(exc).__name__}: {exc}"}
-        if "config_error" in probe:
-            raise ConfigError(probe["config_error"])
-        probes[name] = probe
+            return value if kind == "ok" else {"available": False, "reason": f"probe failed: {value}"}
+        try:
+            return _probe(b.name, targets[name], b.options, specs_by_backend[name], paths)
+        except Exception as exc:  # noqa: BLE001
+            return {"available": False, "reason": f"probe failed: {type(exc).__name__}: {exc}"}
 
+    if sweep.run.isolate and call is None and len(entries) > 1:
+        # each probe is its own child, so they run side by side (SDK imports dominate: ~1-2 s per backend)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(len(entries), os.cpu_count() or 1, 4)) as pool:
+            found = dict(zip(entries, pool.map(one, entries), strict=True))
+    else:
+        found = {name: one(name) for name in entries}
+    for name in entries:
+        if "config_error" in found[name]:
+            raise ConfigError(found[name]["config_error"])
+        probes[name] = found[name]
     return probes, targets
 
 
@@ -495,6 +554,7 @@ def plan(run: SweepRun, probe_call: Callable[..., tuple[str, Any]] | None = None
     probes, targets = _probe_backends(sweep, cells, probe_call)
     m_protocol = {k: v for k, v in asdict(sweep.measure).items() if k not in ("cv_threshold",)}
     out: list[PlannedCell] = []
+    groups: dict[tuple[Any, ...], list[PlannedCell]] = {}
     for idx, (m, b, s) in enumerate(cells):
         info, probe = model_info[m.display_name], probes[b.key]
         side_files = {
@@ -587,8 +647,24 @@ def plan(run: SweepRun, probe_call: Callable[..., tuple[str, Any]] | None = None
                 timed=m.timing,
                 task=m.task,
             )
+            group = probe.get("build_groups", {}).get(s.id)
+            if group:
+                groups.setdefault((b.key, cell.job.model_path, info["sha"], ca_path, group), []).append(cell)
         out.append(cell)
+    _link_siblings(groups)
     return out
+
+
+def _link_siblings(groups: dict[tuple[Any, ...], list[PlannedCell]]) -> None:
+    """Give each cell of a build group the other cells' (spec, artifact key), so whichever is built first may
+    build them all in one calibration pass (see Backend.build_group)."""
+    for cells in groups.values():
+        jobs = {c.job.artifact_key: c.job for c in cells if c.job is not None}  # one entry per artifact
+        if len(jobs) < 2:
+            continue
+        for c in cells:
+            assert c.job is not None
+            c.job.siblings = tuple((j.spec, k) for k, j in jobs.items() if k != c.job.artifact_key)
 
 
 def store_result(run: SweepRun, cell: PlannedCell, result: CellResult) -> Record:

@@ -395,6 +395,21 @@ def fp32_references(
     cache = Path(cache_dir) / "reference"
     paths = {i: cache / f"{model_sha256[:16]}-{evaluation.sha256[:16]}-{i}.npy" for i in indices}
     todo = [i for i, p in paths.items() if not p.is_file()]
+    if not todo:
+        return {i: np.load(p, mmap_mode="r") for i, p in paths.items()}
+    import fcntl
+
+    cache.mkdir(parents=True, exist_ok=True)
+    # one process computes a model's references; another that needs them waits and reads them (compile workers)
+    with open(cache / f".{model_sha256[:16]}-{evaluation.sha256[:16]}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _compute_references(model_path, evaluation, paths, batch)
+    return {i: np.load(p, mmap_mode="r") for i, p in paths.items()}
+
+
+def _compute_references(model_path: str | Path, evaluation: Any, paths: dict[int, Path], batch: int) -> None:
+    """The float model's outputs for the entries of ``paths`` not yet on disk (see :func:`fp32_references`)."""
+    todo = [i for i, p in paths.items() if not p.is_file()]
     if todo:
         import onnxruntime as ort
 
@@ -403,7 +418,6 @@ def fp32_references(
         so.log_severity_level = 3
         sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs()]
-        cache.mkdir(parents=True, exist_ok=True)
         tmps = {i: paths[i].with_suffix(f".{os.getpid()}.tmp.npy") for i in todo}
         arrays: dict[int, Any] = {}
         n = len(evaluation)
@@ -432,7 +446,6 @@ def fp32_references(
         finally:
             for t in tmps.values():
                 t.unlink(missing_ok=True)
-    return {i: np.load(p, mmap_mode="r") for i, p in paths.items()}
 
 
 MAX_BATCH_OUTPUT_BYTES = 256 << 20

@@ -84,7 +84,8 @@ class LoggingBackend(OrtBackend):
         t0 = time.time()
         compiled = super().compile(model, spec, calib, workdir)
         with open(log, "a") as f:
-            f.write(f"compile {os.getpid()} {t0} {time.time()} {compiled.info.cache_hit}\n")
+            cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+            f.write(f"compile {os.getpid()} {t0} {time.time()} {compiled.info.cache_hit} {cores}\n")
         real = compiled._infer
 
         def logged(feeds):

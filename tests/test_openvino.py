@@ -107,3 +107,101 @@ def test_a_fixed_batch_model_has_no_twin(setup):
     with OpenVinoBackend().compile(m, QuantSpec("fp32"), calib, tmp / "fixed") as c:
         assert c.info.extra["batch1_static"] is False and c.batch1 is None
         np.testing.assert_allclose(c.infer({"input": x["input"][:1]})[0], ref[:1], atol=1e-4)
+
+
+SHARED = ("int8-static-pc-wsym-minmax", "int8-static-pt-wsym-minmax", "int8-static-pc-sym-percentile")
+
+
+def test_one_nncf_statistics_pass_builds_every_sibling_bit_for_bit_like_nncf_quantize(setup):
+    """The leader spec quantizes its build-group siblings in the same NNCF pass (``shared_ptq``, forced on
+    whatever NNCF is installed, so a new NNCF that changes ``nncf.quantize`` fails here); each IR is the bytes
+    ``nncf.quantize`` writes for that spec alone, and the siblings' cells then find complete cache entries."""
+    import backends.openvino as ovb
+
+    model, calib, x, _ref, tmp = setup
+    specs = [QuantSpec.parse(s) for s in SHARED]
+    alone = {}
+    for s in specs:
+        with OpenVinoBackend().compile(model, s, calib, tmp / "alone" / s.id) as c:
+            alone[s.id] = c.infer(x)[0]
+    verified = ovb.SHARED_PTQ_NNCF
+    ovb.SHARED_PTQ_NNCF = ("",)  # every version: this test is what verifies one
+    try:
+        b = OpenVinoBackend()
+        assert {b.build_group(s) for s in specs} == {"nncf-ptq:256"}
+        siblings = [(s, tmp / "shared" / s.id) for s in specs[1:]]
+        with b.compile(model, specs[0], calib, tmp / "shared" / specs[0].id, siblings=siblings) as c:
+            assert not c.info.cache_hit
+            assert any("one NNCF statistics collection for " + ", ".join(SHARED) in n for n in c.info.notes)
+    finally:
+        ovb.SHARED_PTQ_NNCF = verified
+    import re
+
+    def ir(where: str, spec: QuantSpec) -> tuple[bytes, str]:
+        """The weights' bytes and the graph, OpenVINO's process-wide counters in auto names ("Constant_120753")
+        taken out: every other byte of the IR must match."""
+        entry = tmp / where / spec.id
+        graph = re.sub(r'name="([A-Za-z]+)_\d+"', r'name="\1_N"', (entry / "model.xml").read_text())
+        return (entry / "model.bin").read_bytes(), graph
+
+    for s in specs:
+        assert ir("alone", s) == ir("shared", s), s.id
+    for s in specs[1:]:  # the sibling's own cell: a complete cache entry, same outputs as built alone
+        with OpenVinoBackend().compile(model, s, calib, tmp / "shared" / s.id) as c:
+            assert c.info.cache_hit
+            assert any(f"built in {specs[0].id}'s NNCF pass" in n for n in c.info.notes)
+            np.testing.assert_array_equal(c.infer(x)[0], alone[s.id])
+
+
+def test_a_sibling_another_process_is_building_is_left_to_it(setup):
+    import fcntl
+
+    import backends.openvino as ovb
+
+    model, calib, _x, _ref, tmp = setup
+    specs = [QuantSpec.parse(s) for s in SHARED[:2]]
+    busy = tmp / "s" / specs[1].id
+    busy.mkdir(parents=True)
+    verified, ovb.SHARED_PTQ_NNCF = ovb.SHARED_PTQ_NNCF, ("",)
+    try:
+        with open(busy / ".build.lock", "a+") as held:  # another builder holds the sibling's lock
+            fcntl.flock(held, fcntl.LOCK_EX)
+            with OpenVinoBackend().compile(model, specs[0], calib, tmp / "s" / specs[0].id, [(specs[1], busy)]) as c:
+                assert not any("statistics collection for" in n for n in c.info.notes)  # built alone
+    finally:
+        ovb.SHARED_PTQ_NNCF = verified
+    assert not (busy / "notes.json").exists() and not (busy / "model.xml").exists()
+
+
+def test_a_sweep_hands_each_nncf_cell_its_siblings_and_compiles_one_leader_first(tmp_path: Path):
+    """Planning links the NNCF static cells of one model (not fp32, weight-only or ort's cells) and the compile
+    order runs one of them early, the rest last; the sweep's rows then say which cell's pass built them."""
+    from harness.sweep import LocalExecutor, open_run, plan, run_sweep
+
+    from models import tiny_sweep
+
+    specs = ["fp32", *SHARED, "int4-weightonly-pc-sym"]
+    backends_ = [{"name": "openvino", "options": {"threads": 1}}, {"name": "ort", "options": {"threads": 1}}]
+    cfg = tiny_sweep(tmp_path, backends=backends_, specs=specs, measure={"warmup": 1, "iterations": 3})
+    from harness.sweep import _load
+
+    cells = [c for c in plan(open_run(_load(cfg))) if c.job is not None]
+    by = {(c.job.backend, c.job.spec.id): c.job for c in cells}
+    for s in SHARED:
+        assert sorted(x.id for x, _k in by["openvino", s].siblings) == sorted(set(SHARED) - {s})
+        assert by["ort", s].siblings == ()
+    assert by["openvino", "fp32"].siblings == by["openvino", "int4-weightonly-pc-sym"].siblings == ()
+    order = [(c.job.backend, c.job.spec.id) for c in LocalExecutor.compile_order(cells)]
+    nncf = [i for i, k in enumerate(order) if k[0] == "openvino" and k[1] in SHARED]
+    assert nncf == [0, len(order) - 2, len(order) - 1]  # the leader first, its two siblings last
+    import backends.openvino as ovb
+
+    if not __import__("nncf").__version__.startswith(ovb.SHARED_PTQ_NNCF):
+        pytest.skip("the shared NNCF pass is verified for another NNCF version; each spec is quantized alone")
+    df = run_sweep(cfg)
+    rows = df[df["backend"] == "openvino"].set_index("spec_id")
+    assert set(rows["status"]) == {"ok"}
+    leader = order[nncf[0]][1]
+    assert "one NNCF statistics collection for" in rows.loc[leader, "notes"] and not rows.loc[leader, "cache_hit"]
+    for s in set(SHARED) - {leader}:
+        assert f"built in {leader}'s NNCF pass" in rows.loc[s, "notes"] and rows.loc[s, "cache_hit"]

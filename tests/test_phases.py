@@ -45,6 +45,25 @@ def test_every_artifact_is_built_before_any_cell_is_timed(tmp_path: Path, logged
     assert not df["cache_hit"].any() and (df["compile_s"] > 0).all()
 
 
+@pytest.mark.parametrize("warm", [True, False])
+def test_compile_workers_are_warm_and_each_gets_its_own_cores(tmp_path: Path, logged: Path, warm: bool):
+    import os
+
+    specs = [*SPECS, "int8-static-pt-sym-minmax"]
+    run = {"results_dir": str(tmp_path / "r"), "compile_workers": 2, "warm_workers": warm}
+    assert list(run_sweep(tiny_sweep(tmp_path, backends=["logged"], specs=specs, run=run))["status"]) == ["ok"] * 4
+    lines = [ln.split() for ln in logged.read_text().splitlines() if ln.startswith("compile")]
+    builds = [(int(ln[1]), ln[5]) for ln in lines if ln[4] == "False"]
+    measured = [ln[5] for ln in lines if ln[4] == "True"]
+    assert len(builds) == 4
+    assert len({pid for pid, _c in builds}) == (2 if warm else 4)  # warm: one child per compile worker
+    everything = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    if len(os.sched_getaffinity(0)) >= 2:  # two workers, two disjoint halves of the cores; measuring sees all
+        halves = {c for _p, c in builds}
+        assert len(halves) == 2 and not set.intersection(*(set(h.split(",")) for h in halves))
+    assert set(measured) == {everything}
+
+
 def test_compile_first_off_compiles_inside_the_cell(tmp_path: Path, logged: Path):
     cfg = tiny_sweep(
         tmp_path, backends=["logged"], specs=SPECS[:2], run={"results_dir": str(tmp_path / "r"), "compile_first": False}
