@@ -349,6 +349,50 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, reps: int = BOOTSTRAP, seed: 
     return a[idx].mean(axis=1), b[idx].mean(axis=1)
 
 
+def trinomial_sum_pmf(n: int, p_minus: float, p_plus: float) -> tuple[int, np.ndarray]:
+    """The exact distribution of K = (number of −1s) − ... of n i.i.d. draws valued −1, 0, +1 with probabilities
+    (p_minus, 1 − p_minus − p_plus, p_plus): returns (k0, pmf) with P(K = k0 + j) = pmf[j].
+
+    From the characteristic function (1 − p₋ − p₊ + p₋e^{−it} + p₊e^{it})ⁿ sampled at M points and inverted by
+    one FFT. The window covers the mean ± (10σ + 20), or the whole support [−n, n] when that is smaller: by
+    Bernstein's inequality the mass outside it, which the FFT would fold back in, is below e⁻⁴⁰."""
+    mu = n * (p_plus - p_minus)
+    var = n * ((p_plus + p_minus) - (p_plus - p_minus) ** 2)
+    half = math.ceil(10 * math.sqrt(max(var, 0.0)) + 20)
+    lo, hi = max(-n, math.floor(mu) - half), min(n, math.ceil(mu) + half)
+    m = 1 << max(1, (hi - lo).bit_length())  # a power of two > hi − lo
+    t = 2 * np.pi * np.arange(m) / m
+    phi = (1 - p_minus - p_plus + p_minus * np.exp(-1j * t) + p_plus * np.exp(1j * t)) ** n * np.exp(-1j * t * lo)
+    pmf = np.clip(np.fft.fft(phi).real[: hi - lo + 1], 0, None)  # p_j = Σ φ(t)e^{-itj} / M
+    return lo, pmf / pmf.sum()
+
+
+def _quantile_of_pmf(k0: int, pmf: np.ndarray, q: float) -> int:
+    """The smallest k with P(K ≤ k) ≥ q (the distribution's own q-quantile)."""
+    cdf = np.cumsum(pmf)
+    return k0 + int(min(np.searchsorted(cdf, q - 1e-12, side="left"), len(pmf) - 1))
+
+
+def exact_flag_intervals(gate: Gate, a: np.ndarray, b: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The (1 − ALPHA) percentile intervals of the paired bootstrap of two 0/1 flag vectors, exactly: (interval
+    of the gated quantity, interval of the change), for a top-1 gate in pp or absolute units or a bound.
+
+    Resampling n pairs i.i.d. draws how many land in each of the four (a, b) outcomes; the change in the mean is
+    (#b-only − #a-only)/n, a sum of n draws valued −1/0/+1, and the candidate's mean a binomial. Their
+    distributions are computed, not sampled: the interval the Monte Carlo bootstrap approaches as its replicates
+    grow, with no replicate noise (and no 2,000-replicate rerun near a threshold)."""
+    n = len(a)
+    g = np.bincount(np.asarray(a, np.int64) + 2 * np.asarray(b, np.int64), minlength=4) / n
+    lo_q, hi_q = ALPHA / 2, 1 - ALPHA / 2
+    k0, pmf = trinomial_sum_pmf(n, g[1], g[2])
+    d = (_quantile_of_pmf(k0, pmf, lo_q) / n, _quantile_of_pmf(k0, pmf, hi_q) / n)
+    if gate.kind == "bound":
+        c0, cpmf = trinomial_sum_pmf(n, 0.0, g[2] + g[3])
+        return (_quantile_of_pmf(c0, cpmf, lo_q) / n, _quantile_of_pmf(c0, cpmf, hi_q) / n), d
+    scale = 100.0 if gate.unit == "pp" else 1.0
+    return (scale * d[0], scale * d[1]), (scale * d[0], scale * d[1])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Comparison
 # ---------------------------------------------------------------------------------------------------------
@@ -595,9 +639,17 @@ def decide(gate: Gate, base: float, cand: float, base_reps: Any, cand_reps: Any)
     """
     lo_q, hi_q = 100 * ALPHA / 2, 100 * (1 - ALPHA / 2)
     q_reps, d_reps = _quantities(gate, base_reps, cand_reps)
-    q_point = gate.change(base, cand) if gate.kind == "delta" else cand
     lo, hi = _interval(q_reps, lo_q, hi_q)
     d_lo, d_hi = (lo, hi) if d_reps is q_reps else _interval(d_reps, lo_q, hi_q)
+    return decide_from_intervals(gate, base, cand, (lo, hi), (d_lo, d_hi))
+
+
+def decide_from_intervals(
+    gate: Gate, base: float, cand: float, q_interval: tuple[float, float], d_interval: tuple[float, float]
+) -> tuple[str, str, int, str]:
+    """:func:`decide` once the intervals are known (of the gated quantity, and of the change)."""
+    (lo, hi), (d_lo, d_hi) = q_interval, d_interval
+    q_point = gate.change(base, cand) if gate.kind == "delta" else cand
     worse = _worse_sign(gate)
     direction = 0
     if d_lo > 0 or d_hi < 0:
@@ -813,7 +865,14 @@ def _judge(gate: Gate, label: str, b: Any, c: Any, bdata: dict[str, Any], cdata:
         pa = bdata["predictions"].get(b["record_id"], none)
         pb = cdata["predictions"].get(c["record_id"], none)
         a_ok, b_ok = pa.correct, pb.correct
-        if len(a_ok) and len(a_ok) == len(b_ok) and pa.labelled and b["eval_sha256"] == c["eval_sha256"]:
+        paired = len(a_ok) and len(a_ok) == len(b_ok) and pa.labelled and b["eval_sha256"] == c["eval_sha256"]
+        if paired and gate.unit != "%":  # the change in pp (or absolute), or a bound: its distribution is exact
+            verdict, mark, _, interval = decide_from_intervals(
+                gate, base, cand, *exact_flag_intervals(gate, a_ok, b_ok)
+            )
+            evidence = f"paired bootstrap (n={len(a_ok)}, exact distribution)"
+            return _verdict(gate, label, name, base, cand, change, evidence, verdict, mark, interval, "")
+        if paired:  # a relative (%) change: a ratio of two correlated counts, resampled
             n_reps = SCREEN_REPS  # as for latency: the full resampling only when few replicates could mislead
             reps = paired_bootstrap(a_ok, b_ok, n_reps)
             if not settled(gate, *reps):
@@ -830,6 +889,14 @@ def _judge(gate: Gate, label: str, b: Any, c: Any, bdata: dict[str, Any], cdata:
         return Verdict(label, name, base, cand, change, evidence, verdict, mark, reason)
     verdict, mark, _, interval = decide(gate, base, cand, *reps)
     busy = _oversubscribed(b, c) if gate.metric in LATENCY_METRICS else ""
+    return _verdict(gate, label, name, base, cand, change, evidence, verdict, mark, interval, busy)
+
+
+def _verdict(
+    gate: Gate, label: str, name: str, base: float, cand: float, change: str, evidence: str,
+    verdict: str, mark: str, interval: str, busy: str,
+) -> Verdict:  # fmt: skip
+    """The Verdict row of a decided gate, with the reason its verdict gets."""
     if verdict == "fail" and busy:
         return Verdict(
             label, name, base, cand, change, f"{interval}; {evidence}", "inconclusive", "~",

@@ -14,6 +14,7 @@ from harness.check import (
     Gate,
     compare,
     decide,
+    exact_flag_intervals,
     latency_statistic,
     load_gates,
     mann_whitney_p,
@@ -21,6 +22,7 @@ from harness.check import (
     paired_bootstrap,
     percentile_rows,
     resample_runs,
+    trinomial_sum_pmf,
 )
 from harness.cli import main
 from harness.errors import UserError
@@ -99,6 +101,44 @@ def test_paired_bootstrap_of_flags_has_the_resampling_distribution():
     c = a * 0.5 + 0.25  # not flags: the general path
     idx = np.random.default_rng(5).integers(0, len(a), (400, len(a)))
     assert np.array_equal(paired_bootstrap(c, b, reps=400, seed=5)[0], c[idx].mean(axis=1))
+
+
+@pytest.mark.parametrize(("n", "p_minus", "p_plus"), [(12, 0.2, 0.3), (7, 0.0, 0.5), (30, 0.01, 0.0), (60, 0.3, 0.3)])
+def test_trinomial_sum_pmf_is_the_enumerated_distribution(n: int, p_minus: float, p_plus: float):
+    """Every (#−1, #+1) split of n draws enumerated: same probability for each value of their difference."""
+    from math import comb
+
+    k0, pmf = trinomial_sum_pmf(n, p_minus, p_plus)
+    exact: dict[int, float] = {}
+    for i in range(n + 1):
+        for j in range(n + 1 - i):
+            pr = comb(n, i) * comb(n - i, j) * p_minus**i * p_plus**j * (1 - p_minus - p_plus) ** (n - i - j)
+            exact[j - i] = exact.get(j - i, 0.0) + pr
+    inside = {k: v for k, v in exact.items() if 0 <= k - k0 < len(pmf)}
+    assert sum(exact.values()) - sum(inside.values()) < 1e-12  # what the window leaves out
+    assert max(abs(pmf[k - k0] - v) for k, v in inside.items()) < 1e-12
+    k0, pmf = trinomial_sum_pmf(50, 0.0, 0.0)  # no disagreement at all: K ≡ 0
+    assert pmf[-k0] == pytest.approx(1.0) and pmf.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("rule", ["-0.5pp", "-0.01", ">= 0.7"])
+def test_exact_top1_interval_is_where_the_monte_carlo_bootstrap_converges(rule: str):
+    """The exact interval against 100,000 paired-bootstrap replicates: the Monte Carlo ends land within one
+    sample's worth (1/n) of the exact quantiles, for a pp change, an absolute change and a bound."""
+    gate = Gate.parse("top1", rule)
+    rng = np.random.default_rng(11)
+    a = rng.random(400) < 0.75
+    b = np.where(rng.random(400) < 0.9, a, ~a)
+    (lo, hi), (d_lo, d_hi) = exact_flag_intervals(gate, a, b)
+    base, cand = paired_bootstrap(a.astype(float), b.astype(float), reps=100_000, seed=2)
+    scale = 100.0 if gate.unit == "pp" else 1.0
+    q = cand if gate.kind == "bound" else scale * (cand - base)
+    mc = np.percentile(q, [2.5, 97.5])
+    step = (1 if gate.kind == "bound" else scale) / len(a)
+    assert abs(lo - mc[0]) <= step + 1e-9 and abs(hi - mc[1]) <= step + 1e-9
+    assert lo < hi and d_lo < d_hi
+    d_mc = np.percentile((cand - base) * (1 if gate.kind == "bound" else scale), [2.5, 97.5])
+    assert abs(d_lo - d_mc[0]) <= step + 1e-9 and abs(d_hi - d_mc[1]) <= step + 1e-9
 
 
 @pytest.mark.parametrize("block", [1, 7, 40])
