@@ -274,6 +274,13 @@ class Backend(abc.ABC):
         finally:
             self.siblings = ()
 
+    def scores_off_clock(self) -> bool:
+        """Whether a local sweep may run a cell's quality pass in its compile phase, beside other builds (its
+        outputs do not depend on timing): True where inference runs in this process (a runtime or simulator on
+        this host); an adapter whose inference runs on an attached board returns False there, so the board sees
+        one job at a time and the pass runs in the measure phase."""
+        return True
+
     def build_group(self, spec: Any) -> str | None:
         """A key shared by specs whose artifacts this adapter can build together with one calibration pass of a
         model (same key: one pass serves all), or None (default: every artifact is built on its own). Called

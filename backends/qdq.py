@@ -420,16 +420,18 @@ def _histogram(a: np.ndarray, t: Any, num_bins: int) -> tuple[np.ndarray, np.nda
     return counts, edges
 
 
-def _bin(a: np.ndarray, t: float, num_bins: int, block: int = 1 << 20) -> tuple[np.ndarray, int, int]:
-    """Counts of ``a`` in ``num_bins`` equal bins over [-t, t] (ends inclusive), block by block: scaled in
-    place, cast into a reused int32 buffer and counted (a cache-sized int32 block counts ~3× faster than a
-    whole array, which bincount would first copy to int64). Also returns how many values were exactly 0 and
-    the bin this arithmetic put them in, for the caller to place them by the true edges."""
+def _bin(a: np.ndarray, t: float, num_bins: int, block: int = 1 << 16) -> tuple[np.ndarray, int, int]:
+    """Counts of ``a`` in ``num_bins`` equal bins over [-t, t] (ends inclusive; every |x| ≤ t, no NaN), block by
+    block: shifted and scaled into a reused float32 buffer, cast into a reused int buffer and counted (an
+    L2-sized block counts ~1.7× faster than 1M-value blocks). No clip: with |x| ≤ t the index lies in
+    [0, num_bins] (num_bins: x = t, folded into the last bin), and a value outside would make bincount raise
+    (negative) or the counts' shapes disagree, never a silently shifted count. Also returns how many values were
+    exactly 0 and the bin this arithmetic put them in, for the caller to place them by the true edges."""
     counts = np.zeros(num_bins + 1, dtype=np.int64)
     scale = np.float32(num_bins / (2 * t))
     off = np.float32(t)
     buf = np.empty(min(block, a.size), dtype=np.float32)
-    idx = np.empty(min(block, a.size), dtype=np.int32)
+    idx = np.empty(min(block, a.size), dtype=np.intp)  # bincount's own index type: no conversion copy
     zeros = 0
     for s in range(0, a.size, block):
         chunk = a[s : s + block]
@@ -438,7 +440,6 @@ def _bin(a: np.ndarray, t: float, num_bins: int, block: int = 1 << 20) -> tuple[
         np.add(chunk, off, out=b, casting="unsafe")
         np.multiply(b, scale, out=b)
         np.copyto(i, b, casting="unsafe")
-        np.clip(i, 0, num_bins, out=i)  # x = t lands on num_bins: folded into the last bin below
         counts += np.bincount(i, minlength=num_bins + 1)
     counts[num_bins - 1] += counts[num_bins]
     zero_bin = min(int(np.float32(np.float32(0.0) + off) * scale), num_bins - 1)

@@ -226,6 +226,10 @@ class RknnBackend(Backend):
             (where,),
         )
 
+    def scores_off_clock(self) -> bool:
+        """The PC simulator scores in the compile phase; a board (``target``) only in the measure phase."""
+        return not self.options["target"]
+
     def supports(self, spec: QuantSpec) -> str | None:
         if spec.precision in ("fp32", "bf16"):
             return "the RKNPU computes float graphs in fp16; use fp16"

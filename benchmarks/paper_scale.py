@@ -137,6 +137,7 @@ def main() -> None:
     ap.add_argument("--specs", nargs="+", default=list(SPECS))
     ap.add_argument("--order", choices=("old-first", "new-first"), default="old-first")
     ap.add_argument("--no-report", action="store_true", help="time the sweeps without writing their reports")
+    ap.add_argument("--only", choices=("old", "new"), help="time one checkout only (profiling; no ratio)")
     args = ap.parse_args()
     if not (args.old / "harness" / "cli.py").is_file():
         raise SystemExit(f"{args.old} is not a qtbench checkout: git worktree add {args.old} a6d1ecd")
@@ -148,11 +149,14 @@ def main() -> None:
     for checkout in runs.values():
         check_parses(checkout, config)
     order = ["old", "new"] if args.order == "old-first" else ["new", "old"]
+    order = [w for w in order if args.only in (None, w)]
     wall = {}
     for which in order:
         print(f"timing {which} ({runs[which]}) ...", flush=True)
         wall[which] = time_sweep(runs[which], config, args.work / which, not args.no_report)
         print(f"  {which}: {wall[which]:.1f} s; rows {statuses(runs[which], args.work / which / 'results')}")
+    if args.only:
+        return
     print(
         f"paper-scale sweep ({args.size}×{args.size}, {args.calib} calibration images, {len(args.specs)} specs): "
         f"old {wall['old']:.1f} s ({wall['old'] / 60:.1f} min), new {wall['new']:.1f} s ({wall['new'] / 60:.1f} min), "

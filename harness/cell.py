@@ -61,6 +61,19 @@ class CellResult:
     samples: list[np.ndarray] = field(default_factory=list)
     predictions: np.ndarray | None = None
     labels: np.ndarray | None = None
+    scoring: Scoring | None = None  # compile phase: the quality pass it already ran (see score_cell)
+
+
+@dataclass
+class Scoring:
+    """A cell's quality pass: its row fields, notes, per-sample predictions and labels. Made in a local sweep's
+    compile phase when the backend allows (:func:`score_cell`) and handed to the measure phase, which then only
+    times: outputs do not depend on what else the machine runs, timings do."""
+
+    fields: dict[str, Any]
+    notes: list[str]
+    predictions: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -118,15 +131,16 @@ def fp32_outputs(model_path: str | Path, data: Any, out_index: int, batch: int) 
     return run_batched(lambda f: sess.run(None, dict(f)), data, out_index, batch)
 
 
-def run_cell(job: CellJob) -> CellResult:
-    """Compile, evaluate and time one cell; every failure becomes a status, never an exception."""
-    return _guarded(_run_cell, job)
+def run_cell(job: CellJob, scoring: Scoring | None = None) -> CellResult:
+    """Compile, evaluate and time one cell; every failure becomes a status, never an exception. ``scoring``: the
+    quality pass the compile phase already ran for this cell (then only the timed loop runs here)."""
+    return _guarded(_run_cell, job, scoring)
 
 
-def _guarded(fn: Any, job: CellJob, prefix: str = "") -> CellResult:
-    """``fn(job)`` with every failure turned into a status: the mapping both phases of a cell share."""
+def _guarded(fn: Any, job: CellJob, *args: Any, prefix: str = "") -> CellResult:
+    """``fn(job, *args)`` with every failure turned into a status: the mapping both phases of a cell share."""
     try:
-        return fn(job)
+        return fn(job, *args)
     except UnsupportedSpec as exc:
         return CellResult("skipped", str(exc))
     except BackendUnavailable as exc:
@@ -161,9 +175,33 @@ def _open(job: CellJob) -> tuple[Any, ModelFacts, Any, Any, Path] | CellResult:
     return backend, facts, calib, model, job.workdir
 
 
-def _run_cell(job: CellJob) -> CellResult:
+def _score(job: CellJob, compiled: Any, evaluation: Any, facts: ModelFacts, meta: dict[str, str]) -> Scoring:
+    """The quality pass: the task(s) score each planned output batch by batch against the cached FP32 references."""
     from harness import metrics, tasks
+
+    plan = tasks.plan_outputs(job.task, job.output, facts.output_names, meta)
+    batch = job.measure.eval_batch_size if facts.dynamic_batch else 1
+    refs = tasks.fp32_references(
+        job.model_path, job.model_sha256, evaluation, [i for _o, i, _t in plan.scored], batch, job.cache_dir
+    )
+    t_eval = time.perf_counter()
+    scored = tasks.evaluate(compiled.infer, evaluation, plan, refs, batch)
+    fields: dict[str, Any] = {"eval_s": time.perf_counter() - t_eval, **scored.row_fields()}
+    fields.update(eval_samples=len(evaluation), eval_sha256=evaluation.sha256, metrics_version=metrics.METRICS_VERSION)
+    labels = None
+    if scored.predictions is not None and evaluation.labels is not None:
+        labels = np.asarray(evaluation.labels)
+    notes = [*scored.notes(), *getattr(evaluation, "warnings", ())]  # e.g. "no labels: accuracy not computed"
+    return Scoring(fields, notes, scored.predictions, labels)
+
+
+def _evaluation(job: CellJob, facts: ModelFacts) -> Any:
     from harness.data import load_dataset
+
+    return load_dataset(job.eval_path, facts.input_names, job.evaluation.labels, job.evaluation.limit, lazy=True)
+
+
+def _run_cell(job: CellJob, scoring: Scoring | None = None) -> CellResult:
     from harness.measure import time_inference
     from harness.zoo import META_NOTE, META_WEIGHTS, RANDOM_WEIGHTS_NOTE
 
@@ -172,11 +210,7 @@ def _run_cell(job: CellJob) -> CellResult:
     if isinstance(opened, CellResult):
         return opened
     backend, facts, calib, model, workdir = opened
-    evaluation = None
-    if job.eval_path:
-        evaluation = load_dataset(
-            job.eval_path, facts.input_names, job.evaluation.labels, job.evaluation.limit, lazy=True
-        )
+    evaluation = _evaluation(job, facts) if job.eval_path else None
     fields: dict[str, Any] = {}
     siblings = {"siblings": job.sibling_workdirs()} if job.siblings else {}  # compile_first off: built here
     with backend.compile(model, job.spec, calib, workdir, **siblings) as compiled:
@@ -203,25 +237,15 @@ def _run_cell(job: CellJob) -> CellResult:
         if meta.get(META_WEIGHTS) == "random":  # the `weights` column comes from the sweep, for every row
             fields["notes"] = "; ".join(n for n in (meta.get(META_NOTE, RANDOM_WEIGHTS_NOTE), fields["notes"]) if n)
         if evaluation is not None:
-            # the task(s) score each planned output batch by batch against the cached FP32 references
-            plan = tasks.plan_outputs(job.task, job.output, facts.output_names, meta)
-            batch = job.measure.eval_batch_size if facts.dynamic_batch else 1
-            refs = tasks.fp32_references(
-                job.model_path, job.model_sha256, evaluation, [i for _o, i, _t in plan.scored], batch, job.cache_dir
-            )
-            t_eval = time.perf_counter()
-            scored = tasks.evaluate(compiled.infer, evaluation, plan, refs, batch)
-            fields["eval_s"] = time.perf_counter() - t_eval
-            fields.update(scored.row_fields())
-            fields.update(
-                eval_samples=len(evaluation), eval_sha256=evaluation.sha256, metrics_version=metrics.METRICS_VERSION
-            )
-            said = [*scored.notes(), *getattr(evaluation, "warnings", ())]  # e.g. "no labels: accuracy not computed"
-            if said:
-                fields["notes"] = "; ".join(n for n in (fields["notes"], *said) if n)
-            result.predictions = scored.predictions
-            if result.predictions is not None and evaluation.labels is not None:
-                result.labels = np.asarray(evaluation.labels)
+            if scoring is None:
+                scoring = _score(job, compiled, evaluation, facts, meta)
+                fields["eval_phase"] = "measure"
+            else:
+                fields["eval_phase"] = "compile"
+            fields.update(scoring.fields)
+            if scoring.notes:
+                fields["notes"] = "; ".join(n for n in (fields["notes"], *scoring.notes) if n)
+            result.predictions, result.labels = scoring.predictions, scoring.labels
             timing_source = evaluation
         else:
             timing_source = calib
@@ -277,25 +301,48 @@ def _run_cell(job: CellJob) -> CellResult:
     return result
 
 
-def compile_cell(job: CellJob) -> CellResult:
+def preload(job: CellJob) -> None:
+    """Import what measuring ``job``'s backend needs (its SDK, the timing loop, the data readers) in a measure
+    worker while the compile phase runs, so the measure phase does not pay a child's imports in its first cell
+    of each backend. Best effort: whatever fails here fails again, and is reported, in the cell itself."""
+    try:
+        import backends
+        import devices.probe  # noqa: F401
+        import harness.data
+        import harness.measure
+        import harness.tasks  # noqa: F401
+
+        backends.create(job.backend, job.backend_options, job.backend_target).availability()
+    except Exception:  # noqa: BLE001 - see the docstring
+        pass
+
+
+def compile_cell(job: CellJob, score: bool = False) -> CellResult:
     """The compile phase of a cell: build its artifact into the cache and report how long that took.
 
-    Nothing is timed or evaluated: the sweep measures the cell later, alone, from the cached artifact. Failures
-    become statuses exactly as in :func:`run_cell`.
+    Nothing is timed: the sweep measures the cell later, alone, from the cached artifact. With ``score`` (a local
+    sweep, whose machine also measures) the cell's quality pass runs here too, on the artifact just built, where
+    the backend allows (:meth:`backends.base.Backend.scores_off_clock`), and comes back as ``result.scoring``; a
+    pass that fails is left to the measure phase, which reports it as the cell's status exactly as without this
+    step. Build failures become statuses exactly as in :func:`run_cell`.
     """
-    return _guarded(_compile_only, job, prefix="compile: ")
+    return _guarded(_compile_only, job, score, prefix="compile: ")
 
 
-def compile_cell_on(job: CellJob, cores: set[int] | None) -> CellResult:
+def compile_cell_on(job: CellJob, cores: set[int] | None, score: bool = False) -> CellResult:
     """:func:`compile_cell` in this process restricted to ``cores`` (a compile worker's share; None: all)."""
+    _pin(cores)
+    return compile_cell(job, score)
+
+
+def _pin(cores: set[int] | None) -> None:
     import os
 
     if cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)
-    return compile_cell(job)
 
 
-def _compile_only(job: CellJob) -> CellResult:
+def _compile_only(job: CellJob, score: bool = False) -> CellResult:
     opened = _open(job)
     if isinstance(opened, CellResult):
         return opened
@@ -304,7 +351,13 @@ def _compile_only(job: CellJob) -> CellResult:
     with backend.compile(model, job.spec, calib, workdir, **siblings) as compiled:
         info = compiled.info
         result = CellResult("ok", fields={"compile_s": info.compile_s, "cache_hit": info.cache_hit})
-    if job.eval_path:
+        if score and job.eval_path and backend.scores_off_clock():
+            try:
+                meta = dict(_model_header(job.model_path)[1])
+                result.scoring = _score(job, compiled, _evaluation(job, facts), facts, meta)
+            except Exception:  # noqa: BLE001 - see compile_cell: the measure phase runs it and reports it
+                result.scoring = None
+    if job.eval_path and result.scoring is None:
         _warm_references(job, facts)
     return result
 
@@ -314,12 +367,9 @@ def _warm_references(job: CellJob, facts: ModelFacts) -> None:
     reads them. Best effort: a failure here (a model that overflows on the data, say) happens again when the cell
     is measured, which reports it as the cell's status exactly as without this step."""
     from harness import tasks
-    from harness.data import load_dataset
 
     try:
-        evaluation = load_dataset(
-            job.eval_path, facts.input_names, job.evaluation.labels, job.evaluation.limit, lazy=True
-        )
+        evaluation = _evaluation(job, facts)
         plan = tasks.plan_outputs(job.task, job.output, facts.output_names, dict(_model_header(job.model_path)[1]))
         batch = job.measure.eval_batch_size if facts.dynamic_batch else 1
         tasks.fp32_references(

@@ -150,6 +150,9 @@ class Record:
     # cell_wall_s is loading, compiling or reading the artifact, and writing results
     eval_s: float = NAN
     timed_s: float = NAN
+    # where the quality pass ran: "compile" (in a local sweep's compile phase, beside other builds: outputs do
+    # not depend on load; eval_s is then not part of cell_wall_s) or "measure" (in the cell, before its timed loop)
+    eval_phase: str = ""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

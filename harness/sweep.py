@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from harness import isolate
-from harness.cell import CellJob, CellResult, compile_cell, compile_cell_on, model_facts, run_cell
+from harness.cell import (
+    CellJob,
+    CellResult,
+    compile_cell,
+    compile_cell_on,
+    model_facts,
+    preload,
+    run_cell,
+)
 from harness.config import DataSource, ModelEntry, Sweep, load_sweep, parse_sweep
 from harness.errors import ConfigError, DataError, QtbenchError, ResultsError
 from harness.plan import artifact_key as plan_artifact_key
@@ -259,7 +267,9 @@ class Executor:
 class LocalExecutor(Executor):
     """This machine: compile every cell's artifact first, off the clock (``run.compile_workers`` child processes
     at a time, each a warm worker that builds cell after cell unless ``run.warm_workers`` is off), then measure
-    cells one at a time with nothing else of the sweep running.
+    cells one at a time with nothing else of the sweep running. A cell's quality pass runs in the compile phase
+    too, right after its build, where its backend allows (``Backend.scores_off_clock``): outputs do not depend
+    on what else runs, so the measure phase is left with the timed loop alone (rows say ``eval_phase``).
 
     With ``run.warm_workers`` (the default) the measure phase keeps one warm child per backend
     (:class:`harness.isolate.Worker`) for its consecutive cells; a crash or timeout costs its cell and the next
@@ -273,9 +283,14 @@ class LocalExecutor(Executor):
 
     def run(self, cells: list[PlannedCell], sweep: Sweep) -> Iterator[tuple[PlannedCell, CellResult]]:
         todo = [c for c in cells if c.job is not None]
-        compiled = self.compile_all(todo, sweep)
         self._workers = {}
         try:
+            warming = self._preload(todo, sweep)
+            try:
+                compiled = self.compile_all(todo, sweep)
+            finally:
+                if warming is not None:
+                    warming.join()
             for cell in cells:
                 if cell.job is None:
                     assert cell.outcome is not None
@@ -291,11 +306,40 @@ class LocalExecutor(Executor):
             for w in workers.values():
                 w.close()
 
+    def _preload(self, cells: list[PlannedCell], sweep: Sweep) -> Any:
+        """Start the measure phase's first warm workers (one per backend, in measure order, up to WARM_WORKERS)
+        and import their backends while the compile phase runs; returns the thread to join before measuring."""
+        if not (sweep.run.isolate and sweep.run.warm_workers and sweep.run.compile_first and cells):
+            return None
+        import threading
+
+        first: dict[tuple[str, str, str], CellJob] = {}
+        for c in cells:
+            assert c.job is not None
+            first.setdefault(self._key(c.job), c.job)
+        jobs = list(first.items())[: self.WARM_WORKERS]
+        workers = self._workers
+        assert workers is not None
+        for key, _job in reversed(jobs):  # least recently used first: the first backend to measure is kept last
+            workers[key] = isolate.Worker(sweep.run.worker_cells)
+
+        def warm() -> None:
+            for key, job in jobs:
+                workers[key].call(preload, (job,), sweep.run.timeout_s)
+
+        thread = threading.Thread(target=warm, name="qtbench-preload", daemon=True)
+        thread.start()
+        return thread
+
+    @staticmethod
+    def _key(job: CellJob) -> tuple[str, str, str]:
+        return job.backend, job.backend_target, json.dumps(job.backend_options, sort_keys=True, default=str)
+
     def _worker(self, job: CellJob, sweep: Sweep) -> isolate.Worker | None:
         """The warm child for this cell's backend (least recently used ones ended past WARM_WORKERS)."""
         if self._workers is None or not sweep.run.warm_workers:
             return None
-        key = (job.backend, job.backend_target, json.dumps(job.backend_options, sort_keys=True, default=str))
+        key = self._key(job)
         worker = self._workers.pop(key, None) or isolate.Worker(sweep.run.worker_cells)
         self._workers[key] = worker  # most recent last
         while len(self._workers) > self.WARM_WORKERS:
@@ -309,7 +353,7 @@ class LocalExecutor(Executor):
         workers = sweep.run.compile_workers or self.auto_workers(cells)
         jobs = {c.index: c.job for c in self.compile_order(cells)}
         if not sweep.run.isolate:
-            return {i: compile_cell(j) for i, j in jobs.items()}
+            return {i: compile_cell(j, score=True) for i, j in jobs.items()}
 
         import threading
 
@@ -330,19 +374,57 @@ class LocalExecutor(Executor):
                 if getattr(local, "worker", None) is None:
                     local.worker = isolate.Worker(sweep.run.worker_cells)
                     started.append(local.worker)
-                kind, value = local.worker.call(compile_cell_on, (job, cores), sweep.run.timeout_s)
+                call = local.worker.call
             else:
-                kind, value = call_isolated(compile_cell_on, (job, cores), sweep.run.timeout_s)
-            if kind == "ok":
-                return i, value
-            status = "timeout" if kind == "timeout" else "failed"
-            return i, CellResult(status, f"compile: {value}", {"cell_wall_s": time.perf_counter() - t0})
+                call = call_isolated
+            kind, value = call(compile_cell_on, (job, cores, True), sweep.run.timeout_s)
+            committed = (job.workdir / "notes.json").is_file()
+            if job.eval_path and (kind == "died" or (kind == "timeout" and committed)):
+                # the quality pass runs in the same call, after the build committed its artifact: build again
+                # without it (a cache hit when it was the pass that failed) and leave the pass to the measure
+                # phase, which reports what happened as the cell's status; a build that timed out before its
+                # commit is not tried again
+                kind, value = call(compile_cell_on, (job, cores, False), sweep.run.timeout_s)
+            if kind != "ok":
+                status = "timeout" if kind == "timeout" else "failed"
+                return i, CellResult(status, f"compile: {value}", {"cell_wall_s": time.perf_counter() - t0})
+            return i, value
 
         from concurrent.futures import ThreadPoolExecutor
 
+        pending = list(jobs.items())
+        busy: dict[tuple[str, str], int] = {}
+        results: dict[int, CellResult] = {}
+
+        def group(job: CellJob) -> tuple[str, str]:
+            return job.model_path, job.backend
+
+        def take() -> tuple[int, CellJob] | None:
+            """The next cell in compile order whose (model, backend) has no cell building now, else the next one:
+            cells of one model and backend share a calibration pass, so a second worker would wait on its lock
+            while other models' cells could be building (measured: ~10 s of one idle worker at paper scale)."""
+            with lock:
+                if not pending:
+                    return None
+                k = next((k for k, (_i, j) in enumerate(pending) if not busy.get(group(j))), 0)
+                item = pending.pop(k)
+                busy[group(item[1])] = busy.get(group(item[1]), 0) + 1
+                return item
+
+        def drain() -> None:
+            while (item := take()) is not None:
+                try:
+                    i, value = one(item)
+                    results[i] = value
+                finally:
+                    with lock:
+                        busy[group(item[1])] -= 1
+
         try:
             with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-                return dict(pool.map(one, jobs.items()))
+                for f in [pool.submit(drain) for _ in range(max(1, workers))]:
+                    f.result()
+            return {i: results[i] for i in jobs}
         finally:
             for w in started:  # the compile phase's children end before any cell is timed
                 w.close()
@@ -411,19 +493,20 @@ class LocalExecutor(Executor):
         job = cell.job
         assert job is not None
         t0 = time.perf_counter()
+        scoring = built.scoring if built is not None else None  # the quality pass the compile phase ran
         if sweep.run.isolate:
             worker = self._worker(job, sweep)
             if worker is not None:
-                kind, value = worker.call(run_cell, (job,), sweep.run.timeout_s)
+                kind, value = worker.call(run_cell, (job, scoring), sweep.run.timeout_s)
             else:
-                kind, value = call_isolated(run_cell, (job,), sweep.run.timeout_s)
+                kind, value = call_isolated(run_cell, (job, scoring), sweep.run.timeout_s)
             if kind == "ok":
                 result = value
             else:
                 result = CellResult("timeout" if kind == "timeout" else "failed", value)
                 result.fields["cell_wall_s"] = time.perf_counter() - t0
         else:
-            result = run_cell(job)
+            result = run_cell(job, scoring)
         if built is not None and result.status == "ok":
             # the artifact was built in the compile phase: report that build, not the cache hit it left behind
             result.fields.update({k: v for k, v in built.fields.items() if k in ("compile_s", "cache_hit")})

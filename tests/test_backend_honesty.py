@@ -261,7 +261,7 @@ def test_compile_error_is_a_failed_cell_not_unavailable(monkeypatch):
 
     assert not issubclass(CompileError, BackendUnavailable)
 
-    def boom(job):
+    def boom(job, scoring=None):
         raise CompileError("vela failed on m.tflite (exit 1): Error: unsupported op")
 
     monkeypatch.setattr(cell, "_run_cell", boom)

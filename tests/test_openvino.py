@@ -205,3 +205,129 @@ def test_a_sweep_hands_each_nncf_cell_its_siblings_and_compiles_one_leader_first
     assert "one NNCF statistics collection for" in rows.loc[leader, "notes"] and not rows.loc[leader, "cache_hit"]
     for s in set(SHARED) - {leader}:
         assert f"built in {leader}'s NNCF pass" in rows.loc[s, "notes"] and rows.loc[s, "cache_hit"]
+
+
+def test_tail_quantile_is_numpys_quantile_bit_for_bit():
+    """The fast path (a threshold from a strided subsample, then the tail only) and its fallbacks give
+    ``np.quantile``'s float64 result exactly: ties (ReLU zeros, integers), heavy tails, sorted data (a structured
+    subsample), constants, NaN/inf, and sizes on both sides of the fast-path minimum."""
+    from backends.openvino import tail_quantile
+
+    rng = np.random.default_rng(0)
+    makers = [
+        lambda n: rng.standard_normal(n).astype(np.float32),
+        lambda n: np.maximum(rng.standard_normal(n), 0).astype(np.float32),
+        lambda n: rng.integers(-3, 4, n).astype(np.float32),
+        lambda n: rng.standard_cauchy(n).astype(np.float32),
+        lambda n: np.sort(rng.standard_normal(n)).astype(np.float32),
+        lambda n: np.concatenate([np.zeros(n - 5), 100 * rng.standard_normal(5)]).astype(np.float32),
+        lambda n: np.full(n, 1.5, np.float32),
+        lambda n: rng.standard_normal(n),
+    ]
+    for make in makers:
+        for n in (1000, 16384, 20001, 100003):
+            x = make(n)
+            for q in (1e-4, 1 - 1e-4, 0.01, 0.99, 0.0, 1.0, 0.5):
+                assert tail_quantile(x.reshape(1, -1), q) == float(np.quantile(x.astype(np.float64), q)), (n, q)
+    x = rng.standard_normal(50000).astype(np.float32)
+    x[7] = np.nan
+    assert np.isnan(tail_quantile(x, 1e-4))
+    x[7] = np.inf
+    assert tail_quantile(x, 1 - 1e-4) == float(np.quantile(x.astype(np.float64), 1 - 1e-4))
+
+
+def test_nncf_quantizes_to_the_same_bytes_with_the_fast_quantile(tmp_path: Path):
+    """nncf.quantize with MEAN_QUANTILE activation ranges (a percentile spec) writes the same IR with and without
+    :func:`fast_nncf_quantile`, the fast path really answers NNCF's per-sample calls (activations above its
+    minimum size), and NNCF's own function is back in place afterwards."""
+    nncf = pytest.importorskip("nncf", reason="needs NNCF: pip install 'qtbench[openvino]'")
+    from nncf.tensor.functions import numeric
+    from openvino import opset13 as ops
+
+    import backends.openvino as ovb
+
+    if not nncf.__version__.startswith(ovb.SHARED_PTQ_NNCF):
+        pytest.skip(f"fast_nncf_quantile is off on NNCF {nncf.__version__} (checked on {ovb.SHARED_PTQ_NNCF})")
+    rng = np.random.default_rng(0)
+    x = ops.parameter([1, 3, 48, 48], np.float32, name="input")
+    w1 = ops.constant(rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32))
+    w2 = ops.constant(rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32))
+    c1 = ops.relu(ops.convolution(x, w1, [1, 1], [1, 1], [1, 1], [1, 1]))
+    c2 = ops.convolution(c1, w2, [1, 1], [1, 1], [1, 1], [1, 1])
+    model = ov.Model([c2], [x], "quantile_probe")
+    data = nncf.Dataset([{"input": rng.standard_normal((1, 3, 48, 48)).astype(np.float32)} for _ in range(6)])
+    params = OpenVinoBackend()._ptq_params(QuantSpec.parse("int8-static-pc-wsym-percentile"), [])
+    original = numeric.quantile.registry[np.ndarray]
+    calls = []
+    real = ovb.tail_quantile
+
+    def counted(a, q):
+        calls.append(a.size)
+        return real(a, q)
+
+    def ir(quantized, name: str) -> bytes:
+        ov.save_model(quantized, str(tmp_path / f"{name}.xml"), compress_to_fp16=False)
+        return (tmp_path / f"{name}.bin").read_bytes()
+
+    plain = ir(nncf.quantize(model.clone(), data, subset_size=6, **params), "plain")
+    ovb.tail_quantile = counted
+    try:
+        with ovb.fast_nncf_quantile():
+            fast = ir(nncf.quantize(model.clone(), data, subset_size=6, **params), "fast")
+    finally:
+        ovb.tail_quantile = real
+    assert fast == plain
+    assert calls and max(calls) == 8 * 48 * 48  # the conv activations went through the fast path
+    assert numeric.quantile.registry[np.ndarray] is original
+
+
+def test_nncf_pattern_search_is_memoised_only_for_the_same_graph_and_pattern():
+    """Inside memo_nncf_pattern_matching a repeated search of the same graph and pattern is answered from the
+    memo (NNCF's matcher runs once) with the same matches; a graph whose node type changed, or another pattern,
+    is searched again; outside it NNCF's own function is back."""
+    nncf = pytest.importorskip("nncf", reason="needs NNCF: pip install 'qtbench[openvino]'")
+    import networkx as nx
+    from nncf.common import insertion_point_graph as ipg
+    from nncf.common.graph import graph_matching as gm
+    from nncf.common.graph.patterns import GraphPattern
+
+    import backends.openvino as ovb
+
+    if not nncf.__version__.startswith(ovb.SHARED_PTQ_NNCF):
+        pytest.skip(f"the memo is off on NNCF {nncf.__version__}")
+
+    def model(second: str) -> nx.MultiDiGraph:
+        g = nx.MultiDiGraph()
+        for name, kind in (("a", "Conv"), ("b", second), ("c", "Add")):
+            g.add_node(name, type=kind, metatype=kind)
+        g.add_edge("a", "b")
+        g.add_edge("b", "c")
+        return g
+
+    def pattern(first: str) -> GraphPattern:
+        p = GraphPattern()
+        u, v = p.add_node(label="x", type=first), p.add_node(label="y", type="Relu")
+        p.add_edge(u, v)
+        return p
+
+    calls = []
+    real = gm.find_subgraphs_matching_pattern
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    gm.find_subgraphs_matching_pattern = counted
+    try:
+        with ovb.memo_nncf_pattern_matching():
+            find = ipg.find_subgraphs_matching_pattern
+            first = find(model("Relu"), pattern("Conv"))
+            again = find(model("Relu"), pattern("Conv"))  # equal graph and pattern, new objects: memo
+            assert first == again == [["a", "b"]] and len(calls) == 1
+            again.append(["mutated"])  # callers get copies: the memo is not theirs to change
+            assert find(model("Relu"), pattern("Conv")) == [["a", "b"]] and len(calls) == 1
+            assert find(model("Sigmoid"), pattern("Conv")) == [] and len(calls) == 2  # node type changed
+            assert find(model("Relu"), pattern("Add")) == [] and len(calls) == 3  # another pattern
+        assert ipg.find_subgraphs_matching_pattern is not find
+    finally:
+        gm.find_subgraphs_matching_pattern = real

@@ -31,16 +31,40 @@ def _events(log: Path) -> tuple[list[tuple[float, float, bool]], list[float]]:
     return compiles, infers
 
 
+def _by_process(log: Path) -> tuple[set[int], dict[int, list[float]]]:
+    """(pids that built an artifact, inference times per pid)."""
+    builders, infers = set(), {}
+    for line in log.read_text().splitlines():
+        kind, pid, *rest = line.split()
+        if kind == "compile" and rest[2] == "False":
+            builders.add(int(pid))
+        elif kind == "infer":
+            infers.setdefault(int(pid), []).append(float(rest[0]))
+    return builders, infers
+
+
 def test_every_artifact_is_built_before_any_cell_is_timed(tmp_path: Path, logged: Path):
     cfg = tiny_sweep(
         tmp_path, backends=["logged"], specs=SPECS, run={"results_dir": str(tmp_path / "r"), "compile_workers": 2}
     )
     df = run_sweep(cfg)
     assert list(df["status"]) == ["ok"] * 3
-    compiles, infers = _events(logged)
+    compiles, _infers = _events(logged)
     builds = [c for c in compiles if not c[2]]
     assert len(builds) == 3  # one real build per cell, in the compile phase
-    assert max(end for _s, end, _h in builds) < min(infers)  # no build overlaps any inference of the sweep
+    builders, infers = _by_process(logged)
+    measured = [t for pid, ts in infers.items() if pid not in builders for t in ts]
+    assert max(end for _s, end, _h in builds) < min(measured)  # no build overlaps any measure-phase inference
+    # the quality pass ran in the compile phase (the compile workers' own inferences), so each cell's measure
+    # phase ran only its timed loop: warm-ups plus at least the protocol's iterations, no evaluation batches
+    assert (df["eval_phase"] == "compile").all() and (df["eval_samples"] > 0).all()
+    from harness.config import MeasureSettings
+
+    bs = MeasureSettings().eval_batch_size  # the tiny model's batch axis is dynamic: evaluated in batches
+    batches = sum(-(-int(n) // bs) for n in df["eval_samples"])
+    assert sum(len(ts) for pid, ts in infers.items() if pid in builders) == batches
+    timed = int((df["warmup"] + df["iterations"]).sum())
+    assert len(measured) == timed
     # the rows report the compile phase's build, not the cache hit the measure phase found
     assert not df["cache_hit"].any() and (df["compile_s"] > 0).all()
 
@@ -54,8 +78,8 @@ def test_compile_workers_are_warm_and_each_gets_its_own_cores(tmp_path: Path, lo
     assert list(run_sweep(tiny_sweep(tmp_path, backends=["logged"], specs=specs, run=run))["status"]) == ["ok"] * 4
     lines = [ln.split() for ln in logged.read_text().splitlines() if ln.startswith("compile")]
     builds = [(int(ln[1]), ln[5]) for ln in lines if ln[4] == "False"]
-    measured = [ln[5] for ln in lines if ln[4] == "True"]
-    assert len(builds) == 4
+    measured = [ln[5] for ln in lines if ln[4] == "True"]  # the measure phase: the compile phase scored each
+    assert len(builds) == 4 and len(measured) == 4  # cell on the artifact it had just built, without a reload
     assert len({pid for pid, _c in builds}) == (2 if warm else 4)  # warm: one child per compile worker
     everything = ",".join(map(str, sorted(os.sched_getaffinity(0))))
     if len(os.sched_getaffinity(0)) >= 2:  # two workers, two disjoint halves of the cores; measuring sees all
@@ -121,9 +145,13 @@ def test_a_crash_in_a_warm_worker_costs_its_cell_only(tmp_path: Path, monkeypatc
     df = run_sweep(tiny_sweep(tmp_path, backends=["crashinfer"], specs=specs))
     by = dict(zip(df["spec_id"], zip(df["status"], df["status_message"], strict=True), strict=True))
     assert by[SPECS[2]][0] == "failed" and "child process died" in by[SPECS[2]][1] and "SIGSEGV" in by[SPECS[2]][1]
+    # its quality pass crashed first in the compile phase: left to the measure phase, never the build's failure
+    assert not by[SPECS[2]][1].startswith("compile:")
     assert by[SPECS[0]][0] == by[SPECS[1]][0] == "ok"
     pids = _measure_pids(tmp_path / "phases.log")
-    assert len(pids) == 3 and pids[0] == pids[1] != pids[2]  # the cell after the crash ran in a fresh worker
+    assert len(pids) == 4  # the crashed compile call was repeated without its quality pass: one cache hit
+    pids = pids[1:]  # then the measure phase's three cells
+    assert pids[0] == pids[1] != pids[2]  # the cell after the crash ran in a fresh worker
 
 
 def test_worker_outcomes_and_restarts():
@@ -153,3 +181,26 @@ def test_worker_outcomes_and_restarts():
 
     with pytest.raises(ProcessLookupError):
         os.kill(last, 0)
+
+
+def test_scoring_in_the_compile_phase_gives_the_measure_phases_numbers(tmp_path: Path):
+    """The same cells scored in the compile phase (the default) and inside each cell (compile_first off): every
+    quality column and the stored per-sample predictions are equal; only eval_phase says where it ran."""
+    import numpy as np
+
+    from harness.check import _record_data
+
+    cols = ["top1", "top5", "top1_agreement", "kl_fp", "logit_cosine", "sqnr_db", "max_abs_err", "ece", "nll"]
+    cols += ["fp_top1", "reliability", "eval_samples", "eval_sha256"]
+    rows, preds = {}, {}
+    for phase, first in (("compile", True), ("measure", False)):
+        run = {"results_dir": str(tmp_path / phase), "compile_first": first}
+        ort = [{"name": "ort", "options": {"threads": 1}}]
+        df = run_sweep(tiny_sweep(tmp_path, backends=ort, specs=SPECS, run=run)).sort_values("spec_id")
+        assert list(df["status"]) == ["ok"] * 3 and (df["eval_phase"] == phase).all()
+        rows[phase] = df[cols].reset_index(drop=True)
+        data = _record_data(tmp_path / phase, list(df["record_id"]))["predictions"]
+        preds[phase] = [data[r].pred for r in df["record_id"]]
+    assert rows["compile"].notna().all().all() and rows["compile"].equals(rows["measure"])
+    for a, b in zip(preds["compile"], preds["measure"], strict=True):
+        assert len(a) == 64 and np.array_equal(a, b)
