@@ -87,7 +87,7 @@ class CompiledInfo:
 BUILD_LOCK = ".build.lock"  # per cache entry: one build at a time (and a fleet board's unpack of a shipped one)
 #: Files a cache entry derives on the machine that runs it (OpenVINO's compiled-blob cache, ORT's coverage facts):
 #: rebuilt where they are missing, never shipped with the entry to another machine.
-MACHINE_LOCAL = ("ov_cache", "coverage-")
+MACHINE_LOCAL = ("ov_cache", "coverage-", "model_b1-")
 
 
 def build_once(artifact: Path, build: Callable[[list[str]], None]) -> tuple[list[str], bool]:

@@ -96,6 +96,16 @@ def test_batch1_calls_run_a_static_twin_and_see_new_and_mutated_inputs(setup):
         other = {"input": np.asfortranarray(x["input"][5:6])}  # a new array, and one that must be copied
         np.testing.assert_allclose(c.infer(other)[0], ref[5:6], atol=1e-4)
         assert len(c.device_latencies_ms()) == 5 and c.device_latencies_ms() == []
+        first = c.infer(one)[0]
+    from backends.openvino import TWIN_PREFIX
+
+    twins = sorted((tmp / "twin").glob(f"{TWIN_PREFIX}*.xml"))
+    assert len(twins) == 1  # the reshaped IR was kept beside the entry's
+    stamp = twins[0].stat().st_mtime_ns
+    with OpenVinoBackend().compile(model, QuantSpec("fp32"), calib, tmp / "twin") as c:  # a measured cell
+        assert c.info.cache_hit and c.batch1.inputs[0].get_partial_shape().is_static
+        np.testing.assert_array_equal(c.infer(one)[0], first)  # compiled from the kept twin: the same outputs
+    assert sorted((tmp / "twin").glob(f"{TWIN_PREFIX}*.xml")) == twins and twins[0].stat().st_mtime_ns == stamp
 
 
 def test_a_fixed_batch_model_has_no_twin(setup):
