@@ -194,3 +194,25 @@ def test_sweep_of_a_two_group_study_prints_the_comparison(tmp_path: Path, capsys
     assert main(["sweep", str(tmp_path / "s.yaml"), "-q", "--no-report", "--no-isolate"]) == 0
     out = capsys.readouterr().out
     assert "qt vs fp: mean ± sd over seeds" in out and "INT8 mean gap:" in out
+
+
+def test_md_escape_neutralises_markdown_and_html_and_leaves_plain_text_alone():
+    """Every character that could open Markdown or HTML syntax in a table cell is escaped (the fast path for
+    plain text skips only strings without any of them): checked against the full escaping on 50k random strings."""
+    import html
+    import random
+    import re
+
+    from harness.compare import md_escape
+
+    def full(text):
+        text = re.sub(r"([\\`*_{}|#~])", r"\\\1", html.escape(str(text), quote=False))
+        return text.replace("](", "]\\(").replace("![", "!\\[")
+
+    assert md_escape("a|b") == "a\\|b" and md_escape("<i>") == "&lt;i&gt;" and md_escape("[x](y)") == "[x]\\(y)"
+    assert md_escape("![i](u)") == "!\\[i]\\(u)" and md_escape("12.5") == "12.5" and md_escape(0.25) == "0.25"
+    rng = random.Random(0)
+    alphabet = "ab1.-+ %\\`*_{}|#~&<>[]()!\"'"
+    for _ in range(50_000):
+        t = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
+        assert md_escape(t) == full(t), t
