@@ -61,13 +61,13 @@ class CellResult:
     samples: list[np.ndarray] = field(default_factory=list)
     predictions: np.ndarray | None = None
     labels: np.ndarray | None = None
-    scoring: Scoring | None = None  # compile phase: the quality pass it already ran (see score_cell)
+    scoring: Scoring | None = None  # compile phase: the quality pass it already ran (see compile_cell)
 
 
 @dataclass
 class Scoring:
     """A cell's quality pass: its row fields, notes, per-sample predictions and labels. Made in a local sweep's
-    compile phase when the backend allows (:func:`score_cell`) and handed to the measure phase, which then only
+    compile phase when the backend allows (:func:`compile_cell`) and handed to the measure phase, which then only
     times: outputs do not depend on what else the machine runs, timings do."""
 
     fields: dict[str, Any]
@@ -175,15 +175,24 @@ def _open(job: CellJob) -> tuple[Any, ModelFacts, Any, Any, Path] | CellResult:
     return backend, facts, calib, model, job.workdir
 
 
-def _score(job: CellJob, compiled: Any, evaluation: Any, facts: ModelFacts, meta: dict[str, str]) -> Scoring:
-    """The quality pass: the task(s) score each planned output batch by batch against the cached FP32 references."""
-    from harness import metrics, tasks
+def _references(job: CellJob, evaluation: Any, facts: ModelFacts, meta: dict[str, str]) -> tuple[Any, int, Any]:
+    """(output plan, evaluation batch size, FP32 reference outputs) of a cell: the references are computed once
+    per (model, evaluation set) and cached."""
+    from harness import tasks
 
     plan = tasks.plan_outputs(job.task, job.output, facts.output_names, meta)
     batch = job.measure.eval_batch_size if facts.dynamic_batch else 1
     refs = tasks.fp32_references(
         job.model_path, job.model_sha256, evaluation, [i for _o, i, _t in plan.scored], batch, job.cache_dir
     )
+    return plan, batch, refs
+
+
+def _score(job: CellJob, compiled: Any, evaluation: Any, facts: ModelFacts, meta: dict[str, str]) -> Scoring:
+    """The quality pass: the task(s) score each planned output batch by batch against the cached FP32 references."""
+    from harness import metrics, tasks
+
+    plan, batch, refs = _references(job, evaluation, facts, meta)
     t_eval = time.perf_counter()
     scored = tasks.evaluate(compiled.infer, evaluation, plan, refs, batch)
     fields: dict[str, Any] = {"eval_s": time.perf_counter() - t_eval, **scored.row_fields()}
@@ -331,15 +340,11 @@ def compile_cell(job: CellJob, score: bool = False) -> CellResult:
 
 def compile_cell_on(job: CellJob, cores: set[int] | None, score: bool = False) -> CellResult:
     """:func:`compile_cell` in this process restricted to ``cores`` (a compile worker's share; None: all)."""
-    _pin(cores)
-    return compile_cell(job, score)
-
-
-def _pin(cores: set[int] | None) -> None:
     import os
 
     if cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)
+    return compile_cell(job, score)
 
 
 def _compile_only(job: CellJob, score: bool = False) -> CellResult:
@@ -366,14 +371,7 @@ def _warm_references(job: CellJob, facts: ModelFacts) -> None:
     """Compute the cell's FP32 reference outputs into the cache now, off the clock, so the measure phase only
     reads them. Best effort: a failure here (a model that overflows on the data, say) happens again when the cell
     is measured, which reports it as the cell's status exactly as without this step."""
-    from harness import tasks
-
     try:
-        evaluation = _evaluation(job, facts)
-        plan = tasks.plan_outputs(job.task, job.output, facts.output_names, dict(_model_header(job.model_path)[1]))
-        batch = job.measure.eval_batch_size if facts.dynamic_batch else 1
-        tasks.fp32_references(
-            job.model_path, job.model_sha256, evaluation, [i for _o, i, _t in plan.scored], batch, job.cache_dir
-        )
+        _references(job, _evaluation(job, facts), facts, dict(_model_header(job.model_path)[1]))
     except Exception:  # noqa: BLE001 - see the docstring: the measure phase reports it
         pass

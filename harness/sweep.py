@@ -378,8 +378,8 @@ class LocalExecutor(Executor):
             else:
                 call = call_isolated
             kind, value = call(compile_cell_on, (job, cores, True), sweep.run.timeout_s)
-            committed = (job.workdir / "notes.json").is_file()
-            if job.eval_path and (kind == "died" or (kind == "timeout" and committed)):
+            committed = kind == "timeout" and (job.workdir / "notes.json").is_file()
+            if job.eval_path and (kind == "died" or committed):
                 # the quality pass runs in the same call, after the build committed its artifact: build again
                 # without it (a cache hit when it was the pass that failed) and leave the pass to the measure
                 # phase, which reports what happened as the cell's status; a build that timed out before its
