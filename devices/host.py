@@ -99,6 +99,7 @@ def device_id(info: dict[str, Any] | None = None) -> str:
     return f"{info['machine']}-{slug}-{info['cpu_affinity']}c"
 
 
+@functools.lru_cache(maxsize=1024)  # a check asks once per cell pair, of a handful of distinct ids
 def cores_of(device: str) -> int | None:
     """The usable core count encoded at the end of a :func:`device_id` (``…-2c``), or None for other ids."""
     m = re.search(r"-(\d+)c$", str(device))

@@ -103,7 +103,10 @@ def test_paired_bootstrap_of_flags_has_the_resampling_distribution():
     assert np.array_equal(paired_bootstrap(c, b, reps=400, seed=5)[0], c[idx].mean(axis=1))
 
 
-@pytest.mark.parametrize(("n", "p_minus", "p_plus"), [(12, 0.2, 0.3), (7, 0.0, 0.5), (30, 0.01, 0.0), (60, 0.3, 0.3)])
+@pytest.mark.parametrize(
+    ("n", "p_minus", "p_plus"),
+    [(12, 0.2, 0.3), (7, 0.0, 0.5), (30, 0.01, 0.0), (60, 0.3, 0.3), (10, 0.5, 0.5), (9, 0.0, 1.0), (1, 0.4, 0.1)],
+)  # (10, ½, ½): the characteristic function's base is 0 at t = π/2; (9, 0, 1): K ≡ n
 def test_trinomial_sum_pmf_is_the_enumerated_distribution(n: int, p_minus: float, p_plus: float):
     """Every (#−1, #+1) split of n draws enumerated: same probability for each value of their difference."""
     from math import comb
@@ -334,3 +337,67 @@ def test_rank_path_and_batched_screening_equal_the_value_path_bit_for_bit():
             block = data["blocks"][rid]
             want = resample_runs(runs, stat, reps=250, seed=1, block=block)
             np.testing.assert_array_equal(data["screen"][(rid, metric, 4)], want)
+
+
+@pytest.mark.parametrize("band_sds", [3.5, 0.0, -50.0])  # the default; a band so narrow that most cross outside; none
+def test_order_statistic_band_equals_sorting_every_resample(band_sds: float, monkeypatch: pytest.MonkeyPatch):
+    """The band (position counts, one matrix product below it, rank-by-rank sums inside) gives the sorted
+    resample's order statistics exactly, for every percentile, block length, repeat layout, ties and NaN; the
+    resamples that cross outside it are sorted, so a narrow band costs time, never a different replicate."""
+    import harness.check as hc
+
+    monkeypatch.setattr(hc, "BAND_SDS", band_sds)
+    rng = np.random.default_rng(21)
+    for lengths, block in (((200,), 1), ((200,), 23), ((60, 60), 7), ((50, 70), 3), ((900,), 30), ((17,), 2)):
+        n = sum(lengths)
+        flat = np.round(rng.lognormal(13, 0.2, (30, n)))
+        flat[1] = 1e6  # all tied
+        flat[2, :: max(1, n // 5)] = np.nan
+        flat[3] = np.sort(flat[3])  # sorted (a drifting run)
+        flat[4] = np.round(flat[4], -5)  # heavy ties
+        ranked = hc._ranked(flat)
+        chunks = hc._resample_indices(lengths, block, 450, 4)
+        counts = hc._resample_counts(lengths, block, 450, 4)
+        for q in (0, 1, 50, 90, 95, 99, 100):
+            stat = hc.LatencyStatistic(q)
+            for (_, idx), c in zip(chunks, counts, strict=True):
+                got = hc._replicates(flat, idx, stat, ranked, c)
+                want = np.stack([stat(flat[i][idx]) for i in range(len(flat))])
+                np.testing.assert_array_equal(got, want)
+
+
+def test_batched_screening_with_the_band_equals_resampling_cell_by_cell():
+    """A check's screening of many cells per protocol (the band path) gives what :func:`resample_runs` gives
+    each cell alone, for percentile gates, FPS and the mean."""
+    from harness.check import _screen_latency
+
+    rng = np.random.default_rng(8)
+    cells = {f"a{i}": [np.round(rng.lognormal(13, 0.1, 200))] for i in range(40)}
+    cells |= {
+        f"b{i}": [np.round(rng.lognormal(13, 0.1, 80)), np.round(rng.lognormal(13.1, 0.1, 80))] for i in range(30)
+    }
+    cells |= {f"c{i}": [np.round(13e5 + np.cumsum(rng.normal(0, 4e3, 300)))] for i in range(20)}  # drifting
+    rows = [{"record_id": r, "status": "ok", "batch_size": 2} for r in cells]
+    for metric in ("latency_ms_p50", "latency_ms_p99", "fps", "latency_ms_mean"):
+        data: dict = {"samples": cells}
+        _screen_latency([Gate.parse(metric, "+5%")], rows, data, seed=3, n_reps=1200, into="full")
+        stat = latency_statistic(metric, 2)
+        for rid, runs in cells.items():
+            want = resample_runs(runs, stat, reps=1200, seed=3, block=data["blocks"][rid])
+            np.testing.assert_array_equal(data["full"][(rid, metric, 2)], want)
+
+
+def test_settled_rows_is_settled_row_by_row():
+    """The vectorised screening judgement equals :func:`settled` pair by pair, NaN, inf, zeros and no spread too."""
+    from harness.check import settled, settled_rows
+
+    rng = np.random.default_rng(2)
+    for gate in (Gate.parse("latency_ms_p50", "+5%"), Gate.parse("fps", "-3%"), Gate.parse("latency_ms_p99", "<= 1.2")):
+        base = rng.lognormal(0, 0.03, (600, 200))
+        cand = base * rng.choice([0.9, 1.0, 1.03, 1.05, 1.2], (600, 1)) * rng.lognormal(0, 0.02, (600, 200))
+        base[:20], cand[:20] = 1.0, 1.0  # no spread at all
+        base[20:30, 3], cand[30:40, 5], base[40:50] = np.nan, np.inf, 0.0
+        cand[50:60] = base[50:60]
+        want = [settled(gate, b, c) for b, c in zip(base, cand, strict=True)]
+        got = settled_rows(gate, base, cand)
+        assert got.tolist() == want and 0.2 < np.mean(want) < 0.8  # both outcomes are exercised
