@@ -265,9 +265,9 @@ _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: 
 
 def check_against_model(ds: Dataset, model_path: str | Path, role: str) -> None:
     """Shapes and dtypes of ``ds`` against the ONNX graph inputs: a mismatch names the data file, not the runtime."""
-    import onnx
+    from harness.cell import onnx_graph
 
-    graph = onnx.load(str(model_path), load_external_data=False).graph
+    graph = onnx_graph(model_path).graph
     for inp in graph.input:
         if inp.name not in ds.inputs:
             continue

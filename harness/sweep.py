@@ -21,7 +21,9 @@ from harness.cell import (
     CellResult,
     compile_cell,
     compile_cell_on,
+    forget_onnx_graph,
     model_facts,
+    onnx_graph,
     preload,
     run_cell,
 )
@@ -151,7 +153,7 @@ def external_data_files(path: Path) -> list[Path]:
     import onnx
 
     try:
-        graph = onnx.load(str(path), load_external_data=False).graph
+        graph = onnx_graph(path).graph
     except Exception:  # noqa: BLE001 - an unreadable model fails its cells elsewhere, with the reason
         return []
     here = path.parent.resolve()
@@ -580,7 +582,7 @@ def _model_facts(sweep: Sweep) -> dict[str, dict[str, Any]]:
         except QtbenchError as exc:
             info["error"] = str(exc)
         model_info[m.display_name] = info
-
+    forget_onnx_graph()
     return model_info
 
 
@@ -801,9 +803,13 @@ def run_sweep(
 
 def _zoo_weights(path: Path) -> str:
     """The weights label of a zoo model ("random" when built without a state dict), so every row of it says so."""
-    from harness.zoo import META_WEIGHTS, model_metadata
+    from harness.zoo import META_WEIGHTS
 
-    return "random" if model_metadata(path).get(META_WEIGHTS) == "random" else ""
+    try:
+        meta = {p.key: p.value for p in onnx_graph(path).metadata_props}
+    except Exception:  # noqa: BLE001 - an unreadable model fails its cells elsewhere, with the reason
+        return ""
+    return "random" if meta.get(META_WEIGHTS) == "random" else ""
 
 
 _RECORD_FIELDS = set(Record.__dataclass_fields__)

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 import backends
+from harness.errors import DataError
 from harness.store import ResultsStore, load_results
-from harness.sweep import run_sweep
+from harness.sweep import external_data_files, run_sweep
 
-from models import tiny_sweep
+from models import tiny_cnn, tiny_data, tiny_sweep
 
 
 @pytest.fixture
@@ -78,3 +79,35 @@ def test_a_bad_model_costs_its_cells_only(tmp_path: Path):
     df = run_sweep(cfg)
     assert set(df[df.model == "bad"]["status"]) == {"failed"}
     assert set(df[df.model == "tiny"]["status"]) == {"ok"}
+
+
+def test_planning_parses_a_model_once_and_sees_a_rewritten_file(tmp_path: Path, monkeypatch):
+    """The kept parse serves planning's reads of one model (facts, external files, input types, metadata), and a
+    model rewritten in place (another size or mtime) is parsed again, never answered from the old parse."""
+    import os
+
+    import onnx
+
+    from harness import cell
+    from harness.data import check_against_model, load_dataset
+
+    model = tiny_cnn(tmp_path / "m.onnx")
+    data = tiny_data(tmp_path / "d.npz")
+    loads = []
+    real = onnx.load
+    monkeypatch.setattr(onnx, "load", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    cell.forget_onnx_graph()
+    cell._HEADERS.clear()
+    facts = cell.model_facts(model)
+    ds = load_dataset(str(data), facts.input_names, "labels", None, role="evaluation")
+    check_against_model(ds, model, "evaluation")
+    assert external_data_files(model) == [] and len(loads) == 1
+    proto = real(str(model))
+    proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 7  # the file now wants 7 channels
+    onnx.save(proto, str(model))
+    os.utime(model, ns=(1, 1))  # a different mtime even on a coarse clock
+    with pytest.raises(DataError, match="expects"):
+        check_against_model(ds, model, "evaluation")
+    assert len(loads) == 2
+    cell.forget_onnx_graph()
+    assert cell._parsed.cache_info().currsize == 0
