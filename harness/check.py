@@ -554,7 +554,7 @@ class Predictions:
     """One record's per-sample predictions, in sample order."""
 
     correct: np.ndarray  # bool: the prediction matched the label
-    pred: np.ndarray
+    pred: np.ndarray | None  # the predicted classes (None: not read)
     labelled: bool  # every sample had a label
 
 
@@ -566,9 +566,10 @@ def _load(path: Path) -> tuple[Any, dict[str, dict[str, Any]]]:
     return rows, _record_data(path, list(rows.loc[rows.status == "ok", "record_id"]))
 
 
-def _record_data(path: Path, record_ids: list[str]) -> dict[str, dict[str, Any]]:
+def _record_data(path: Path, record_ids: list[str], classes: bool = True) -> dict[str, dict[str, Any]]:
     """Raw samples and predictions of ``record_ids`` by record id (``compare`` asks only for the cells it judges:
-    a check of one model in a 10k-row folder reads that model's samples, not the folder's)."""
+    a check of one model in a 10k-row folder reads that model's samples, not the folder's); ``classes``: see
+    :func:`predictions_of`."""
     from harness.store import stores_under
 
     per_record: dict[str, dict[str, Any]] = {"samples": {}, "predictions": {}}
@@ -576,7 +577,7 @@ def _record_data(path: Path, record_ids: list[str]) -> dict[str, dict[str, Any]]
         return per_record
     stores = stores_under(path)
     per_record["samples"] = samples_of(stores, record_ids)
-    per_record["predictions"] = predictions_of(stores, record_ids)
+    per_record["predictions"] = predictions_of(stores, record_ids, classes)
     return per_record
 
 
@@ -589,13 +590,18 @@ def samples_of(stores: list[Any], record_ids: list[str]) -> dict[str, list[np.nd
     return {rid: [lat[a:b] for a, b in spans] for rid, spans in data.repeats.items()}
 
 
-def predictions_of(stores: list[Any], record_ids: list[str]) -> dict[str, Predictions]:
-    """Each record's per-sample predictions as one :class:`Predictions`, in sample order."""
+def predictions_of(stores: list[Any], record_ids: list[str], classes: bool = True) -> dict[str, Predictions]:
+    """Each record's per-sample predictions as one :class:`Predictions`, in sample order; ``classes=False``
+    leaves the predicted classes unread (``pred`` None: a check judges only correct/wrong)."""
     from harness.store import record_arrays
 
-    data = record_arrays(stores, "predictions", record_ids)
-    ok, pred, lab = (data.columns[c] for c in ("correct", "pred", "has_label"))
-    return {rid: Predictions(ok[a:b], pred[a:b], bool(lab[a:b].all())) for rid, (a, b) in data.spans.items()}
+    wanted = ("correct", "has_label", *(("pred",) if classes else ()))
+    data = record_arrays(stores, "predictions", record_ids, wanted)
+    ok, lab, pred = data.columns["correct"], data.columns["has_label"], data.columns.get("pred")
+    return {
+        rid: Predictions(ok[a:b], None if pred is None else pred[a:b], bool(lab[a:b].all()))
+        for rid, (a, b) in data.spans.items()
+    }
 
 
 def compare(
@@ -632,7 +638,7 @@ def compare(
     judged = [k for k in b_idx if k in c_idx and b_idx[k]["status"] == "ok" and c_idx[k]["status"] == "ok"]
 
     def side(path: str | Path, idx: dict[Any, Any], seed: int) -> dict[str, Any]:
-        data = _record_data(Path(path), [idx[k]["record_id"] for k in judged])
+        data = _record_data(Path(path), [idx[k]["record_id"] for k in judged], classes=False)
         _screen_latency(gates, [idx[k] for k in judged], data, seed)
         return data
 

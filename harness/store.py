@@ -340,9 +340,12 @@ class RecordArrays:
     repeats: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # samples: one span per repeat
 
 
-def record_arrays(stores: list[ResultsStore], kind: str, record_ids: list[str]) -> RecordArrays:
+def record_arrays(
+    stores: list[ResultsStore], kind: str, record_ids: list[str], values: tuple[str, ...] | None = None
+) -> RecordArrays:
     """``kind`` ("samples" or "predictions") of ``record_ids`` across ``stores``, de-duplicated on the store's
     keys with the same rule as the readers (the first file in name order wins; stores in the order given).
+    ``values``: only these value columns (the others are not read: a check needs no predicted classes).
 
     record_id is read dictionary-encoded and mapped to integer codes through each chunk's (small) dictionary,
     so no per-row string is ever materialised. Data as the store writes it (each record's entries together, in
@@ -353,6 +356,11 @@ def record_arrays(stores: list[ResultsStore], kind: str, record_ids: list[str]) 
     wanted = {r: i for i, r in enumerate(dict.fromkeys(record_ids))}
     names = list(wanted)
     order_cols, value_cols = KEYS[kind][1:], _VALUES[kind]
+    if values is not None:
+        unknown = set(values) - set(value_cols)
+        if unknown:
+            raise ValueError(f"record_arrays: no {kind} column(s) {sorted(unknown)}; have {sorted(value_cols)}")
+        value_cols = {c: v for c, v in value_cols.items() if c in values}
     kinds = {c: (np.int64, 0) for c in order_cols} | value_cols  # column -> (dtype, fill)
     codes, cols = [], {c: [] for c in kinds}
     for store in stores:
@@ -360,7 +368,9 @@ def record_arrays(stores: list[ResultsStore], kind: str, record_ids: list[str]) 
             files = store._files(kind)
             for f in files:
                 try:
-                    table = pq.read_table(f, read_dictionary=["record_id"])
+                    present = set(pq.read_schema(f).names)
+                    columns = [c for c in ("record_id", *kinds) if c in present]
+                    table = pq.read_table(f, columns=columns, read_dictionary=["record_id"])
                 except (pa.ArrowException, OSError) as exc:
                     raise _unreadable(f, exc) from None
                 if not table.num_rows or "record_id" not in table.column_names:

@@ -161,3 +161,8 @@ def test_record_arrays_deduplicate_and_order_like_the_readers(tmp_path: Path):
     assert preds.columns["correct"][a:b].tolist() == [True, False, True]
     a, b = preds.spans["r1"]
     assert not preds.columns["has_label"][a:b].any()
+    some = record_arrays([store], "predictions", ["r1", "r0"], ("correct",))  # only what a check reads
+    assert set(some.columns) == {"correct"} and some.spans == preds.spans
+    assert some.columns["correct"].tolist() == preds.columns["correct"].tolist()
+    with pytest.raises(ValueError, match="no predictions column"):
+        record_arrays([store], "predictions", ["r0"], ("logits",))
