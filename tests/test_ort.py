@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -148,3 +149,119 @@ def test_int4_weightonly_per_channel_refuses_k_above_mlas_blocks(tmp_path: Path)
         assert "group-wise" in " ".join(c.info.notes)
     with pytest.raises(ConfigError, match=r"16\.\.256"):
         OrtBackend({"int4_block_size": 512})
+
+
+def _mixed_model(path: Path) -> Path:
+    """Conv (channel axis 0), MatMul (axis 1) and Gemm with transB (axis 0) with seeded weights, some channels of
+    them all zero or tiny (the degenerate scales), an odd number of INT4 weights to pack."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    conv_w = rng.normal(0, 0.3, (5, 3, 3, 3)).astype(np.float32)
+    conv_w[1] = 0.0
+    conv_w[2] *= 1e-9
+    mm_w = rng.normal(0, 0.2, (5 * 6 * 6, 7)).astype(np.float32)
+    mm_w[:, 3] = 0.0
+    gemm_w = rng.normal(0, 0.5, (3, 7)).astype(np.float32)  # 21 weights: odd
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input", "cw"], ["c"], pads=[0, 0, 0, 0]),
+            helper.make_node("Relu", ["c"], ["r"]),
+            helper.make_node("Flatten", ["r"], ["f"]),
+            helper.make_node("MatMul", ["f", "mw"], ["m"]),
+            helper.make_node("Gemm", ["m", "gw"], ["logits"], transB=1),
+        ],
+        "mixed",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [
+            numpy_helper.from_array(conv_w, "cw"),
+            numpy_helper.from_array(mm_w, "mw"),
+            numpy_helper.from_array(gemm_w, "gw"),
+        ],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_ort_fast_paths_pack_like_ort():
+    """The numpy 4-bit packing is ORT's byte loop: empty, even and odd lengths, every byte value."""
+    from onnxruntime.quantization.quant_utils import pack_bytes_to_4bit
+
+    from backends.qdq import pack_4bit
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 2, 7, 256, 1001):
+        src = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert pack_4bit(src) == pack_bytes_to_4bit(src)
+
+
+@pytest.mark.parametrize(
+    ("per_channel", "weight_type"),
+    [(True, "QInt8"), (True, "QUInt8"), (True, "QInt4"), (True, "QUInt4"), (False, "QInt8")],
+)
+def test_ort_fast_paths_write_the_same_graph_bytes(tmp_path: Path, per_channel: bool, weight_type: str):
+    """quantize_static with and without the fast paths writes byte-identical graphs (per-channel and per-tensor,
+    INT8/UINT8/INT4/UINT4 weights, zero and tiny channels), and every patched function is ORT's own again after."""
+    import onnxruntime
+    import onnxruntime.quantization as q
+    from onnxruntime.quantization import base_quantizer, onnx_model, qdq_quantizer, quant_utils
+
+    from backends.qdq import ORT_FAST_PATHS, ort_fast_paths
+
+    if not onnxruntime.__version__.startswith(ORT_FAST_PATHS):
+        pytest.skip(f"onnxruntime {onnxruntime.__version__} is not a fast-path version {ORT_FAST_PATHS}")
+    model = _mixed_model(tmp_path / "mixed.onnx")
+    before = [
+        quant_utils.pack_bytes_to_4bit,
+        base_quantizer.pack_bytes_to_4bit,
+        qdq_quantizer.quantize_onnx_initializer,
+        onnx_model.ONNXModel.replace_input_of_all_nodes,
+    ]
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(
+                [{"input": np.random.default_rng(i).normal(size=(2, 3, 8, 8)).astype(np.float32)} for i in range(4)]
+            )
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
+
+    outs = []
+    for fast in (False, True):
+        out = tmp_path / f"q{fast}.onnx"
+        with ort_fast_paths() if fast else contextlib.nullcontext():
+            q.quantize_static(
+                str(model),
+                str(out),
+                Reader(),
+                quant_format=q.QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=q.QuantType.QUInt8,
+                weight_type=getattr(q.QuantType, weight_type),
+                extra_options={"WeightSymmetric": weight_type in ("QInt8", "QInt4")},
+            )
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] and b"DequantizeLinear" in outs[0]
+    after = [
+        quant_utils.pack_bytes_to_4bit,
+        base_quantizer.pack_bytes_to_4bit,
+        qdq_quantizer.quantize_onnx_initializer,
+        onnx_model.ONNXModel.replace_input_of_all_nodes,
+    ]
+    assert after == before
+
+
+def test_ort_fast_paths_only_on_checked_versions(monkeypatch: pytest.MonkeyPatch):
+    """On an onnxruntime these were not checked against, nothing is patched."""
+    import onnxruntime
+    from onnxruntime.quantization import quant_utils
+
+    from backends.qdq import ort_fast_paths
+
+    monkeypatch.setattr(onnxruntime, "__version__", "9.99.0")
+    original = quant_utils.pack_bytes_to_4bit
+    with ort_fast_paths():
+        assert quant_utils.pack_bytes_to_4bit is original
