@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import tempfile
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -124,6 +125,7 @@ def ort_fast_paths() -> Any:
     - ``ONNXModel.replace_input_of_all_nodes``: compares every input of every node for each quantized tensor
       (~0.65 s a spec), here only nodes that hold the name are rewritten (a C-level membership test first).
     """
+    global _FAST_DEPTH
     import onnxruntime
 
     if not onnxruntime.__version__.startswith(ORT_FAST_PATHS):
@@ -131,6 +133,29 @@ def ort_fast_paths() -> Any:
         return
     from onnxruntime.quantization import base_quantizer, onnx_model, qdq_quantizer, quant_utils
 
+    with _FAST_LOCK:  # nested or concurrent builds (threads): patched by the first in, restored by the last out
+        if not _FAST_DEPTH:
+            _FAST_SAVED[:] = _patch_ort(quant_utils, base_quantizer, qdq_quantizer, onnx_model)
+        _FAST_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _FAST_LOCK:
+            _FAST_DEPTH -= 1
+            if not _FAST_DEPTH:
+                for owner, name, fn in _FAST_SAVED:
+                    setattr(owner, name, fn)
+
+
+_FAST_LOCK = threading.Lock()
+_FAST_DEPTH = 0
+_FAST_SAVED: list[tuple[Any, str, Any]] = []
+
+
+def _patch_ort(
+    quant_utils: Any, base_quantizer: Any, qdq_quantizer: Any, onnx_model: Any
+) -> list[tuple[Any, str, Any]]:
+    """Install :func:`ort_fast_paths`' functions; returns what they replaced."""
     patches = [
         (quant_utils, "pack_bytes_to_4bit", pack_4bit),
         (base_quantizer, "pack_bytes_to_4bit", pack_4bit),
@@ -138,13 +163,9 @@ def ort_fast_paths() -> Any:
         (onnx_model.ONNXModel, "replace_input_of_all_nodes", _replace_input_of_all_nodes),
     ]
     saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
-    try:
-        for owner, name, fn in patches:
-            setattr(owner, name, fn)
-        yield
-    finally:
-        for owner, name, fn in saved:
-            setattr(owner, name, fn)
+    for owner, name, fn in patches:
+        setattr(owner, name, fn)
+    return saved
 
 
 def pack_4bit(src_8bit: bytes) -> bytearray:

@@ -265,3 +265,20 @@ def test_ort_fast_paths_only_on_checked_versions(monkeypatch: pytest.MonkeyPatch
     original = quant_utils.pack_bytes_to_4bit
     with ort_fast_paths():
         assert quant_utils.pack_bytes_to_4bit is original
+
+
+def test_ort_fast_paths_nest():
+    """Nested (or concurrent) users: the first in patches, an inner exit keeps the patch, the last out restores."""
+    import onnxruntime
+    from onnxruntime.quantization import quant_utils
+
+    from backends.qdq import ORT_FAST_PATHS, ort_fast_paths, pack_4bit
+
+    if not onnxruntime.__version__.startswith(ORT_FAST_PATHS):
+        pytest.skip(f"onnxruntime {onnxruntime.__version__} is not a fast-path version {ORT_FAST_PATHS}")
+    original = quant_utils.pack_bytes_to_4bit
+    with ort_fast_paths():
+        with ort_fast_paths():
+            assert quant_utils.pack_bytes_to_4bit is pack_4bit
+        assert quant_utils.pack_bytes_to_4bit is pack_4bit
+    assert quant_utils.pack_bytes_to_4bit is original
