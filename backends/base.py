@@ -51,6 +51,12 @@ class ModelInput:
     input_names: list[str]
     output_names: list[str]
     dynamic_batch: bool
+    #: the user's file when ``path`` is intake's normalised form of it (files beside the model live there)
+    source_path: Path | None = None
+
+    @property
+    def source(self) -> Path:
+        return self.source_path or self.path
 
 
 @dataclass
@@ -230,6 +236,9 @@ class Backend(abc.ABC):
     #: Whether an artifact built on one machine runs on another with the same SDK version (a fleet may then
     #: compile on a host and ship it to the board); False for artifacts bound to the building machine's device.
     artifact_portable: ClassVar[bool] = True
+    #: Whether the compiler needs every dimension static: the planner then hands it intake's static form of the
+    #: model (non-batch dims fixed from the evaluation data, batch 1, shape subgraphs folded).
+    static_shapes: ClassVar[bool] = False
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.siblings: tuple[tuple[Any, Path], ...] = ()  # see compile()
@@ -299,6 +308,18 @@ class Backend(abc.ABC):
     def reference_key(self) -> str:
         """Options that change numerics or speed, for the cache and comparability keys."""
         return ";".join(f"{k}={self.options[k]}" for k in sorted(self.options))
+
+    def audit(self, compiled: Compiled, spec: Any) -> Any:
+        """Read back what ``compiled`` holds for :mod:`harness.audit`: an :class:`~harness.audit.ArtifactFacts`
+        (each compute node's weight bits, granularity, symmetry, activation quantization), or a string saying why
+        this artifact cannot be read. Default: ONNX artifacts are read as QDQ/QOperator graphs; an adapter whose
+        artifact is something else overrides this with its SDK's reader (layer precisions, tensor types)."""
+        from harness.audit import audit_onnx
+
+        path = compiled.info.artifact_path
+        if path is not None and path.suffix == ".onnx" and path.is_file():
+            return audit_onnx(path, self.slug)
+        return f"{self.slug} has no reader for its artifact ({path.name if path else 'none'}) yet"
 
     def artifact_inputs(self, model_path: Path, spec: Any) -> dict[str, str]:
         """Files besides the ONNX model that decide this cell's artifact, as name → sha256 (default: none).

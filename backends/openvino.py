@@ -220,6 +220,15 @@ class OpenVinoBackend(Backend):
             prec = rt["runtimePrecision"].astype(str) if "runtimePrecision" in rt else "?"
             exec_types[prec] = exec_types.get(prec, 0) + 1
         wanted = config["INFERENCE_PRECISION_HINT"]
+        if actual.lower() != wanted and wanted in ("f16", "bf16"):
+            from harness.errors import UnsupportedSpec
+
+            # the row would be an f32 run under an fp16 label: skip it, saying why
+            raise UnsupportedSpec(
+                f"OpenVINO {self.options['device']} runs {spec.precision} as {actual} on this host (no native "
+                f"{wanted} arithmetic: the device reads INFERENCE_PRECISION_HINT back as {actual}); use fp32 here, "
+                "or fp16 on a CPU with AVX512-FP16/AMX or a GPU/NPU device"
+            )
         if actual.lower() != wanted:
             notes.append(f"asked INFERENCE_PRECISION_HINT={wanted}, the device uses {actual}")
         properties = compiled_properties(compiled)
@@ -387,6 +396,22 @@ class OpenVinoBackend(Backend):
         if self.options["quantizer"] != "nncf" or not spec.is_static or spec.is_float:
             return None
         return f"nncf-ptq:{spec.calib_samples}"
+
+    def audit(self, compiled: Compiled, spec: QuantSpec) -> Any:
+        """Read the saved IR back for :mod:`harness.audit` (see :func:`audit_ir`); float weights count at the
+        precision the device runs their layer in (the compiled model's runtime graph, when it is still open)."""
+        import openvino as ov
+
+        xml = compiled.info.artifact_path
+        if xml is None or not xml.is_file():
+            return f"openvino: the IR {xml} is missing"
+        runtime = None
+        inner = getattr(compiled, "compiled", None)
+        if inner is not None:
+            with contextlib.suppress(Exception):  # the runtime graph only sharpens float layers' precision
+                runtime = inner.get_runtime_model()
+        precision = str(compiled.info.extra.get("inference_precision", ""))
+        return audit_ir(ov.Core().read_model(str(xml)), runtime, precision, spec, self.slug)
 
 
 def _save_ir(ov_model: Any, xml: Path) -> None:
@@ -665,3 +690,223 @@ def weight_bits(ov_model: Any) -> dict[str, Any]:
     total = sum(w for _, w in counts.values()) or 1
     by_mode = {m: {"layers": c, "weights": w, "share": round(w / total, 4)} for m, (c, w) in sorted(counts.items())}
     return {"by_mode": by_mode, "layers": layers}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The artifact audit: what the IR holds, layer by layer
+# ---------------------------------------------------------------------------------------------------------------
+_AUDIT_OPS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData", "MatMul")
+#: ops a weight's decompression path or a constant goes through unchanged (layout, type)
+_CONST_PATH = ("Convert", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Broadcast")
+#: ops an activation goes through without leaving the integer grid it was quantized onto
+_ACT_PATH = (
+    *_CONST_PATH,
+    "MaxPool",
+    "StridedSlice",
+    "Slice",
+    "Split",
+    "VariadicSplit",
+    "Gather",
+    "Pad",
+    "Concat",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "ShuffleChannels",
+)
+
+
+def _ov_source(node: Any, i: int) -> Any:
+    return node.input(i).get_source_output().get_node()
+
+
+def _ov_root_constant(node: Any) -> Any:
+    """The Constant ``node`` is (through Convert/Reshape/...), or None when a computed tensor is on the way."""
+    for _ in range(16):
+        t = node.get_type_name()
+        if t == "Constant":
+            return node
+        if t not in _CONST_PATH or node.get_input_size() == 0:
+            return None
+        node = _ov_source(node, 0)
+    return None
+
+
+def _ov_values(const: Any) -> np.ndarray:
+    """A Constant's values as float64, low-bit (u4/i4/nf4) and bf16 storage unpacked by OpenVINO itself."""
+    import openvino as ov
+    from openvino import opset13
+
+    shape = list(const.get_output_shape(0))
+    out = [ov.Tensor(ov.Type.f32, shape)]
+    if not opset13.convert(const.output(0), "f32").evaluate(out, [const.get_tensor_view()]):
+        raise RuntimeError(f"could not read constant {const.get_friendly_name()}")
+    return np.asarray(out[0].data, dtype=np.float64).ravel()
+
+
+def _ov_weight(node: Any) -> dict[str, Any] | None:
+    """What feeds a compute node's weight port: a compressed integer Constant (→ Convert → [Subtract zero point] →
+    Multiply scale), a FakeQuantize on a float Constant, or a float Constant; None for a computed tensor."""
+    scale_size, zp = 1, None
+    scaled = False
+    for _ in range(24):
+        t = node.get_type_name()
+        if t == "Constant":
+            et = node.get_output_element_type(0)
+            if et.bitwidth >= 16 and (et.is_real() or not scaled):
+                return {"bits": 16 if et.bitwidth == 16 else 32} if et.is_real() else None
+            signed = et.is_signed()
+            if zp is None:
+                symmetric = bool(signed)  # no zero point: 0, the middle of a signed grid only
+            else:
+                z = np.round(zp)
+                mid = 2**et.bitwidth / 2
+                symmetric = bool(np.all(z == 0)) if signed else bool(np.all((z == mid) | (z == mid - 1)))
+            return {"bits": int(et.bitwidth), "per_channel": scale_size > 1 if scaled else None, "symmetric": symmetric}
+        if t in _CONST_PATH:
+            node = _ov_source(node, 0)
+            continue
+        if t == "Multiply" and not scaled:
+            consts = [_ov_root_constant(_ov_source(node, i)) for i in (0, 1)]
+            pick = [i for i in (0, 1) if consts[i] is not None and consts[i].get_output_element_type(0).is_real()]
+            if len(pick) == 2:  # float × float constant: a folded float weight
+                pick = [max(pick, key=lambda i: int(np.prod(list(consts[i].get_output_shape(0)) or [1])))]
+                return _ov_weight(consts[pick[0]])
+            if len(pick) != 1:
+                return None
+            scale_size = int(np.prod(list(consts[pick[0]].get_output_shape(0)) or [1]))
+            scaled = True
+            node = _ov_source(node, 1 - pick[0])
+            continue
+        if t == "Subtract" and scaled and zp is None:
+            zc = _ov_root_constant(_ov_source(node, 1))
+            if zc is None:
+                return None
+            zp = _ov_values(zc)
+            node = _ov_source(node, 0)
+            continue
+        if t == "FakeQuantize":
+            src = _ov_root_constant(_ov_source(node, 0))
+            lo_c, hi_c = (_ov_root_constant(_ov_source(node, i)) for i in (1, 2))
+            if src is None or lo_c is None or hi_c is None:
+                return None
+            levels = int(node.get_levels())
+            lo, hi = np.broadcast_arrays(_ov_values(lo_c), _ov_values(hi_c))
+            step = (hi - lo) / max(levels - 1, 1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                z = np.where(step > 0, -lo / np.where(step > 0, step, 1), levels / 2)
+            symmetric = bool(np.all(np.isclose(z, levels / 2, atol=0.01) | np.isclose(z, (levels - 1) / 2, atol=0.01)))
+            return {"bits": int(np.ceil(np.log2(levels))), "per_channel": lo.size > 1, "symmetric": symmetric}
+        return None
+    return None
+
+
+def _ov_activation(node: Any) -> str:
+    """The data input's quantization: ``static`` when a FakeQuantize (or an integer tensor being dequantized)
+    feeds it, else ``float``."""
+    for _ in range(24):
+        t = node.get_type_name()
+        if t == "FakeQuantize":
+            return "static"
+        if t == "Convert" and not node.get_input_element_type(0).is_real():
+            return "static"
+        if t in ("Subtract", "Multiply"):  # a dequantization step: (x - zero point) · scale
+            data = [i for i in (0, 1) if _ov_root_constant(_ov_source(node, i)) is None]
+            if len(data) != 1:
+                return "float"
+            node = _ov_source(node, data[0])
+            continue
+        if t not in _ACT_PATH or node.get_input_size() == 0:
+            return "float"
+        node = _ov_source(node, 0)
+    return "float"
+
+
+def _ov_channels(op: Any, shape: list[int], port: int) -> int:
+    t = op.get_type_name()
+    if not shape:
+        return 0
+    if t == "Convolution":
+        return shape[0]
+    if t == "GroupConvolution":
+        return shape[0] * shape[1] if len(shape) > 1 else shape[0]
+    if t == "ConvolutionBackpropData":
+        return shape[1] if len(shape) > 1 else shape[0]
+    if t == "GroupConvolutionBackpropData":
+        return shape[0] * shape[2] if len(shape) > 2 else shape[0]
+    attrs = op.get_attributes()
+    if port == 1:
+        return shape[-2] if attrs.get("transpose_b") and len(shape) > 1 else shape[-1]
+    return shape[-1] if attrs.get("transpose_a") or len(shape) < 2 else shape[-2]
+
+
+def audit_ir(
+    ov_model: Any, runtime: Any = None, inference_precision: str = "", spec: Any = None, reader: str = "openvino"
+) -> Any:
+    """Read an OpenVINO IR for :mod:`harness.audit`: for every Convolution/GroupConvolution/ConvolutionBackpropData/
+    MatMul with a constant weight, the weight's storage (NNCF's compressed int8/int4 Constant → Convert → [Subtract
+    zero point] → Multiply scale, a FakeQuantize on a float Constant: levels 256 → 8 bits, 16 → 4; or a float
+    Constant), its granularity (scale or FakeQuantize range with more than one element) and symmetry (no or zero
+    zero point, the unsigned midpoint, or a FakeQuantize range centred on 0), and whether a FakeQuantize feeds the
+    layer's data input ("static") or not ("float").
+
+    A float weight counts as 16-bit when it is stored in f16/bf16 or when the device runs its layer in f16/bf16
+    (``runtime``: the compiled model's runtime graph, else ``inference_precision``): the IR keeps f32 weights and
+    INFERENCE_PRECISION_HINT decides, so an fp16 row on a CPU without f16 arithmetic reads as f32.
+    """
+    from harness.audit import ArtifactFacts, WeightFact
+
+    run_prec: dict[str, str] = {}
+    if runtime is not None:
+        for op in runtime.get_ops():
+            rt = op.get_rt_info()
+            if "originalLayersNames" in rt and "runtimePrecision" in rt:
+                prec = rt["runtimePrecision"].astype(str).lower()
+                for name in rt["originalLayersNames"].astype(str).split(","):
+                    run_prec.setdefault(name.strip(), prec)
+    device_prec = inference_precision.lower()
+    facts = ArtifactFacts(reader)
+    float_in_f32: list[str] = []
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() not in _AUDIT_OPS or op.get_input_size() < 2:
+            continue
+        port, w = 1, _ov_weight(_ov_source(op, 1))
+        if w is None and op.get_type_name() == "MatMul":
+            port, w = 0, _ov_weight(_ov_source(op, 0))
+        if w is None:
+            continue  # a computed weight (activation × activation MatMul): no parameter to audit
+        pshape = op.input(port).get_partial_shape()
+        if pshape.is_dynamic:
+            continue
+        shape = [int(d) for d in pshape.to_shape()]
+        name = op.get_friendly_name()
+        node = name.removesuffix("/WithoutBiases")
+        prec = run_prec.get(name, device_prec)
+        params = int(np.prod(shape)) if shape else 1
+        channels = _ov_channels(op, shape, port)
+        if w["bits"] >= 16:
+            bits = 16 if w["bits"] == 16 or prec in ("f16", "bf16", "float16", "bfloat16") else 32
+            facts.weights.append(
+                WeightFact(node, op.get_type_name(), params, bits, activation="float", channels=channels)
+            )
+            continue
+        activation = _ov_activation(_ov_source(op, 1 - port))
+        facts.weights.append(
+            WeightFact(
+                node, op.get_type_name(), params, w["bits"], w["per_channel"], w["symmetric"], activation, channels
+            )
+        )
+        if activation == "static" and run_prec.get(name) in ("f32", "f16", "bf16"):
+            float_in_f32.append(node)  # the runtime graph says the layer was not run in integer arithmetic
+    if float_in_f32:
+        facts.notes.append(
+            f"{len(float_in_f32)} layer(s) with quantized weights and activations run in float on the device "
+            f"(runtime precision): {', '.join(float_in_f32[:5])}"
+        )
+    in_f32 = [w.node for w in facts.weights if w.bits == 32]
+    if spec is not None and spec.is_float and spec.weight_bits == 16 and in_f32:
+        source = "its runtime graph" if run_prec else f"inference precision {device_prec or 'unknown'}"
+        facts.notes.append(
+            f"{len(in_f32)} float layer(s) run in f32 on the device ({source}): the IR stores f32 weights and the "
+            "device did not take the 16-bit INFERENCE_PRECISION_HINT"
+        )
+    return facts

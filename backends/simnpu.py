@@ -127,66 +127,6 @@ def activation_grid(lo: float, hi: float, bits: int, symmetric: bool, pow2: bool
 # ---------------------------------------------------------------------------------------------------------
 # Graph preparation and rewrite
 # ---------------------------------------------------------------------------------------------------------
-def fold_constants(proto: Any) -> int:
-    """Turn ``Constant`` nodes, and nodes computed from constants only, into initializers; returns how many.
-
-    Exporters emit ``Constant`` nodes for shapes, scalars and sometimes weights. Left as nodes they would count
-    as host-fallback operators (no NPU profile lists ``Constant``), split partitions and inflate the estimated
-    latency; an NPU compiler folds them at build time. A weight behind a Constant node also becomes an
-    initializer, so it is quantized like any other weight. Only default-domain, deterministic ops are evaluated
-    (onnx's reference implementation); anything that fails to evaluate is left in place.
-    """
-    from onnx import numpy_helper
-    from onnx.reference import ReferenceEvaluator
-
-    g = proto.graph
-    inits = {i.name for i in g.initializer}
-    values: dict[str, np.ndarray] = {}
-    folded = 0
-    changed = True
-    while changed:
-        changed = False
-        for n in list(g.node):
-            if n.domain not in ("", "ai.onnx") or n.op_type.startswith("Random") or n.op_type == "Multinomial":
-                continue
-            if n.op_type != "Constant" and (not n.input or not all(x == "" or x in inits for x in n.input)):
-                continue
-            try:
-                if n.op_type == "Constant":
-                    outs = [ReferenceEvaluator(_single_node_model(proto, n, {})).run(None, {})[0]]
-                else:
-                    feeds = {x: values.get(x) for x in n.input if x}
-                    for x in feeds:
-                        if feeds[x] is None:
-                            feeds[x] = numpy_helper.to_array(next(i for i in g.initializer if i.name == x))
-                            values[x] = feeds[x]
-                    outs = ReferenceEvaluator(_single_node_model(proto, n, feeds)).run(None, feeds)
-            except Exception:  # noqa: BLE001 - an op the reference runtime cannot evaluate stays a node
-                continue
-            for name, value in zip(n.output, outs, strict=False):
-                arr = np.asarray(value)
-                g.initializer.append(numpy_helper.from_array(arr, name))
-                inits.add(name)
-                values[name] = arr
-            g.node.remove(n)
-            folded += 1
-            changed = True
-    return folded
-
-
-def _single_node_model(proto: Any, node: Any, feeds: Mapping[str, np.ndarray]) -> Any:
-    """A one-node model around ``node`` with ``feeds`` as typed inputs, at the source model's opsets."""
-    from onnx import helper
-
-    inputs = [
-        helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(arr.dtype), list(arr.shape))
-        for name, arr in feeds.items()
-    ]
-    outputs = [helper.make_tensor_value_info(o, 0, None) for o in node.output if o]
-    graph = helper.make_graph([node], "fold", inputs, outputs)
-    return helper.make_model(graph, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
-
-
 def fold_batchnorm(proto: Any) -> int:
     """Fold BatchNormalization that directly follows a Conv (sole consumer) into the Conv; returns how many."""
     from onnx import numpy_helper
@@ -479,6 +419,8 @@ def _shapes(proto: Any) -> dict[str, list[int]]:
     inferred = onnx.shape_inference.infer_shapes(proto)
     out: dict[str, list[int]] = {}
     for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        if not v.type.tensor_type.HasField("shape"):
+            continue  # unknown rank: the node's work is not counted (estimate_latency says how many)
         dims = [d.dim_value if d.HasField("dim_value") else 1 for d in v.type.tensor_type.shape.dim]
         out[v.name] = dims
     for i in inferred.graph.initializer:
@@ -499,7 +441,7 @@ def node_work(n: Any, shapes: Mapping[str, list[int]]) -> tuple[float, float]:
         if n.op_type == "Conv":
             return out * w[1] * k, 0.0
         return numel(n.input[0]) * w[1] * k, 0.0
-    if n.op_type in ("Gemm", "MatMul") and n.input[0] in shapes:
+    if n.op_type in ("Gemm", "MatMul") and shapes.get(n.input[0]):  # a rank-0 or unknown shape has no inner dim
         return out * shapes[n.input[0]][-1], 0.0
     if n.op_type in ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean"):
         return 0.0, numel(n.input[0])
@@ -532,9 +474,11 @@ def estimate_latency(
     def numel(name: str) -> float:
         return float(math.prod(shapes.get(name, [0])))
 
+    unknown = 0
     for n in proto.graph.node:
         macs, ops = node_work(n, shapes)
         macs_total += macs
+        unknown += any(o and o not in shapes for o in n.output)
         if n.name in npu:
             w_bytes = sum(numel(x) for x in n.input if x in inits) * wbits / 8
             a_bytes = sum(numel(x) for x in [*n.input, *n.output] if x and x not in inits) * abits / 8
@@ -558,6 +502,7 @@ def estimate_latency(
         "host_ms": round(1e3 * t_host, 5),
         "link_ms": round(1e3 * t_link, 5),
         "overhead_ms": c["invoke_overhead_ms"] + switches * c["partition_switch_ms"],
+        "nodes_without_shapes": unknown,  # their work is missing from the estimate (0 after intake's static form)
         "partition_switches": switches,
         "gmacs": round(macs_total / 1e9, 6),
         "peak_tops": tops,
@@ -574,6 +519,7 @@ class SimNpuBackend(Backend):
     """A vendor NPU's quantization and partitioning, simulated from a profile; latency from a roofline."""
 
     slug = "simnpu"
+    static_shapes = True  # its compiler takes static shapes only: intake fixes them from the data
     description = "Simulated NPU: vendor quantization profile → QDQ rewrite run by ONNX Runtime + roofline latency"
     option_defaults: ClassVar[dict[str, Any]] = {
         "profile": "qualcomm-htp",  # an id in devices/npu_profiles.yaml (or in profile_file)
@@ -659,10 +605,32 @@ class SimNpuBackend(Backend):
         info.notes.append(f"simulated {p.name}: numerics on the profile's grid, executed by ONNX Runtime on CPU")
         return OrtCompiled(session, info)  # a plain ORT session over the rewritten graph
 
+    def audit(self, compiled: Compiled, spec: QuantSpec) -> Any:
+        """Read back the grids the rewrite put the graph on (``grids.json`` beside ``model.onnx``, see
+        :func:`audit_grids`): the artifact's weights are fake-quantized floats, so the ONNX reader would call them
+        float. fp16 artifacts are float16 graphs (no grids): the ONNX reader reads them. A vendor stub that ran
+        the vendor's real runtime has that runtime's artifact: a .tflite is read by the tflite reader."""
+        from harness.audit import audit_onnx
+
+        path = compiled.info.artifact_path
+        if path is not None and path.suffix == ".tflite" and path.is_file():
+            from backends.tflite import audit_tflite
+
+            return audit_tflite(path, self.slug)
+        if path is None or path.suffix != ".onnx" or not path.is_file():
+            return f"{self.slug} has no reader for its artifact ({path.name if path else 'none'})"
+        grids = path.with_name("grids.json")
+        if grids.is_file():
+            return audit_grids(path, json.loads(grids.read_text()), self.slug)
+        if spec.is_float:
+            return audit_onnx(path, self.slug)
+        return f"no grids.json beside {path.name}: the simulated grids of this artifact are not recorded"
+
     def _build(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path, out: Path) -> dict[str, Any]:
         import onnx
 
         from backends._graph import fix_batch
+        from harness.intake import fold_constants  # intake folded the sweep's models; localize/simgap's may not be
 
         p = self.profile
         notes: list[str] = []
@@ -746,3 +714,61 @@ class SimNpuBackend(Backend):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.log_severity_level = 3
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The artifact audit
+# ---------------------------------------------------------------------------------------------------------
+def audit_grids(path: Path, grids: Mapping[str, Any], reader: str = "simnpu") -> Any:
+    """Facts for :mod:`harness.audit` from the rewritten graph ``path`` and the grids its rewrite recorded.
+
+    Each weighted node (Conv/ConvTranspose/Gemm/MatMul with an initializer weight) in ``grids["weights"]`` is
+    quantized: bits = log2(qmax − qmin + 1), per-channel when the grid has an axis, symmetric when every zero point
+    is 0 (signed grid) or the grid's midpoint (unsigned); its activation is "static" when the tensor it reads is the
+    output of an activation grid's fake-quant (``grids["activations"][t]["tensor"]``), else "float" (no calibrated
+    range). Weighted nodes without a grid stayed on the host in float (bits 32, or 16 for a float16 initializer).
+    """
+    import onnx
+
+    from harness.audit import ArtifactFacts, WeightFact, _channels
+
+    proto = onnx.load(str(path), load_external_data=False)
+    g = proto.graph
+    inits = {i.name: i for i in g.initializer}
+    weight_grids = grids.get("weights", {})
+    quantized_inputs = {v["tensor"] for v in grids.get("activations", {}).values()}
+    facts = ArtifactFacts(reader)
+    stale = []
+    for n in g.node:
+        if n.op_type not in WEIGHTED:
+            continue
+        widx, _axis = WEIGHTED[n.op_type]
+        if len(n.input) <= widx or n.input[widx] not in inits:
+            continue
+        w = inits[n.input[widx]]
+        shape = list(w.dims)
+        if n.op_type == "MatMul" and len(shape) < 2:
+            continue
+        params = int(np.prod(shape)) if shape else 1
+        name = n.name or n.output[0]
+        grid = weight_grids.get(name)
+        if grid is None or grid.get("tensor") != n.input[widx]:
+            if grid is not None:
+                stale.append(name)
+            bits = 16 if w.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16) else 32
+            facts.weights.append(WeightFact(name, n.op_type, params, bits, activation="float"))
+            continue
+        qmin, qmax = int(grid["qmin"]), int(grid["qmax"])
+        bits = round(math.log2(qmax - qmin + 1))
+        zps = np.asarray(grid["zero_point"], dtype=np.float64).ravel()
+        mid = (qmin + qmax) / 2
+        symmetric = bool(np.all(zps == 0)) if qmin < 0 else bool(np.all(np.abs(zps - mid) <= 0.5))
+        per_channel = grid.get("axis") is not None
+        channels = len(np.ravel(grid["scale"])) if per_channel else _channels(n.op_type, n, shape)
+        activation = "static" if n.input[0] in quantized_inputs else "float"
+        facts.weights.append(
+            WeightFact(name, n.op_type, params, bits, per_channel, symmetric, activation, channels=channels)
+        )
+    if stale:
+        facts.notes.append(f"grids.json does not match the graph at {len(stale)} node(s); read as float")
+    return facts

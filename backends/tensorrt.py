@@ -123,6 +123,7 @@ class TensorRtCompiled(Compiled):
 
 class TensorRtBackend(Backend):
     slug = "tensorrt"
+    static_shapes = True  # its compiler takes static shapes only: intake fixes them from the data
     description = "NVIDIA TensorRT 10 (FP32/FP16/BF16, INT8 from explicit QDQ), CUDA-event device time"
     artifact_portable = False  # an engine plan is built for one GPU model and TensorRT version
     option_defaults: ClassVar[dict[str, Any]] = {

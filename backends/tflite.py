@@ -132,6 +132,7 @@ class TfliteCompiled(Compiled):
 
 class TfliteBackend(Backend):
     slug = "tflite"
+    static_shapes = True  # its compiler takes static shapes only: intake fixes them from the data
     description = "LiteRT / TFLite interpreter (XNNPACK; delegates by path), .tflite via onnx2tf"
     executable_options: ClassVar[tuple[str, ...]] = ("converter_python", "delegate")
     option_defaults: ClassVar[dict[str, Any]] = {
@@ -178,6 +179,20 @@ class TfliteBackend(Backend):
         if spec.format == "qoperator":
             return "format qoperator is an ONNX Runtime notion"
         return None
+
+    def audit(self, compiled: Compiled, spec: QuantSpec) -> Any:
+        """Read the .tflite back for :mod:`harness.audit` (see :func:`audit_tflite`)."""
+        path = compiled.info.artifact_path
+        if path is None or path.suffix != ".tflite" or not path.is_file():
+            return f"tflite: no .tflite to read ({path.name if path else 'none'})"
+        facts = audit_tflite(path, self.slug)
+        small = [w for w in facts.weights if w.bits == 32 and w.params < 1024]
+        if spec.scaling == "dynamic" and small:
+            facts.notes.append(
+                f"{len(small)} weight(s) under 1024 elements stay float32: the TFLite converter's dynamic-range "
+                "quantization skips small weights"
+            )
+        return facts
 
     def _compile(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path) -> Compiled:
         variant = variant_for(spec)
@@ -246,7 +261,8 @@ class TfliteBackend(Backend):
         suffix = str(self.options["variant_suffix"] or "")
         canonical = CANONICAL.get(variant)
         variant = variant + suffix
-        beside = model.path.with_name(f"{model.path.stem}.{variant}.tflite")
+        src = model.source  # pre-converted files sit beside the user's model, not intake's copy of it
+        beside = src.with_name(f"{src.stem}.{variant}.tflite")
         if beside.is_file():
             if canonical is not None and spec != canonical:
                 raise UnsupportedSpec(
@@ -258,19 +274,19 @@ class TfliteBackend(Backend):
             if canonical is not None:
                 notes.append("calibrated externally: the sweep's calibration set was not used for this .tflite")
             return beside, True
-        cached = workdir / f"{model.path.stem}.{variant}.tflite"
+        cached = workdir / f"{model.path.stem}.{variant}.tflite"  # the converter names it after its input
         if cached.is_file():
             return cached, True
         if self.options["variant_suffix"]:
             raise BackendUnavailable(
-                f"no {beside.name} beside the model: compile {model.path.stem}.{variant_for(spec)}.tflite with the "
+                f"no {beside.name} beside the model: compile {src.stem}.{variant_for(spec)}.tflite with the "
                 "vendor's compiler (e.g. edgetpu_compiler) and put the result there"
             )
         py = self.options["converter_python"]
         if not py:
             raise BackendUnavailable(
                 f"no {beside.name} beside the model and no converter: run scripts/convert_tflite.py "
-                f"{model.path.name} --calib CALIB.npz in an env with qtbench[tflite-convert], or set "
+                f"{src.name} --calib CALIB.npz in an env with qtbench[tflite-convert], or set "
                 "backends.tflite.options.converter_python"
             )
         if calib is None:
@@ -318,3 +334,121 @@ def _op_names(interp: Any) -> list[str]:
 
 def python_has_converter(python: str = sys.executable) -> bool:
     return subprocess.run([python, "-c", "import onnx2tf, tensorflow"], capture_output=True).returncode == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The artifact audit
+# ---------------------------------------------------------------------------------------------------------------
+#: compute op → (weight input, data input, output-channel axis of the weight)
+_AUDIT_OPS = {
+    "CONV_2D": (1, 0, 0),
+    "DEPTHWISE_CONV_2D": (1, 0, -1),
+    "FULLY_CONNECTED": (1, 0, 0),
+    "TRANSPOSE_CONV": (1, 2, 0),
+    "BATCH_MATMUL": (1, 0, -1),
+    "CONV_3D": (1, 0, -1),
+}
+#: schema TensorType → bits (INT4/UINT4 are read from the flatbuffer: the interpreter reports their numpy dtype only)
+_TYPE_BITS = {0: 32, 1: 16, 18: 16, 3: 8, 9: 8, 17: 4, 20: 4, 21: 8, 22: 8, 10: 64}
+_DTYPE_TYPE = {"float32": 0, "float16": 1, "bfloat16": 18, "uint8": 3, "int8": 9, "int16": 7, "float64": 10}
+
+
+def _flatbuffer_types(path: Path) -> dict[int, int]:
+    """Primary subgraph tensor index → schema TensorType, from the flatbuffer (empty when it cannot be parsed)."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        return {}
+    try:
+        model = schema.Model.GetRootAs(path.read_bytes(), 0)
+        sub = model.Subgraphs(0)
+        return {i: int(sub.Tensors(i).Type()) for i in range(sub.TensorsLength())}
+    except Exception:  # noqa: BLE001 - an unusual file: fall back to the interpreter's numpy dtypes
+        return {}
+
+
+def audit_tflite(path: Path, reader: str = "tflite") -> Any:
+    """Read a .tflite for :mod:`harness.audit` with the LiteRT interpreter (no delegate): for each CONV_2D,
+    DEPTHWISE_CONV_2D, FULLY_CONNECTED, TRANSPOSE_CONV, BATCH_MATMUL (CONV_3D) with a constant weight, the weight's
+    storage type (int8 → 8, int4 → 4, float16 → 16, float32 → 32; a float32 weight made by a DEQUANTIZE op from an
+    int8/float16 constant counts as that type), per-channel when its quantization has more than one scale,
+    symmetric when its zero points are 0 (uint8: the midpoint), and the activation: "static" when the op reads an
+    integer tensor, "dynamic" when it reads float32 with integer weights (dynamic-range "hybrid" kernels), "float"
+    otherwise (also for weights a DEQUANTIZE op expands to float32 at load: the kernel computes in float)."""
+    from harness.audit import ArtifactFacts, WeightFact
+
+    mod = _interpreter_module()
+    kwargs: dict[str, Any] = {"model_path": str(path)}
+    if hasattr(mod, "OpResolverType"):  # the graph as stored, not as a delegate rewrote it
+        kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interp = mod.Interpreter(**kwargs)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    ops = interp._get_ops_details()
+    fb_types = _flatbuffer_types(Path(path))
+    producer = {o: op for op in ops for o in op["outputs"]}
+    graph_inputs = {d["index"] for d in interp.get_input_details()}
+
+    def ttype(i: int) -> int:
+        if i in fb_types:
+            return fb_types[i]
+        return _DTYPE_TYPE.get(np.dtype(tensors[i]["dtype"]).name, -1)
+
+    def constant(i: int) -> bool:
+        return i >= 0 and i not in producer and i not in graph_inputs
+
+    facts = ArtifactFacts(reader)
+    expanded: dict[str, int] = {}
+    custom = sorted(
+        {op["op_name"] for op in ops if op["op_name"] in ("CUSTOM", "DELEGATE") or "custom" in op["op_name"]}
+    )
+    for op in ops:
+        rule = _AUDIT_OPS.get(op["op_name"])
+        inputs = list(op["inputs"])
+        if rule is None or len(inputs) <= max(rule[0], rule[1]):
+            continue
+        widx, didx, axis = rule
+        if op["op_name"] == "BATCH_MATMUL" and not constant(inputs[widx]) and constant(inputs[0]):
+            widx, didx = 0, 1
+        w = inputs[widx]
+        src, via_dequant = w, False
+        if w in producer and producer[w]["op_name"] == "DEQUANTIZE" and constant(producer[w]["inputs"][0]):
+            src, via_dequant = producer[w]["inputs"][0], True
+        elif not constant(w):
+            continue  # a computed weight (activation × activation): no parameter to audit
+        t = tensors[src]
+        shape = [int(d) for d in t["shape"]]
+        params = int(np.prod(shape)) if shape else 1
+        channels = shape[axis] if shape else 0
+        code = ttype(src)
+        bits = _TYPE_BITS.get(code, 32)
+        out = op["outputs"][0] if len(op["outputs"]) else -1
+        name = tensors[out]["name"] if out in tensors else f"{op['op_name']}_{op['index']}"
+        if via_dequant:
+            kind = f"{'int' if bits < 16 else 'float'}{bits}"
+            expanded[kind] = expanded.get(kind, 0) + 1
+        if bits >= 16:
+            facts.weights.append(WeightFact(name, op["op_name"], params, bits, activation="float", channels=channels))
+            continue
+        q = t["quantization_parameters"]
+        scales, zps = np.asarray(q["scales"]), np.asarray(q["zero_points"]).astype(np.int64)
+        if code not in (3, 20):  # signed storage: symmetric means zero point 0
+            symmetric = bool(np.all(zps == 0))
+        else:
+            mid = 2**bits // 2
+            symmetric = bool(np.all((zps == mid) | (zps == mid - 1)))
+        data_code = ttype(inputs[didx]) if inputs[didx] >= 0 else -1
+        if data_code in (3, 9, 7, 17, 20):
+            activation = "static"
+        elif via_dequant:
+            activation = "float"
+        else:
+            activation = "dynamic"
+        facts.weights.append(
+            WeightFact(name, op["op_name"], params, bits, scales.size > 1, symmetric, activation, channels)
+        )
+    if expanded:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(expanded.items()))
+        facts.notes.append(f"weights stored as {kinds} and expanded to float32 at load by DEQUANTIZE ops")
+    if custom:
+        facts.notes.append(f"custom/delegate ops ({', '.join(custom)}) hold layers this reader cannot see into")
+    return facts

@@ -81,6 +81,7 @@ class VelaBackend(Backend):
     """Ethos-U: Vela's estimate of the NPU, TFLite int8 kernels for the numbers it would compute."""
 
     slug = "vela"
+    static_shapes = True  # its compiler takes static shapes only: intake fixes them from the data
     description = "Arm Ethos-U via the Vela compiler (performance model) + TFLite int8 numerics"
     executable_options: ClassVar[tuple[str, ...]] = ("converter_python",)
     option_defaults: ClassVar[dict[str, Any]] = {

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from harness.config import DataSource, DeviceSettings, MeasureSettings
-from harness.errors import BackendUnavailable, QtbenchError, UnsupportedSpec
+from harness.errors import BackendUnavailable, QtbenchError, UnsupportedSpec, one_line
 from harness.spec import QuantSpec
 
 
@@ -44,6 +44,18 @@ class CellJob:
     #: (spec, artifact key) of the sweep's other cells in this cell's build group (Backend.build_group): the
     #: adapter may build their artifacts in the same calibration pass as this one
     siblings: tuple[tuple[QuantSpec, str], ...] = ()
+    #: the user's model as given, when ``model_path`` is intake's normalised form of it (harness.intake): the
+    #: FP32 reference, metadata and files beside the model come from here, so intake cannot hide its own error
+    source_path: str = ""
+    source_sha256: str = ""
+
+    @property
+    def reference_path(self) -> str:
+        return self.source_path or self.model_path
+
+    @property
+    def reference_sha256(self) -> str:
+        return self.source_sha256 or self.model_sha256
 
     @property
     def workdir(self) -> Path:
@@ -162,14 +174,34 @@ def _guarded(fn: Any, job: CellJob, *args: Any, prefix: str = "") -> CellResult:
     try:
         return fn(job, *args)
     except UnsupportedSpec as exc:
-        return CellResult("skipped", str(exc))
+        return CellResult("skipped", one_line(exc, 600))
     except BackendUnavailable as exc:
-        return CellResult("unavailable", str(exc))
+        return CellResult("unavailable", one_line(exc, 600))
     except QtbenchError as exc:
-        return CellResult("failed", f"{prefix}{type(exc).__name__}: {exc}")
+        return CellResult("failed", f"{prefix}{type(exc).__name__}: {one_line(exc, 600)}")
     except Exception as exc:  # noqa: BLE001 - an SDK error costs this cell only
-        tb = traceback.format_exc(limit=6)
-        return CellResult("failed", f"{prefix}{type(exc).__name__}: {exc}\n{tb}")
+        return CellResult("failed", prefix + sdk_failure(job, exc))
+
+
+def sdk_failure(job: CellJob, exc: BaseException) -> str:
+    """One line for a cell that an SDK or library error ended: qtbench's own sentence first (which backend, which
+    spec), the library's message after it, and the traceback in a log file beside the artifact, never in the row."""
+    first = one_line(exc)
+    log = ""
+    try:
+        job.workdir.mkdir(parents=True, exist_ok=True)
+        path = job.workdir / "error.log"
+        with path.open("a") as f:
+            f.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {job.backend} {job.spec.id}\n")
+            f.write(traceback.format_exc())
+        log = f" (traceback: {path})"
+    except OSError:
+        pass
+    return (
+        f"{job.backend} could not run {job.spec.id} on this model: {type(exc).__name__}"
+        + (f": {first}" if first else "")
+        + log
+    )
 
 
 def _open(job: CellJob) -> tuple[Any, ModelFacts, Any, Any, Path] | CellResult:
@@ -190,7 +222,12 @@ def _open(job: CellJob) -> tuple[Any, ModelFacts, Any, Any, Path] | CellResult:
     if job.calib_path and job.calibration is not None:
         calib = load_dataset(job.calib_path, facts.input_names, None, job.calibration.limit, role="calibration")
     model = ModelInput(
-        Path(job.model_path), job.model_sha256, facts.input_names, facts.output_names, facts.dynamic_batch
+        Path(job.model_path),
+        job.model_sha256,
+        facts.input_names,
+        facts.output_names,
+        facts.dynamic_batch,
+        Path(job.reference_path),
     )
     return backend, facts, calib, model, job.workdir
 
@@ -203,7 +240,12 @@ def _references(job: CellJob, evaluation: Any, facts: ModelFacts, meta: dict[str
     plan = tasks.plan_outputs(job.task, job.output, facts.output_names, meta)
     batch = job.measure.eval_batch_size if facts.dynamic_batch else 1
     refs = tasks.fp32_references(
-        job.model_path, job.model_sha256, evaluation, [i for _o, i, _t in plan.scored], batch, job.cache_dir
+        job.reference_path,
+        job.reference_sha256,
+        evaluation,
+        [i for _o, i, _t in plan.scored],
+        batch,
+        job.cache_dir,
     )
     return plan, batch, refs
 
@@ -222,6 +264,13 @@ def _score(job: CellJob, compiled: Any, evaluation: Any, facts: ModelFacts, meta
         labels = np.asarray(evaluation.labels)
     notes = [*scored.notes(), *getattr(evaluation, "warnings", ())]  # e.g. "no labels: accuracy not computed"
     return Scoring(fields, notes, scored.predictions, labels)
+
+
+def _audit(backend: Any, compiled: Any, job: CellJob) -> Any:
+    """The artifact audit of this cell (harness.audit), once per cache entry: what was built against the label."""
+    from harness import audit
+
+    return audit.cached(job.workdir, job.spec, lambda: backend.audit(compiled, job.spec))
 
 
 def _evaluation(job: CellJob, facts: ModelFacts) -> Any:
@@ -255,6 +304,7 @@ def _run_cell(job: CellJob, scoring: Scoring | None = None) -> CellResult:
             notes="; ".join(info.notes),
             backend_extra=json.dumps(info.extra, sort_keys=True, default=str),
         )
+        fields.update(_audit(backend, compiled, job).row_fields())
         if info.est_source:
             fields.update(
                 est_latency_ms=info.est_latency_ms,
@@ -262,7 +312,7 @@ def _run_cell(job: CellJob, scoring: Scoring | None = None) -> CellResult:
                 est_source=info.est_source,
             )
         result = CellResult("ok")
-        meta = dict(_model_header(job.model_path)[1])
+        meta = dict(_model_header(job.reference_path)[1])
         if meta.get(META_WEIGHTS) == "random":  # the `weights` column comes from the sweep, for every row
             fields["notes"] = "; ".join(n for n in (meta.get(META_NOTE, RANDOM_WEIGHTS_NOTE), fields["notes"]) if n)
         if evaluation is not None:
@@ -378,7 +428,7 @@ def _compile_only(job: CellJob, score: bool = False) -> CellResult:
         result = CellResult("ok", fields={"compile_s": info.compile_s, "cache_hit": info.cache_hit})
         if score and job.eval_path and backend.scores_off_clock():
             try:
-                meta = dict(_model_header(job.model_path)[1])
+                meta = dict(_model_header(job.reference_path)[1])
                 result.scoring = _score(job, compiled, _evaluation(job, facts), facts, meta)
             except Exception:  # noqa: BLE001 - see compile_cell: the measure phase runs it and reports it
                 result.scoring = None
@@ -392,6 +442,6 @@ def _warm_references(job: CellJob, facts: ModelFacts) -> None:
     reads them. Best effort: a failure here (a model that overflows on the data, say) happens again when the cell
     is measured, which reports it as the cell's status exactly as without this step."""
     try:
-        _references(job, _evaluation(job, facts), facts, dict(_model_header(job.model_path)[1]))
+        _references(job, _evaluation(job, facts), facts, dict(_model_header(job.reference_path)[1]))
     except Exception:  # noqa: BLE001 - see the docstring: the measure phase reports it
         pass

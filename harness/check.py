@@ -512,6 +512,11 @@ class Verdict:
     mark: str
     reason: str = ""
 
+    @classmethod
+    def failed(cls, cell: str, gate: str, reason: str) -> Verdict:
+        """A verdict with no numbers to compare: the candidate cell itself is unusable."""
+        return cls(cell, gate, math.nan, math.nan, "", "", "fail", "x", reason[:160])
+
     @property
     def verdict_text(self) -> str:
         """The verdict with its mark spelled out: 'x fail', '~ inconclusive', '+ pass (better)', 'pass'."""
@@ -653,20 +658,15 @@ def compare(
         if b["status"] != "ok":
             continue
         if c["status"] != "ok":
-            verdicts.append(
-                Verdict(
-                    label,
-                    "status",
-                    math.nan,
-                    math.nan,
-                    "",
-                    "",
-                    "fail",
-                    "x",
-                    f"candidate cell is {c['status']}: {str(c['status_message'])[:120]}",
-                )
-            )
+            verdicts.append(Verdict.failed(label, "status", f"candidate cell is {c['status']}: {c['status_message']}"))
             continue
+        b_bad, c_bad = (str(r.get("audit") or "").startswith("mismatch") for r in (b, c))
+        if c_bad and not b_bad:
+            why = str(c["audit"]).removeprefix("mismatch: ")
+            verdicts.append(Verdict.failed(label, "spec audit", f"candidate's artifact contradicts its spec: {why}"))
+            continue
+        if c_bad:
+            notes.append(f"{label}: both artifacts contradict the spec label (spec audit): {str(c['audit'])[:120]}")
         # the protocol, not the achieved count: a min_duration_s stop rule runs more iterations on faster cells
         for field, bv, cv in _comparability(b, c):
             if bv == cv:
@@ -686,7 +686,7 @@ def compare(
 
 ROW_FIELDS = (
     "record_id", "status", "status_message", "backend_version", "backend_options", "device", "batch_size",
-    "eval_sha256", "loadavg_1m_before", "loadavg_1m_after",
+    "eval_sha256", "loadavg_1m_before", "loadavg_1m_after", "audit",
 )  # fmt: skip
 
 

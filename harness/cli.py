@@ -65,11 +65,26 @@ def _print_reasons(console: Any, df: Any) -> None:
             markup=False,
             highlight=False,
         )
+    from harness.tables import mismatched
+
+    for _, row in df[mismatched(df)].iterrows():
+        console.print(
+            f"  [spec not honoured] {row['model']} × {row['backend']} × {row['spec_id']}: "
+            f"{str(row['audit']).removeprefix('mismatch: ')}",
+            markup=False,
+            highlight=False,
+        )
     for (backend, msg), rows in skipped.items():
         specs = sorted({r["spec_id"] for r in rows})
         models = {r["model"] for r in rows}
         where = f"{backend} × {', '.join(specs)}" + (f" ({len(models)} models)" if len(models) > 1 else "")
         console.print(f"  [skipped] {where}: {msg}", markup=False, highlight=False)
+    if mismatched(df).any():
+        console.print(
+            "  spec ✗ = the artifact read back contradicts its label (harness.audit); those rows are left out of "
+            "compare's aggregates",
+            highlight=False,
+        )
     if "unstable" in df and df["unstable"].any():
         console.print("  ! = unstable timing (coefficient of variation above measure.cv_threshold)", highlight=False)
 
@@ -150,14 +165,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def progress(ev: Any) -> None:
         rec = ev.record
         extra = ""
+        status = ev.status
         if rec is not None and rec.status == "ok":
             from harness.tasks import quality_summary
 
             extra = f"{quality_summary(rec)} p50={rec.latency_ms_p50:.3f}ms"
+            if rec.audit.startswith("mismatch"):
+                status = "ok ✗spec"
+                extra = f"spec not honoured: {rec.audit.removeprefix('mismatch: ')[:90]}"
         elif ev.message:
             extra = ev.message.strip().splitlines()[0][:100]
         console.print(
-            f"[{ev.index + 1:>3}/{ev.total}] {ev.label:<55} {ev.status:<11} {extra}", markup=False, highlight=False
+            f"[{ev.index + 1:>3}/{ev.total}] {ev.label:<55} {status:<11} {extra}", markup=False, highlight=False
         )
 
     import time

@@ -187,7 +187,17 @@ def build_study(rows: Any, predictions: dict[str, Any]) -> Study:
     rows, dropped = latest_per_cell(rows)
     if dropped:
         notes.append(f"{dropped} older row(s) of re-measured cells ignored (newest row per model × backend × spec)")
-    ok = rows[rows["status"] == "ok"].copy()
+    from harness.tables import mismatched
+
+    bad = mismatched(rows)
+    if bad.any():
+        cells = sorted({f"{r.backend} × {r.spec_id}" for r in rows[bad].itertuples()})
+        notes.append(
+            f"{int(bad.sum())} cell(s) left out: their artifact contradicts their spec label (spec audit): "
+            + ", ".join(cells[:6])
+            + (", …" if len(cells) > 6 else "")
+        )
+    ok = rows[(rows["status"] == "ok") & ~bad].copy()
     ok["group"] = [g if isinstance(g, str) and g else m for g, m in zip(ok["group"], ok["model"], strict=True)]
     ok["seed"] = pd.to_numeric(ok["seed"], errors="coerce").fillna(-1).astype(int)
 

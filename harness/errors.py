@@ -43,3 +43,23 @@ class ResultsError(UserError):
 
 class InternalError(QtbenchError):
     """A broken invariant inside qtbench; report it as a bug."""
+
+
+def one_line(text: object, limit: int = 240) -> str:
+    """``text`` as one line for a status message: a Python traceback (SDKs put them in their messages) becomes its
+    final ``Type: message`` line, other multi-line text its first non-empty line; the rest belongs in a log."""
+    import re
+
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    if any("Traceback (most recent call last)" in ln for ln in lines):
+        raised = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b", ln)]
+        head = lines[0].split("Traceback (most recent call last)")[0].strip().rstrip(":").strip()
+        tail = raised[-1] if raised else lines[-1]
+        head = re.sub(r"[\w.]+(Error|Exception)$", "", head).strip().rstrip(":").strip()  # the type is in tail
+        line = f"{head}: {tail}" if head and tail not in head else (head or tail)
+    else:
+        line = lines[0]
+    line = " ".join(line.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -292,6 +292,7 @@ def _localize(job: CellJob, local: dict[str, str], cache_dir: Path) -> CellJob:
     return dataclasses.replace(
         job,
         model_path=local[job.model_path],
+        source_path=local[job.source_path] if job.source_path else "",
         eval_path=local.get(job.eval_path) if job.eval_path else None,
         calib_path=local.get(job.calib_path) if job.calib_path else None,
         cache_dir=str(cache_dir),
@@ -662,13 +663,13 @@ class RayExecutor(Executor):
             return
         jobs = [c.job for q in queues.values() for c in q if c.job is not None]
         data = {(p, False) for j in jobs for p in (j.eval_path, j.calib_path) if p and p not in self.shipped}
-        models = {(j.model_path, True) for j in jobs if j.model_path not in self.shipped}
+        models = {(p, True) for j in jobs for p in (j.model_path, j.source_path) if p and p not in self.shipped}
         self.shipped.update(_ship(sorted(data | models)))
         boards = {b.id: b for b in self.board_of.values()}
         measure = _remote(measure_on_board)
 
         def inputs(job: CellJob) -> dict[str, Any]:
-            return {p: self.shipped[p] for p in (job.model_path, job.eval_path, job.calib_path) if p}
+            return {p: self.shipped[p] for p in (job.model_path, job.source_path, job.eval_path, job.calib_path) if p}
 
         # compile phase: every artifact a host class builds, once, all submitted now (hosts run one per unit)
         artifact_of: dict[int, tuple[str, str]] = {}  # cell index → (backend, artifact key)

@@ -11,7 +11,7 @@ import math
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
-SCHEMA_VERSION = 2  # 2: task plug-ins (task, outputs, output_metrics, segmentation/tensor columns)
+SCHEMA_VERSION = 3  # 3: intake and artifact audit columns; 2: task plug-ins (task, outputs, output_metrics, ...)
 STATUSES = ("ok", "skipped", "failed", "timeout", "unavailable")
 NAN = math.nan
 
@@ -51,6 +51,18 @@ class Record:
     backend_slug: str = ""  # the adapter; `backend` is its label when one adapter runs with several option sets
     backend_options: str = "{}"
     model_path: str = ""
+    # intake (harness.intake): what normalising the user's model did for this backend's form of it, and the
+    # sha of the form compiled when it is not the user's file
+    intake: str = ""
+    intake_sha256: str = ""
+    # artifact audit (harness.audit): whether the built artifact honours the spec, from reading it back
+    audit: str = ""  # "honoured …" | "mismatch: why" | "not audited: why" | "" (nothing was built)
+    audit_reader: str = ""
+    audit_share: float = NAN  # weight parameters at the spec's bits, granularity and symmetry
+    audit_float_share: float = NAN  # weight parameters left in float
+    audit_quantized_nodes: int = -1
+    audit_float_nodes: int = -1
+    audit_bits: str = ""  # weight parameters by bit width, e.g. "4:93%, float:7%"
     # study design (models[].group / seed / timing): which checkpoint family and training replica a row belongs to
     group: str = ""  # e.g. "fp" or "quanttrim"; `qtbench compare` contrasts groups
     seed: int = -1  # the checkpoint's training seed (replica); -1 = not declared

@@ -494,6 +494,9 @@ SUMMARY_HEADER += [h for _, h, _ in SUMMARY[_AFTER_GAP:]] + ["flags"]
 def row_flags(r: Any, lo: float = math.nan, hi: float = math.nan) -> list[str]:
     """What a reader must not miss about a row: unstable timing, no timing, predictions changed behind a flat top-1."""
     flags = []
+    audit = r.get("audit")
+    if r.get("status") == "ok" and isinstance(audit, str) and audit.startswith("mismatch"):
+        flags.append("spec not honoured by the artifact (see Spec audit)")
     timed = bool(r.get("timed", True))
     if r.get("status") == "ok" and not timed:
         flags.append("fidelity only (not timed)")
@@ -619,6 +622,34 @@ class Section:
     markdown: str
 
 
+def audit_section(rows: Any) -> Section | None:
+    """Every ok cell whose artifact, read back, contradicts its spec label (harness.audit), one line each with the
+    reason; None when every artifact honours its label (the summary's spec column then says ✓ throughout)."""
+    from harness.compare import md_escape as m
+    from harness.tables import mismatched
+
+    bad = rows[mismatched(rows)].sort_values(["model", "backend", "spec_id"])
+    if bad.empty:
+        return None
+    e = html.escape
+    items = [
+        (f"{r['model']} × {r['backend']} × {r['spec_id']}", str(r["audit"]).removeprefix("mismatch: "))
+        for _, r in bad.iterrows()
+    ]
+    lead = (
+        f"{len(items)} cell(s) ran, but the artifact read back after compiling does not hold what the label says "
+        "(weight bits, granularity, symmetry or activation quantization). Their numbers describe the artifact, "
+        "not the spec: they are left out of the comparison's aggregates."
+    )
+    html_text = (
+        f"<p class='note'>{e(lead)}</p><ul>"
+        + "".join(f"<li><b>{e(c)}</b>: {e(why)}</li>" for c, why in items)
+        + "</ul>"
+    )
+    md = m(lead) + "\n\n" + "\n".join(f"- **{m(c)}**: {m(why)}" for c, why in items)
+    return Section("Spec audit: artifacts that contradict their labels", html_text, md)
+
+
 def comparison_section(study: Any) -> tuple[Section | None, str]:
     """`qtbench compare`'s section for a report whose results hold ≥ 2 checkpoint groups (or why there is none)."""
     from harness.compare import compare_study, difference_table, group_table, headlines, to_markdown
@@ -686,6 +717,9 @@ def _build_report(results: list[Path], out: Path, title: str | None) -> dict[str
     cis = cell_intervals(study)
     rep = replica_intervals(study)
     sections: list[Section] = []
+    audit_sec = audit_section(rows)
+    if audit_sec is not None:
+        sections.append(audit_sec)
     cmp_section, why = comparison_section(study)
     if cmp_section:
         sections.append(cmp_section)

@@ -29,6 +29,7 @@ from harness.cell import (
 )
 from harness.config import DataSource, ModelEntry, Sweep, load_sweep, parse_sweep
 from harness.errors import ConfigError, DataError, QtbenchError, ResultsError
+from harness.intake import IntakeResult, Variant
 from harness.plan import artifact_key as plan_artifact_key
 from harness.plan import cell_key, expand
 from harness.records import Record
@@ -185,7 +186,13 @@ def _probe(
     except ConfigError as exc:
         return {"config_error": str(exc)}
     av = backend.availability()
-    out = {"available": av.available, "reason": av.reason, "version": "", "supports": {}}
+    out = {
+        "available": av.available,
+        "reason": av.reason,
+        "version": "",
+        "supports": {},
+        "static_shapes": bool(backend.static_shapes),
+    }
     if av.available:
         out["version"] = ";".join(f"{k}={v}" for k, v in sorted(av.versions.items()))
         out["supports"] = {s.id: backend.supports(s) for s in specs}
@@ -556,6 +563,7 @@ def _model_facts(sweep: Sweep) -> dict[str, dict[str, Any]]:
     from harness.data import check_against_model, load_dataset
 
     model_info: dict[str, dict[str, Any]] = {}
+    todo: dict[str, tuple[str, str, Any]] = {}
     for m in sweep.models:
         info: dict[str, Any] = {"error": None, "sha": "", "eval_sha": "", "calib_sha": ""}
         path = sweep.resolve(m.path)
@@ -579,11 +587,41 @@ def _model_facts(sweep: Sweep) -> dict[str, dict[str, Any]]:
                     except Exception as exc:  # noqa: BLE001 - a data file numpy cannot parse
                         raise DataError(f"{kind} data {p}: cannot be read ({type(exc).__name__}: {exc})") from None
                     info["eval_sha" if kind == "evaluation" else "calib_sha"] = ds.sha256
+                    if kind == "evaluation" or "sample" not in info:
+                        info["sample"] = ds.batch(0, min(2, len(ds)))
+            todo[m.display_name] = (str(path), _with_external(info["sha"], info["external"]), info.pop("sample", None))
         except QtbenchError as exc:
             info["error"] = str(exc)
+        info.pop("sample", None)
         model_info[m.display_name] = info
+    for name, result in _intake_all(sweep, todo).items():
+        model_info[name]["intake"] = result
     forget_onnx_graph()
     return model_info
+
+
+def _intake_all(sweep: Sweep, todo: dict[str, tuple[str, str, Any]]) -> dict[str, IntakeResult]:
+    """Intake's normalised forms of the models (name → (path, sha, sample)), cached by content, all in one child
+    with a time limit when cells are isolated: a model that crashes the ONNX tools costs its own cells only."""
+    from harness.intake import normalise_many
+
+    if not todo:
+        return {}
+    args = (todo, str(sweep.cache_path))
+    if sweep.run.isolate:
+        kind, value = call_isolated(normalise_many, args, sweep.run.timeout_s)
+    else:
+        try:
+            kind, value = "ok", normalise_many(*args)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            kind, value = "error", f"{type(exc).__name__}: {exc}"
+    out: dict[str, IntakeResult] = value if kind == "ok" else {}
+    first = str(value).strip().splitlines()[0][:200] if kind != "ok" and str(value).strip() else kind
+    for name, (path, sha, _sample) in todo.items():
+        if name not in out:
+            as_given = Variant(path, sha, [f"intake failed ({first}); compiling the model as given"])
+            out[name] = IntakeResult(path, sha, as_given, as_given)
+    return out
 
 
 def _probe_backends(
@@ -642,6 +680,9 @@ def plan(run: SweepRun, probe_call: Callable[..., tuple[str, Any]] | None = None
     groups: dict[tuple[Any, ...], list[PlannedCell]] = {}
     for idx, (m, b, s) in enumerate(cells):
         info, probe = model_info[m.display_name], probes[b.key]
+        intake = info.get("intake")
+        form = intake.variant(bool(probe.get("static_shapes"))) if intake is not None else None
+        rewritten = form is not None and form.path != str(sweep.resolve(m.path))
         side_files = {
             **info.get("external", {}),
             **probe.get("artifact_inputs", {}).get(f"{sweep.resolve(m.path)}|{s.id}", {}),
@@ -663,6 +704,7 @@ def plan(run: SweepRun, probe_call: Callable[..., tuple[str, Any]] | None = None
                 **({} if m.timing else {"timed": False}),  # a fidelity-only row never stands in for a timed one
                 **({"task": m.task} if m.task is not None else {}),  # another task → other metrics → another cell
                 **({"artifact_inputs": side_files} if side_files else {}),  # a replaced .tflite is another cell
+                **({"intake": form.sha256} if rewritten else {}),  # what was compiled is intake's rewrite
             }
         )
         base = {
@@ -698,6 +740,8 @@ def plan(run: SweepRun, probe_call: Callable[..., tuple[str, Any]] | None = None
             "group": m.group_name,
             "seed": -1 if m.seed is None else m.seed,
             "timed": m.timing,
+            "intake": "; ".join(form.notes) if form is not None else "",
+            "intake_sha256": form.sha256 if rewritten else "",
         }
         label = f"{m.display_name} × {b.key} × {s.id}"
         cell = PlannedCell(idx, len(cells), label, key, base)
@@ -712,10 +756,12 @@ def plan(run: SweepRun, probe_call: Callable[..., tuple[str, Any]] | None = None
         else:
             ev_src, ev_path = _data_path(sweep, m, "evaluation")
             ca_src, ca_path = _data_path(sweep, m, "calibration")
-            artifact_key = plan_artifact_key(info["sha"], s, probe["version"], b.options, info["calib_sha"], side_files)
+            source_sha = _with_external(info["sha"], info.get("external", {}))
+            model_sha = form.sha256 if rewritten else info["sha"]
+            artifact_key = plan_artifact_key(model_sha, s, probe["version"], b.options, info["calib_sha"], side_files)
             cell.job = CellJob(
-                str(sweep.resolve(m.path)),
-                _with_external(info["sha"], info.get("external", {})),
+                form.path if rewritten else str(sweep.resolve(m.path)),
+                form.sha256 if rewritten else source_sha,
                 m.output,
                 b.name,
                 targets[b.key],
@@ -731,6 +777,8 @@ def plan(run: SweepRun, probe_call: Callable[..., tuple[str, Any]] | None = None
                 sweep.device,
                 timed=m.timing,
                 task=m.task,
+                source_path=str(sweep.resolve(m.path)) if rewritten else "",
+                source_sha256=source_sha if rewritten else "",
             )
             group = probe.get("build_groups", {}).get(s.id)
             if group:

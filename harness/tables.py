@@ -11,6 +11,7 @@ SUMMARY_COLUMNS: list[tuple[str, str, str]] = [
     ("backend", "backend", "{}"),
     ("spec_id", "spec", "{}"),
     ("status", "status", "{}"),
+    ("spec_check", "spec", "{}"),  # the artifact audit: ✓ honoured, ✗ mismatch (listed below the table), ? not read
     ("numbers", "numbers", "{}"),
     ("top1", "top-1 %", "pct"),
     ("gap_pp", "FP→Q pp", "{:+.2f}"),
@@ -49,6 +50,7 @@ def with_gap(df: Any) -> Any:
     nodes the accelerator runs (NaN for CPU backends)."""
     df = df.copy()
     df["gap_pp"] = 100 * (df["top1"] - df["fp_top1"])
+    df["spec_check"] = [spec_check(a) for a in df.get("audit", [""] * len(df))]
     energy, kinds = df.get("energy_mj_per_inf", [math.nan] * len(df)), df.get("energy_numbers", [""] * len(df))
     df["energy_mj_text"] = [energy_text(e, n) for e, n in zip(energy, kinds, strict=True)]
     df["accel_share"] = [
@@ -56,6 +58,22 @@ def with_gap(df: Any) -> Any:
         for c, d in zip(df.get("coverage", [""] * len(df)), df.get("execution_device", [""] * len(df)), strict=True)
     ]
     return df
+
+
+def spec_check(audit: Any) -> str:
+    """The audit flag of a row: ✓ the artifact honours the spec, ✗ it contradicts it, ? it was not read back."""
+    if not isinstance(audit, str) or not audit:
+        return ""
+    return "✓" if audit.startswith("honoured") else "✗" if audit.startswith("mismatch") else "?"
+
+
+def mismatched(df: Any) -> Any:
+    """Rows whose artifact contradicts their spec label (a boolean Series): never a plain ``ok`` anywhere."""
+    import pandas as pd
+
+    if "audit" not in df:
+        return pd.Series(False, index=df.index)
+    return df["audit"].fillna("").astype(str).str.startswith("mismatch") & (df["status"] == "ok")
 
 
 def accel_share(coverage: Any, execution_device: Any) -> float:

@@ -130,3 +130,19 @@ def die() -> None:
 
 def unpicklable() -> object:
     return lambda: None
+
+
+class LyingBackend(OrtBackend):
+    """Builds every INT4 spec as INT8 and says nothing: the label lies about the artifact (the audit's target)."""
+
+    slug = "liar"
+
+    def build_group(self, spec):
+        return None
+
+    def _compile(self, model, spec, calib, workdir):
+        from harness.spec import QuantSpec
+
+        if spec.precision == "int4":
+            spec = QuantSpec.parse(spec.id.replace("int4", "int8", 1))
+        return super()._compile(model, spec, calib, workdir)

@@ -46,8 +46,14 @@ def test_fp32_is_pinned_to_f32_and_matches_onnxruntime(setup):
 def test_bf16_and_int8_paths_run_close_to_fp32(setup):
     ref = setup[3]
     b = OpenVinoBackend()
-    out16, _ = _run(b, setup, "bf16")
-    assert 0 < np.abs(out16 - ref).max() < 0.2
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        out16, _ = _run(b, setup, "bf16")
+        assert 0 < np.abs(out16 - ref).max() < 0.2
+    else:  # a CPU without bf16 arithmetic runs the hint as f32: a bf16 row would be an f32 run, so it is skipped
+        from harness.errors import UnsupportedSpec
+
+        with pytest.raises(UnsupportedSpec, match="runs bf16 as f32 on this host"):
+            _run(b, setup, "bf16")
     for spec in ("int8-static-pc-wsym-minmax", "int8-static-pt-sym-percentile"):
         out, info = _run(b, setup, spec)
         assert 0 < np.abs(out - ref).max() < 0.5, spec
@@ -75,7 +81,8 @@ def test_rows_record_the_compiled_properties_benchmark_app_needs(setup):
     props = info.extra["compiled_properties"]
     assert props["INFERENCE_NUM_THREADS"] == "1" and props["NUM_STREAMS"] == "1"
     assert props["INFERENCE_PRECISION_HINT"] == "f32" and props["ENABLE_CPU_PINNING"] in ("True", "False")
-    _, info = _run(OpenVinoBackend({"hint": "THROUGHPUT", "streams": 2, "threads": 1}), setup, "bf16")
+    backend = OpenVinoBackend({"hint": "THROUGHPUT", "streams": 2, "threads": 1, "quantizer": "ort"})
+    _, info = _run(backend, setup, "fp32")  # another workdir than the first compile: a fresh build
     assert info.extra["compiled_properties"]["PERFORMANCE_HINT"] == "THROUGHPUT"
     assert info.extra["num_streams"] == 2 and info.extra["compiled_properties"]["NUM_STREAMS"] == "1"
     assert "asked NUM_STREAMS=2, the device uses 1" in info.notes  # 2 streams need 2 threads
