@@ -72,6 +72,7 @@ class QnnBackend(Backend):
     """ONNX Runtime + QNN EP: Qualcomm's HTP graph compiler and its x86 simulator (real NPU on Snapdragon)."""
 
     slug = "qnn"
+    static_shapes = True  # its compiler takes static shapes only: intake fixes them from the data
     description = "Qualcomm QNN EP (onnxruntime-qnn): HTP simulator on x86, Hexagon NPU on Snapdragon"
     option_defaults: ClassVar[dict[str, Any]] = {
         "backend_type": "htp",  # htp | cpu (QNN's reference CPU backend, for op-level debugging)
@@ -133,9 +134,40 @@ class QnnBackend(Backend):
             return "QNN EP consumes QDQ graphs only; use format qdq"
         if spec.precision == "int4" and spec.granularity != "per-channel":
             return "QNN takes 4-bit weights per-channel only (get_qnn_qdq_config); use granularity per-channel"
+        if spec.precision in ("int8", "int4") and spec.granularity == "per-channel" and not spec.weight_symmetric:
+            # read back from the artifacts: uint8 weights with zero point 128 (int4: int4, zero point 0)
+            return "get_qnn_qdq_config quantizes per-channel weights symmetrically; use -pc-wsym (or -pt- for asym)"
         if spec.precision in ("int8", "int4") and spec.activation_symmetric:
             return "QNN HTP quantizes activations as asymmetric uint8 (get_qnn_qdq_config default); use asymmetric"
         return None
+
+    def audit(self, compiled: Compiled, spec: QuantSpec) -> Any:
+        """Read back the QDQ graph handed to QNN (``model.onnx`` beside the artifact) with the ONNX reader: the
+        EPContext model the cell ships wraps an HTP context binary no public reader opens. A float graph on the
+        HTP runs in fp16 (``enable_htp_fp16_precision``, set by this adapter for float graphs): its fp32 weights
+        count as 16-bit, with a note saying so."""
+        from harness.audit import audit_onnx
+
+        shipped = compiled.info.artifact_path
+        qdq = shipped.with_name("model.onnx") if shipped is not None else None
+        if qdq is None or not qdq.is_file():
+            return f"qnn: the QDQ graph handed to QNN is missing ({qdq})"
+        facts = audit_onnx(qdq, self.slug)
+        facts.why["MatMul"] = "QNN's HTP has no per-channel MatMul: ORT's QNN config quantizes its weights per tensor"
+        if shipped != qdq:
+            facts.notes.append(
+                "read from the QDQ graph handed to QNN; the HTP context binary itself is not readable here"
+            )
+        if spec.is_float and self.options["backend_type"] == "htp":
+            widened = [w for w in facts.weights if w.bits == 32]
+            for w in widened:
+                w.bits = 16
+            if widened:
+                facts.notes.append(
+                    f"{len(widened)} fp32 weight(s) counted as fp16: the HTP runs float graphs with "
+                    "enable_htp_fp16_precision=1 (a provider option, not visible in the graph)"
+                )
+        return facts
 
     # -- compilation ---------------------------------------------------------------------------------------
     def _compile(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path) -> Compiled:

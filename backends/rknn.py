@@ -39,6 +39,7 @@ from harness.spec import QuantSpec
 WORKER = Path(__file__).with_name("rknn_worker.py")
 PLATFORMS = ("rk3588", "rk3576", "rk3568", "rk3566", "rk3562", "rv1106", "rv1103", "rk2118")
 ALGORITHMS = {"minmax": "normal", "entropy": "kl_divergence", "mse": "mmse"}
+MAX_OPSET = 19  # rknn-toolkit2 2.x refuses newer ONNX opsets ("Unsupport onnx opset 20, need <= 19")
 #: Bumped when the adapter changes what a cell computes (part of the cache key through the versions).
 ADAPTER_VERSION = 2
 DEFAULT_ENV = Path.home() / ".cache" / "qtbench" / "envs" / "rknn"
@@ -148,14 +149,18 @@ class RknnWorker:
 
 
 class RknnCompiled(Compiled):
-    def __init__(self, worker: RknnWorker, info: CompiledInfo, io_dir: Path) -> None:
+    def __init__(self, worker: RknnWorker, info: CompiledInfo, io_dir: Path, names: list[str] | None = None) -> None:
         super().__init__(info)
         self.worker = worker
         self.io_dir = io_dir
-        self._x, self._y = io_dir / "x.npy", io_dir / "y.npz"
+        self.names = names or []
+        self._x, self._y = io_dir / "x.npz", io_dir / "y.npz"
 
     def _one(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        np.save(self._x, np.ascontiguousarray(next(iter(feeds.values())), dtype=np.float32))
+        arrays = [feeds[n] for n in self.names if n in feeds] if len(feeds) > 1 else list(feeds.values())
+        if len(arrays) != len(feeds):
+            arrays = list(feeds.values())
+        np.savez(self._x, *[np.ascontiguousarray(a if a.dtype.kind in "biu" else a.astype(np.float32)) for a in arrays])
         self.worker.call(cmd="infer", input=str(self._x), output=str(self._y))
         with np.load(self._y) as z:
             return [z[f"arr_{i}"].reshape(1, -1) if z[f"arr_{i}"].ndim == 1 else z[f"arr_{i}"] for i in range(len(z))]
@@ -167,10 +172,38 @@ class RknnCompiled(Compiled):
         self.worker.close()
 
 
+def _lower_opset(path: Path, workdir: Path) -> tuple[Path, list[str]]:
+    """Down-convert a model newer than the toolkit's opset (torch's dynamo exporter writes 18–20).
+
+    onnx's version converter is exact for the ops whose semantics did not change between the two opsets, which
+    is every op a CNN exporter emits; a model it cannot lower fails here with the fix, not deep in the toolkit.
+    """
+    import onnx
+    from onnx import version_converter
+
+    proto = onnx.load(str(path), load_external_data=False)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset <= MAX_OPSET:
+        return path, []
+    proto = onnx.load(str(path))
+    try:
+        lowered = version_converter.convert_version(proto, MAX_OPSET)
+    except Exception as exc:  # noqa: BLE001 - the converter raises bare RuntimeErrors per op
+        raise CompileError(
+            f"rknn-toolkit2 takes ONNX opset <= {MAX_OPSET} and this model is opset {opset}; onnx's version "
+            f"converter could not lower it ({str(exc).strip().splitlines()[0][:200]}): re-export with "
+            f"opset_version={MAX_OPSET}"
+        ) from None
+    out = workdir / f"opset{MAX_OPSET}.onnx"
+    onnx.save(lowered, str(out))
+    return out, [f"opset {opset} lowered to {MAX_OPSET} for rknn-toolkit2 (onnx version converter)"]
+
+
 class RknnBackend(Backend):
     """rknn-toolkit2 (Rockchip RKNPU2): build + PC simulator, in its own environment."""
 
     slug = "rknn"
+    static_shapes = True  # its compiler takes static shapes only: intake fixes them from the data
     description = "Rockchip rknn-toolkit2: RKNPU compiler + PC simulator (worker venv; board via adb target)"
     executable_options: ClassVar[tuple[str, ...]] = ("python",)
     option_defaults: ClassVar[dict[str, Any]] = {
@@ -253,7 +286,8 @@ class RknnBackend(Backend):
         import onnx
 
         t0 = time.perf_counter()
-        graph = onnx.load(str(model.path), load_external_data=False).graph
+        source, notes = _lower_opset(Path(model.path), workdir)
+        graph = onnx.load(str(source), load_external_data=False).graph
         inits = {i.name for i in graph.initializer}
         inputs = [i for i in graph.input if i.name not in inits]
         sizes = [[1] + [d.dim_value or 1 for d in i.type.tensor_type.shape.dim[1:]] for i in inputs]
@@ -262,7 +296,6 @@ class RknnBackend(Backend):
             "optimization_level": int(self.options["optimization_level"]),
         }
         dataset = None
-        notes: list[str] = []
         if not spec.is_float:
             if calib is None:
                 raise ConfigError("rknn static quantization needs calibration data: set `calibration:`")
@@ -271,7 +304,7 @@ class RknnBackend(Backend):
                 "quantized_algorithm": ALGORITHMS[spec.calibration],
                 "quantized_method": "channel" if spec.granularity == "per-channel" else "layer",
             }
-            dataset = self._dataset(calib.head(spec.calib_samples), workdir)
+            dataset = self._dataset(calib.head(spec.calib_samples), workdir, [i.name for i in inputs])
             if not spec.weight_symmetric:
                 notes.append("rknn-toolkit2 picks its own weight symmetry; the spec's wasym is not forwarded")
         io_dir = Path(tempfile.mkdtemp(prefix="io-", dir=workdir))
@@ -288,7 +321,7 @@ class RknnBackend(Backend):
         try:
             worker.call(
                 cmd="build",
-                model=str(model.path),
+                model=str(source),
                 inputs=[i.name for i in inputs],
                 input_size_list=sizes,
                 dataset=str(dataset) if dataset else None,
@@ -331,23 +364,28 @@ class RknnBackend(Backend):
             info.extra["rknn_ops"] = [f"{o['op']}@{o['target']}" for o in compute]
         else:
             info.notes.append("rknn build log had no per-op table; coverage and cycle estimate unknown")
-        return RknnCompiled(worker, info, io_dir)
+        return RknnCompiled(worker, info, io_dir, [i.name for i in inputs])
 
     @staticmethod
-    def _dataset(data: Any, workdir: Path) -> Path:
-        """Calibration samples as NCHW .npy files + the list file rknn.build reads (cached by content)."""
-        folder = workdir / f"calib-{data.sha256[:12]}"
+    def _dataset(data: Any, workdir: Path, names: list[str]) -> Path:
+        """Calibration samples as .npy files + the list file rknn.build reads (cached by content): one line per
+        sample with one file per model input, in the graph's input order, as rknn-toolkit2 expects."""
+        folder = workdir / f"calib-{data.sha256[:12]}-{len(names)}"
         listing = folder / "dataset.txt"
         if listing.is_file():
             return listing
         folder.mkdir(parents=True, exist_ok=True)
-        paths = []
+        lines = []
         for i in range(len(data)):
-            x = next(iter(data.batch(i, i + 1).values()))
-            p = folder / f"{i:05d}.npy"
-            np.save(p, np.ascontiguousarray(x, dtype=np.float32))
-            paths.append(str(p))
-        listing.write_text("\n".join(paths) + "\n")
+            batch = data.batch(i, i + 1)
+            files = []
+            for k, name in enumerate(names):
+                x = np.asarray(batch[name] if name in batch else list(batch.values())[k])
+                p = folder / f"{i:05d}-{k}.npy"
+                np.save(p, np.ascontiguousarray(x if x.dtype.kind in "biu" else x.astype(np.float32)))
+                files.append(str(p))
+            lines.append(" ".join(files))
+        listing.write_text("\n".join(lines) + "\n")
         return listing
 
 

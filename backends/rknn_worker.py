@@ -8,7 +8,7 @@ files in a folder the parent owns. Commands:
 
     {"cmd": "build", "model": ..., "inputs": [...], "input_size_list": [[1,1,14,14]], "dataset": "ds.txt",
      "config": {...rknn.config kwargs...}, "target": null, "export": "model.rknn"}  → {"ok": true, "seconds": ...}
-    {"cmd": "infer", "input": "x.npy", "output": "y.npz"}       → {"ok": true, "outputs": 1}
+    {"cmd": "infer", "input": "x.npz", "output": "y.npz"}       → {"ok": true, "outputs": 1}
     {"cmd": "perf"}                                              → {"ok": true, "perf": ...} (board only)
     {"cmd": "quit"}
 
@@ -71,8 +71,9 @@ def main() -> int:
             elif cmd == "infer":
                 import numpy as np
 
-                x = np.load(msg["input"])
-                outs = rknn.inference(inputs=[x], data_format="nchw")
+                with np.load(msg["input"]) as z:  # one array per model input, in the graph's input order
+                    xs = [z[f"arr_{i}"] for i in range(len(z.files))]
+                outs = rknn.inference(inputs=xs, data_format="nchw")
                 if outs is None:
                     raise RuntimeError("rknn.inference returned None")
                 np.savez(msg["output"], *[np.asarray(o, dtype=np.float32) for o in outs])

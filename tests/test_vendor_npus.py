@@ -419,6 +419,26 @@ def test_rknn_worker_crash_is_a_clear_error(tmp_path):
     worker.close()
 
 
+def test_rknn_lowers_newer_opsets_exactly(tiny, tmp_path):
+    """torch's dynamo exporter writes opset 18–20; rknn-toolkit2 refuses > 19, so the adapter lowers it first."""
+    import onnxruntime as ort
+    from onnx import version_converter
+
+    from backends.rknn import MAX_OPSET, _lower_opset
+
+    model, _, ev, _ = tiny
+    new = tmp_path / "opset20.onnx"
+    onnx.save(version_converter.convert_version(onnx.load(str(model.path)), 20), str(new))
+    same, notes = _lower_opset(model.path, tmp_path)
+    assert same == model.path and notes == []  # an old-enough model is passed through untouched
+    lowered, notes = _lower_opset(new, tmp_path)
+    opsets = {o.domain: o.version for o in onnx.load(str(lowered)).opset_import}
+    assert opsets[""] == MAX_OPSET and "opset 20 lowered to 19" in notes[0]
+    x = {model.input_names[0]: ev.batch(0, 4)[model.input_names[0]]}
+    a, b = (ort.InferenceSession(str(p)).run(None, x)[0] for p in (new, lowered))
+    np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.skipif(not os.environ.get("QTBENCH_RKNN_PYTHON"), reason="set QTBENCH_RKNN_PYTHON to an rknn env")
 def test_rknn_simulator_builds_and_runs(tiny):
     import backends
