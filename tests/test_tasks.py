@@ -175,7 +175,7 @@ def test_two_output_model_one_metric_set_per_output(tmp_path: Path):
     dflt = df[df["model"] == "default"].iloc[0]
     assert dflt["task"] == "classification" and dflt["task_source"] == "inferred"
     assert json.loads(dflt["outputs_ignored"]) == ["embed"] and "not scored (no task): embed" in dflt["notes"]
-    assert dflt["schema_version"] == SCHEMA_VERSION == 2
+    assert dflt["schema_version"] == SCHEMA_VERSION
 
 
 def test_nan_outputs_from_a_backend_fail_the_cell(tmp_path: Path, monkeypatch):
