@@ -35,6 +35,7 @@ from backends.base import (
     commit_entry,
     quiet,
 )
+from harness.audit import MIN_SHARE
 from harness.errors import ConfigError
 from harness.spec import QuantSpec
 
@@ -264,6 +265,17 @@ class OpenVinoBackend(Backend):
             info.extra["exclude_nodes"] = list(self.options["exclude_nodes"])
         if spec.scaling == "weightonly":
             bits = weight_bits(core.read_model(str(xml)))
+            low = sum(v["share"] for m, v in bits["by_mode"].items() if m.startswith(f"int{spec.weight_bits}"))
+            if spec.weight_bits == 4 and low < MIN_SHARE:
+                from harness.errors import UnsupportedSpec
+
+                # NNCF keeps convolution weights at 8 bit by design: a CNN's row would be an INT8 model
+                raise UnsupportedSpec(
+                    f"NNCF compresses only MatMul/Gemm (and embedding) weights to 4 bit and keeps convolutions at "
+                    f"8 bit: {100 * low:.0f}% of this model's weights would be 4-bit, so the row would be an INT8 "
+                    "model under an INT4 label; use int8 specs here, or INT4 weight-only on a MatMul-heavy model "
+                    "(transformers)"
+                )
             info.extra["weight_compression"] = bits
             info.notes.append(
                 "NNCF applied "

@@ -19,6 +19,7 @@ default CPU delegate) can be turned off; other delegates (NNAPI on Android, GPU,
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -282,12 +283,13 @@ class TfliteBackend(Backend):
                 f"no {beside.name} beside the model: compile {src.stem}.{variant_for(spec)}.tflite with the "
                 "vendor's compiler (e.g. edgetpu_compiler) and put the result there"
             )
-        py = self.options["converter_python"]
+        py = converter_python(self.options["converter_python"])
         if not py:
             raise BackendUnavailable(
-                f"no {beside.name} beside the model and no converter: run scripts/convert_tflite.py "
-                f"{src.name} --calib CALIB.npz in an env with qtbench[tflite-convert], or set "
-                "backends.tflite.options.converter_python"
+                f"no {beside.name} beside the model and no converter: run `qtbench env create tflite` once "
+                "(a TensorFlow + onnx2tf environment, 2.6 GB, a few minutes to build; found by itself afterwards), or "
+                "set backends.tflite.options.converter_python, or put a converted file there "
+                f"(scripts/convert_tflite.py {src.name} --calib CALIB.npz)"
             )
         if calib is None:
             raise ConfigError("converting to TFLite needs calibration data: set `calibration:` in the sweep file")
@@ -307,6 +309,21 @@ class TfliteBackend(Backend):
         if canonical is not None:
             notes.append(f"calibrated by the converter on {len(calib.head(spec.calib_samples))} sample(s)")
         return cached, False
+
+
+#: where `qtbench env create tflite` builds the converter environment ($QTBENCH_TFLITE_ENV moves it)
+CONVERTER_ENV = Path(os.environ.get("QTBENCH_TFLITE_ENV") or Path.home() / ".cache" / "qtbench" / "envs" / "tflite")
+
+
+def converter_python(option: str | None) -> str | None:
+    """The ONNX → TFLite converter's interpreter: the option, then $QTBENCH_TF_PYTHON, then the environment
+    ``qtbench env create tflite`` builds; None when there is none."""
+    if option:
+        return str(option)
+    if os.environ.get("QTBENCH_TF_PYTHON"):
+        return os.environ["QTBENCH_TF_PYTHON"]
+    py = CONVERTER_ENV / "bin" / "python"
+    return str(py) if py.is_file() else None
 
 
 _COMPUTE_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV"}

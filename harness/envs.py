@@ -1,4 +1,8 @@
-"""Worker environments for SDKs whose pins clash with qtbench's (``qtbench env create rknn``).
+"""Worker environments for SDKs whose pins clash with qtbench's (``qtbench env create rknn|tflite``).
+
+tflite: the ONNX → TFLite converter (onnx2tf) pins TensorFlow 2.19, numpy 1.26, onnx 1.19 and onnxruntime 1.23
+exactly: it gets its own venv (2.6 GB; 74 s to build from a nearby mirror, minutes over a slow link), and the
+tflite/vela backends find it by itself.
 
 rknn-toolkit2 2.5 wants numpy ≤ 1.26, onnx ≤ 1.18, protobuf ≤ 4.25.4 and torch ≤ 2.4; a plain install drags in a
 multi-GB CUDA torch. The recipe: a fresh venv, the CPU torch first (``torch==2.13.0``, a local wheel on our
@@ -30,13 +34,21 @@ RECIPES: dict[str, list[list[str]]] = {
         ],
         ["--no-deps", "rknn-toolkit2==2.5.0"],
     ],
+    "tflite": [["onnx2tf==1.29.24"]],  # its own exact pins bring TensorFlow, tf-keras, onnx, onnxsim, ai-edge-litert
+}
+#: the import that proves an environment works
+CHECKS = {
+    "rknn": "import rknn.api; print('rknn-toolkit2 imports')",
+    "tflite": "import onnx2tf, tensorflow; print('onnx2tf', onnx2tf.__version__, 'tensorflow', tensorflow.__version__)",
 }
 
 
 def default_path(name: str) -> Path:
+    """Where the backends look for the environment when no option names one."""
     from backends.rknn import DEFAULT_ENV
+    from backends.tflite import CONVERTER_ENV
 
-    return DEFAULT_ENV if name == "rknn" else DEFAULT_ENV.parent / name
+    return {"rknn": DEFAULT_ENV, "tflite": CONVERTER_ENV}.get(name, DEFAULT_ENV.parent / name)
 
 
 def create(name: str, path: Path | None = None, python: str = sys.executable, echo: bool = True) -> Path:
@@ -49,7 +61,7 @@ def create(name: str, path: Path | None = None, python: str = sys.executable, ec
     py = path / "bin" / "python"
     steps = [] if py.is_file() else [[python, "-m", "venv", str(path)]]
     steps += [[str(py), "-m", "pip", "install", "-q", *args] for args in RECIPES[name]]
-    steps.append([str(py), "-I", "-c", "import rknn.api; print('rknn-toolkit2 imports')"])
+    steps.append([str(py), "-I", "-c", CHECKS[name]])
     for cmd in steps:
         if echo:
             print("+", " ".join(cmd), flush=True)

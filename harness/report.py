@@ -7,7 +7,6 @@ simulated, estimated); every string from results (model names, error messages) i
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import math
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ResultsError
-from harness.tables import SUMMARY_COLUMNS, format_value, with_gap
+from harness.tables import SUMMARY_COLUMNS, format_value, html_text, with_gap
 
 PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "int4": "D"}
 MAX_LATENCY_CELLS = 40
@@ -62,18 +61,10 @@ def _fig_to_png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _label_numbers(ax: Any, df: Any) -> None:
-    ax.text(
-        0.99,
-        0.01,
-        _provenance(df),
-        transform=ax.transAxes,
-        ha="right",
-        va="bottom",
-        fontsize=8,
-        color="dimgray",
-        bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none"},
-    )
+def _label_numbers(ax: Any, df: Any, text: str | None = None) -> None:
+    """Where the numbers come from, as a second line of the x label: inside the axes it covered data."""
+    label = ax.get_xlabel()
+    ax.set_xlabel((label + "\n" if label else "") + (text or _provenance(df)), fontsize=9)
 
 
 def pareto_front(x: list[float], y: list[float]) -> list[int]:
@@ -122,9 +113,37 @@ def _group_col(df: Any) -> Any:
     return g.where(g != "", df["model"].astype(str))
 
 
-def fig_power_or_accuracy(ok: Any, use_power: bool) -> Figure:
+def plain_number(v: float, _pos: Any = None) -> str:
+    """A tick label without math text: 0.1, 1, 10, 1,000 (never ``$\\mathdefault{10^{-1}}$``)."""
+    if v == 0 or not math.isfinite(v):
+        return "0"
+    if abs(v) >= 1:
+        return f"{v:,.0f}" if abs(v - round(v)) < 1e-9 * abs(v) else f"{v:,.1f}"
+    return f"{v:.6f}".rstrip("0").rstrip(".") if abs(v) >= 1e-6 else f"{v:.0e}"
+
+
+def plain_log_axis(ax: Any, axis: str = "x") -> None:
+    """A log scale whose ticks read 0.1, 1, 10. With ``text.parse_math`` off (a report's strings must never be
+    math text) matplotlib's default log formatter prints raw ``$\\mathdefault{10^{-1}}$``; this one prints plain
+    numbers, and labels the 2× and 5× minor ticks where the axis spans under two decades (too few major ticks)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    a = ax.xaxis if axis == "x" else ax.yaxis
+    getattr(ax, f"set_{axis}scale")("log")
+    a.set_major_locator(LogLocator(base=10))
+    a.set_major_formatter(FuncFormatter(plain_number))
+    lo, hi = getattr(ax, f"get_{axis}lim")()
+    if lo > 0 and hi / lo < 100:
+        a.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+        a.set_minor_formatter(FuncFormatter(plain_number))
+    else:
+        a.set_minor_formatter(NullFormatter())
+
+
+def fig_power_or_accuracy(ok: Any, use_power: bool) -> Figure | None:
     """Median FPS vs mean power (whisker up to the peak) or vs top-1; colour = backend, marker = precision,
-    fill style = checkpoint group; Pareto front dashed."""
+    fill style = checkpoint group. Host FPS (measured here) and the target's FPS (ESTIMATED for simulated /
+    estimated rows) are different quantities: separate panels, each with its own Pareto front (dashed)."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
@@ -136,101 +155,111 @@ def fig_power_or_accuracy(ok: Any, use_power: bool) -> Figure:
         ok = ok[ok["timed"].astype(bool)]
     if use_power:
         ok = ok[ok["power_w_mean"].notna()]
-    ok, dropped = throughput_frame(ok)
+    if "numbers" in ok and len(ok):  # simulated/estimated rows without the target's estimate: left out
+        no_est = ok["est_fps"].isna() if "est_fps" in ok else True
+        dropped = int((ok["numbers"].ne("measured") & no_est).sum())
+    else:
+        dropped = 0
+    ok, _ = throughput_frame(ok)
+    if ok.empty:
+        return None
     ok = ok.assign(_group=_group_col(ok))
     ycol = "power_w_mean" if use_power else "top1"
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    backends = sorted(ok["backend"].astype(str).unique())
+    panels = [(est, ok[ok["_est"] == est]) for est in (False, True)]
+    panels = [(est, d) for est, d in panels if len(d)] or [(False, ok)]
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(7.5 if len(panels) == 1 else 11.0, 4.8), squeeze=False, sharey=True
+    )
     cmap, n = (plt.cm.tab10, 10) if len(all_backends) <= 10 else (plt.cm.tab20, 20)
     colors = {b: cmap(i % n) for i, b in enumerate(all_backends)}
     groups = sorted(ok["_group"].unique())
     fills = {g: FILL_STYLES[i % len(FILL_STYLES)] for i, g in enumerate(groups)}
     scale = 1 if use_power else 100
-    # one plot call per (backend, precision, group, estimated) set: per-point calls made 1,000-row reports slow
-    for (backend, prec, grp, est), g in ok.groupby(["backend", "precision", "_group", "_est"]):
-        c = colors[str(backend)]
-        ax.plot(
-            g["fps"],
-            g[ycol] * scale,
-            ls="",
-            marker=PRECISION_MARKERS.get(prec, "o"),
-            markersize=7,
-            color=c,
-            markeredgecolor=c,
-            markeredgewidth=1.3,
-            fillstyle=fills[grp],
-            alpha=0.5 if est else 0.95,
-        )
-        if use_power and "power_w_peak" in g:
-            w = g.dropna(subset=["power_w_peak"])
-            if len(w):
-                ax.errorbar(
-                    w["fps"],
-                    w[ycol],
-                    yerr=[0 * w[ycol], (w["power_w_peak"] - w[ycol]).clip(lower=0)],
-                    fmt="none",
-                    color=c,
-                    capsize=2,
-                    lw=0.8,
-                )
-    if use_power:
+    for ax, (est, d) in zip(axes[0], panels, strict=True):
+        # one plot call per (backend, precision, group) set: per-point calls made 1,000-row reports slow
+        for (backend, prec, grp), g in d.groupby(["backend", "precision", "_group"]):
+            c = colors[str(backend)]
+            ax.plot(
+                g["fps"],
+                g[ycol] * scale,
+                ls="",
+                marker=PRECISION_MARKERS.get(prec, "o"),
+                markersize=7,
+                color=c,
+                markeredgecolor=c,
+                markeredgewidth=1.3,
+                fillstyle=fills[grp],
+                alpha=0.95,
+            )
+            if use_power and "power_w_peak" in g:
+                w = g.dropna(subset=["power_w_peak"])
+                if len(w):
+                    ax.errorbar(
+                        w["fps"],
+                        w[ycol],
+                        yerr=[0 * w[ycol], (w["power_w_peak"] - w[ycol]).clip(lower=0)],
+                        fmt="none",
+                        color=c,
+                        capsize=2,
+                        lw=0.8,
+                    )
         # lower power is better: negate y for the front
-        idx = pareto_front(list(ok["fps"]), list(-ok[ycol]))
+        idx = pareto_front(list(d["fps"]), list(-d[ycol] if use_power else d[ycol]))
+        front = d.iloc[idx]
+        ax.plot(front["fps"], front[ycol] * scale, "k--", lw=1, alpha=0.6)
+        if est:
+            ax.set_title("target, ESTIMATED (simulated / estimated rows)", fontsize=9, color="#8a4b00")
+            ax.set_xlabel("target's ESTIMATED FPS (performance model, est_fps)")
+        else:
+            ax.set_title("this host, MEASURED" if len(panels) > 1 else "", fontsize=9)
+            ax.set_xlabel("median FPS on this host (batch 1), measured")
+        if len(d) and d["fps"].max() > 100 * max(d["fps"].min(), 1e-9):
+            plain_log_axis(ax, "x")
+        ax.grid(alpha=0.3)
+        kinds = ", ".join(sorted({str(x) for x in d.get("energy_numbers", []) if x}))
+        _label_numbers(ax, d, f"numbers: latency measured, power {kinds}" if use_power else None)
+    two = len(panels) > 1
+    if use_power:
         estimated = "estimated" in set(ok.get("energy_numbers", []))
-        ax.set_ylabel("mean power (W); whisker up to peak" + (" — ESTIMATED" if estimated else ""))
+        axes[0, 0].set_ylabel("mean power (W); whisker up to peak" + (" — ESTIMATED" if estimated else ""))
         sources = "; ".join(sorted({str(x) for x in ok["energy_source"] if x}))
         caption = (
             "Power–throughput: mean power over the timed loop (marker) with a whisker up to the peak sample. "
-            f"Dashed: Pareto front (more FPS, less mean power). Power source: {sources}."
+            f"Dashed: Pareto front (more FPS, less mean power), one per panel. Power source: {sources}."
             + (" These powers are ESTIMATED from CPU time, not measured by a meter." if estimated else "")
         )
     else:
-        idx = pareto_front(list(ok["fps"]), list(ok["top1"]))
-        ax.set_ylabel("top-1 accuracy (%)")
-        caption = "Accuracy against throughput. Dashed: Pareto front (more FPS, more accuracy)."
-        if bool(ok["_est"].any()) or dropped:
+        axes[0, 0].set_ylabel("top-1 accuracy (%)")
+        caption = "Accuracy against throughput. Dashed: Pareto front (more FPS, more accuracy), one per panel."
+        if two:
             caption += (
-                " Simulated/estimated rows (translucent) are placed at the target's ESTIMATED FPS (est_source), "
-                f"not at the simulator's speed on this host; {dropped} such row(s) without an estimate are left out."
+                " Left: FPS MEASURED on this host. Right: simulated/estimated rows at the target's ESTIMATED FPS "
+                "(est_source), not at the simulator's speed on this host — a different quantity, so a separate "
+                "panel and front."
             )
+        if dropped:
+            caption += f" {dropped} simulated/estimated row(s) without a target estimate are left out."
         if not power_known:
             caption += " Power is not known for these rows (no power meter recorded), so there is no power plot."
     if untimed:
         caption += f" {untimed} fidelity-only row(s) (models[].timing: false) have no latency and are not plotted."
     caption += " Colour = backend, marker = precision, fill style = checkpoint group."
-    front = ok.iloc[idx]
-    ax.plot(front["fps"], front[ycol] * scale, "k--", lw=1, alpha=0.6, label="Pareto front")
-    ax.set_xlabel("median FPS (batch 1)" + ("; translucent: target's estimated FPS" if bool(ok["_est"].any()) else ""))
-    if len(ok) and ok["fps"].max() > 100 * max(ok["fps"].min(), 1e-9):
-        ax.set_xscale("log")
     handles = [
         Line2D([], [], marker=m, ls="", color="gray", label=p)
         for p, m in PRECISION_MARKERS.items()
         if p in set(ok["precision"])
     ]
-    handles += [Line2D([], [], marker="s", ls="", color=colors[b], label=b) for b in backends]
+    handles += [
+        Line2D([], [], marker="s", ls="", color=colors[b], label=b) for b in sorted(ok["backend"].astype(str).unique())
+    ]
     handles += [
         Line2D([], [], marker="o", ls="", color="black", fillstyle=fills[g], markersize=7, label=f"group: {g}")
         for g in groups
     ]
-    ax.legend(handles=handles, fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.grid(alpha=0.3)
-    if use_power:
-        kinds = sorted({str(x) for x in ok.get("energy_numbers", []) if x})
-        ax.text(
-            0.99,
-            0.01,
-            f"numbers: latency measured, power {', '.join(kinds)}",
-            transform=ax.transAxes,
-            ha="right",
-            va="bottom",
-            fontsize=8,
-            color="dimgray",
-        )
-    else:
-        _label_numbers(ax, ok)
+    handles.append(Line2D([], [], ls="--", color="black", alpha=0.6, label="Pareto front"))
+    axes[0, -1].legend(handles=handles, fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
     title = "Power vs throughput" if use_power else "Accuracy vs throughput"
-    ax.set_title(title)
+    fig.suptitle(title + (": measured host vs estimated target" if two else ""), fontsize=11)
     return Figure("power_throughput" if use_power else "accuracy_throughput", title, _fig_to_png(fig), caption)
 
 
@@ -246,7 +275,7 @@ def _numbers_tag(rows: Any) -> dict[tuple[str, str], str]:
 def fig_gap_facets(rep: Any, ok: Any) -> Figure | None:
     """FP→Q gap per backend × spec, one panel per precision, one bar per checkpoint group (mean over seeds) with
     its 95 % interval (seeds + evaluation samples, or samples only for one seed). Horizontal, so a study with
-    many backends grows downwards and fits the page width."""
+    many backends grows downwards and fits the page width. The legend sits above the panels, off the bars."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -264,10 +293,11 @@ def fig_gap_facets(rep: Any, ok: Any) -> Figure | None:
         panels.append((p, r, sorted(shown), len(cells) - len(shown)))
     heights = [max(1.2, 0.16 * len(c) * max(1, len(groups)) + 0.6) for _, _, c, _ in panels]
     fig, axes = plt.subplots(
-        len(panels), 1, figsize=(7.5, sum(heights) + 0.6), squeeze=False, gridspec_kw={"height_ratios": heights}
+        len(panels), 1, figsize=(7.5, sum(heights) + 1.0), squeeze=False, gridspec_kw={"height_ratios": heights}
     )
     h = 0.8 / max(1, len(groups))
     colors = {g: plt.cm.tab10(i % 10) for i, g in enumerate(groups)}
+    most = int(rep["seeds"].max())
     for ax, (prec, r, cells, cut) in zip(axes[:, 0], panels, strict=True):
         y = np.arange(len(cells))
         for i, g in enumerate(groups):
@@ -280,20 +310,24 @@ def fig_gap_facets(rep: Any, ok: Any) -> Figure | None:
                 color=colors[g],
                 ecolor="black",
                 error_kw={"lw": 0.7, "capsize": 1.5},
-                label=f"{g} (seeds: {int(v['seeds'].max()) if v['seeds'].notna().any() else 0})",
             )
         seeds = r.groupby(["backend", "spec_id"])["seeds"].min()
-        most = int(rep["seeds"].max())
         labels = [
-            f"{b} · {sp}{tags.get((b, sp), '')}" + (f" ({int(seeds[(b, sp)])} seed)" if seeds[(b, sp)] < most else "")
+            f"{b} · {sp}{tags.get((b, sp), '')}"
+            + (f" ({int(seeds[(b, sp)])} seed{'s' * bool(seeds[(b, sp)] != 1)})" if seeds[(b, sp)] < most else "")
             for b, sp in cells
         ]
-        ax.set_yticks(y + h * (len(groups) - 1) / 2, labels, fontsize=6.5)
+        ax.set_yticks(y + h * (len(groups) - 1) / 2, labels, fontsize=7)
         ax.invert_yaxis()
         ax.axvline(0, color="black", lw=0.8)
         ax.grid(axis="x", alpha=0.3)
         ax.set_title(f"{prec.upper()}" + (f" ({cut} cells with smaller gaps not shown)" if cut else ""), fontsize=9)
-        ax.legend(fontsize=6.5, loc="lower left")
+    # one legend for the figure, above the panels: it never covers a bar, and it says seeds honestly
+    seeds_of = rep.groupby("group")["seeds"].agg(["min", "max"])
+    handles = [
+        plt.Rectangle((0, 0), 1, 1, color=colors[g], label=f"{g} ({_seed_range(seeds_of.loc[g])})") for g in groups
+    ]
+    fig.legend(handles=handles, loc="outside upper center", ncol=min(4, len(groups)), fontsize=7.5, frameon=False)
     axes[-1, 0].set_xlabel("top-1 change vs own FP32 (pp), mean over seeds, 95 % interval")
     _label_numbers(axes[-1, 0], ok)
     return Figure(
@@ -302,16 +336,40 @@ def fig_gap_facets(rep: Any, ok: Any) -> Figure | None:
         _fig_to_png(fig),
         "Top-1 change of each quantized cell against the same checkpoint's FP32 reference on the same evaluation "
         "set, averaged over the seeds of each group; whiskers are 95 % intervals over seeds and evaluation "
-        "samples (paired bootstrap; samples only where a group has one seed). [sim] = numerics of a simulated "
-        "target (vendor simulator or simnpu profile), [est] = outputs from a stand-in runtime with a performance "
-        "model for the target.",
+        "samples (paired bootstrap; samples only where a group has one seed). A cell with fewer seeds than the "
+        "rest says so in its label. [sim] = numerics of a simulated target (vendor simulator or simnpu profile), "
+        "[est] = outputs from a stand-in runtime with a performance model for the target.",
     )
 
 
+def _seed_range(s: Any) -> str:
+    lo, hi = int(s["min"]), int(s["max"])
+    if lo == hi:
+        return f"{lo} seed{'s' * (lo != 1)} per cell"
+    return f"{lo}–{hi} seeds per cell"
+
+
+def heat_text_color(rgba: Any) -> str:
+    """Black or white, whichever reads on a cell of colour ``rgba`` (relative luminance, WCAG)."""
+
+    def lin(c: float) -> float:
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (lin(float(c)) for c in rgba[:3])
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.179 else "white"
+
+
+NOT_RUN_COLOR = "#d9d9d9"
+NOT_RUN_EDGE = "#9a9a9a"
+
+
 def fig_gap_heatmap(rep: Any) -> Figure | None:
-    """Backend × spec heat map of the FP→Q gap (mean over seeds), one panel per checkpoint group, shared scale."""
+    """Backend × spec heat map of the FP→Q gap (mean over seeds), one panel per checkpoint group, shared scale.
+    Cells without a result (not run) are grey, hatched and marked "–": never drawn like a zero gap."""
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Patch
 
     if rep is None or rep.empty:
         return None
@@ -324,72 +382,113 @@ def fig_gap_heatmap(rep: Any) -> Figure | None:
     specs = sorted(worst_specs, key=lambda x: (order.get(x.split("-")[0], 9), x))
     rep = rep[rep["backend"].isin(backends) & rep["spec_id"].isin(specs)]
     annotate = len(backends) * len(specs) <= 240
+    fontsize = 8 if len(specs) <= 8 else 7
     lim = max(0.5, float(np.nanmax(np.abs(rep["gap_pp"].to_numpy()))))
-    fig, axes = plt.subplots(len(groups), 1, figsize=(7.5, len(groups) * (0.32 * len(backends) + 1.4)), squeeze=False)
+    # not run = masked = transparent, over a hatched grey axes background: one patch per panel, not per cell
+    cmap, norm = plt.get_cmap("RdBu").with_extremes(bad=(0, 0, 0, 0)), Normalize(-lim, lim)
+    fig, axes = plt.subplots(len(groups), 1, figsize=(7.5, len(groups) * (0.36 * len(backends) + 1.5)), squeeze=False)
     im = None
     for ax, g in zip(axes[:, 0], groups, strict=True):
         m = rep[rep["group"] == g].pivot_table(index="backend", columns="spec_id", values="gap_pp", aggfunc="mean")
-        m = m.reindex(index=backends, columns=specs)
-        im = ax.imshow(m.to_numpy(float), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
-        for (i, j), v in np.ndenumerate(m.to_numpy(float)):
-            if annotate and np.isfinite(v):
-                ax.text(j, i, f"{v:+.1f}", ha="center", va="center", fontsize=6)
-        ax.set_yticks(range(len(backends)), backends, fontsize=6.5)
-        ax.set_xticks(range(len(specs)), specs, fontsize=6, rotation=30, ha="right")
-        ax.set_title(f"group: {g}", fontsize=8)
+        vals = m.reindex(index=backends, columns=specs).to_numpy(float)
+        ax.patch.set_facecolor(NOT_RUN_COLOR)
+        ax.patch.set_edgecolor(NOT_RUN_EDGE)
+        ax.patch.set_hatch("///")
+        im = ax.imshow(np.ma.masked_invalid(vals), cmap=cmap, norm=norm, aspect="auto")
+        for (i, j), v in np.ndenumerate(vals):
+            if not np.isfinite(v):  # not run: hatched grey with a dash, unlike any gap colour
+                if annotate:
+                    ax.text(j, i, "–", ha="center", va="center", fontsize=fontsize, color="#444444")
+            elif annotate:
+                color = heat_text_color(cmap(norm(v)))
+                label = "0.0" if abs(v) < 0.05 else f"{v:+.1f}"  # never "-0.0"
+                ax.text(j, i, label, ha="center", va="center", fontsize=fontsize, color=color)
+        ax.set_yticks(range(len(backends)), backends, fontsize=7.5)
+        ax.set_xticks(range(len(specs)), specs, fontsize=7, rotation=25, ha="right")
+        ax.set_title(f"group: {g}", fontsize=9)
     fig.colorbar(im, ax=axes[:, 0].tolist(), shrink=0.8, label="FP→Q gap (pp)")
+    fig.legend(
+        handles=[Patch(facecolor=NOT_RUN_COLOR, edgecolor=NOT_RUN_EDGE, hatch="///", label="– not run / no result")],
+        loc="outside lower right",
+        fontsize=7.5,
+        frameon=False,
+    )
     return Figure(
         "gap_heatmap",
         "FP→Q gap heat map (backend × spec)",
         _fig_to_png(fig),
         "Mean FP→Q top-1 gap over seeds per backend × spec, one panel per checkpoint group, one colour scale; "
-        f"blank = not run (unsupported, excluded, or failed). At most {MAX_HEAT_AXIS} backends and specs (those "
-        f"with the worst gaps) and {MAX_HEAT_GROUPS} groups are drawn; the summary table has every cell.",
+        "hatched grey with “–” = not run (unsupported, excluded, or failed), which is not a zero gap. At most "
+        f"{MAX_HEAT_AXIS} backends and specs (those with the worst gaps) and {MAX_HEAT_GROUPS} groups are drawn; "
+        "the summary table has every cell.",
     )
 
 
-def fig_reliability(ok: Any, limit: int = 6) -> Figure | None:
+def fig_reliability(ok: Any, max_groups: int = 4) -> Figure | None:
+    """Reliability diagrams of every checkpoint group (up to ``max_groups``): per group one row — an FP32 cell,
+    then the quantized cell with the highest ECE at each precision (at most two groups), or at any precision
+    (more groups: two panels per row keep the figure, and its drawing time, bounded)."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     rows = ok[ok["reliability"].fillna("{}") != "{}"]
     if rows.empty:
         return None
-    # one FP32 cell per checkpoint (its FP32 cells on several backends are near-identical), then the worst ECEs
-    pick = rows[rows["precision"] == "fp32"].drop_duplicates("model").head(limit // 2)
-    worst = rows[rows["precision"] != "fp32"].sort_values("ece", ascending=False).head(limit - len(pick))
-    pick = [*pick.iterrows(), *worst.iterrows()]
-    ncols = min(3, len(pick))
-    nrows = math.ceil(len(pick) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(7.5, 2.7 * nrows), squeeze=False)
-    for ax in axes.flat[len(pick) :]:
-        ax.set_visible(False)
-    for ax, (_, r) in zip(axes.flat, pick, strict=False):
-        b = json.loads(r["reliability"])
-        conf = np.array([np.nan if v is None else v for v in b["confidence"]])
-        acc = np.array([np.nan if v is None else v for v in b["accuracy"]])
-        centers = (np.arange(len(conf)) + 0.5) / len(conf)
-        ax.bar(centers, np.nan_to_num(acc), width=1 / len(conf), edgecolor="k", lw=0.4, alpha=0.8)
-        counts = b.get("count", [])
-        for x, a, c in zip(centers, np.nan_to_num(acc), counts, strict=False):
-            if c:  # samples per bin: a bar over 3 images says little
-                ax.text(x, min(a + 0.02, 0.93), f"{int(c)}", ha="center", va="bottom", fontsize=4.5, rotation=90)
-        ax.plot([0, 1], [0, 1], "r--", lw=0.8)
-        ece = r["ece"] if not math.isnan(r["ece"]) else r.get("pixel_ece", math.nan)  # segmentation: per pixel
-        ax.set_title(f"{r['model']}\n{r['spec_id']}\nECE {100 * ece:.2f}%", fontsize=7)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.tick_params(labelsize=6)
-    for row in axes:
-        row[0].set_ylabel("accuracy")
+    rows = rows.assign(_group=_group_col(rows))
+    groups = sorted(rows["_group"].unique())
+    shown_groups = groups[:max_groups]
+    precs = [p for p in ("int8", "int4", "fp16") if p in set(rows["precision"])]
+    per_precision = len(groups) <= 2
+    if not per_precision:  # FP32 + worst quantized per group, six panels at most (drawing time grows per panel)
+        shown_groups = groups[: min(max_groups, 3)]
+    grid: list[list[Any]] = []
+    for g in shown_groups:
+        gr = rows[rows["_group"] == g]
+        line = []
+        fp = gr[gr["precision"] == "fp32"]
+        if len(fp):  # its FP32 cells on several backends are near-identical: the first model's first one
+            line.append(fp.sort_values(["model", "backend"]).iloc[0])
+        for p in precs if per_precision else [precs]:
+            q = gr[gr["precision"].isin([p] if isinstance(p, str) else p)]
+            if len(q):
+                line.append(q.sort_values("ece", ascending=False).iloc[0])
+        if line:
+            grid.append(line)
+    ncols = max(len(line) for line in grid)
+    fig, axes = plt.subplots(len(grid), ncols, figsize=(7.5, 2.7 * len(grid)), squeeze=False)
+    for line, axrow in zip(grid, axes, strict=True):
+        for ax in axrow[len(line) :]:
+            ax.set_visible(False)
+        for ax, r in zip(axrow, line, strict=False):
+            b = json.loads(r["reliability"])
+            conf = np.array([np.nan if v is None else v for v in b["confidence"]])
+            acc = np.array([np.nan if v is None else v for v in b["accuracy"]])
+            centers = (np.arange(len(conf)) + 0.5) / len(conf)
+            ax.bar(centers, np.nan_to_num(acc), width=1 / len(conf), edgecolor="k", lw=0.4, alpha=0.8)
+            counts = b.get("count", [])
+            for x, a, c in zip(centers, np.nan_to_num(acc), counts, strict=False):
+                if c:  # samples per bin: a bar over 3 images says little
+                    ax.text(x, min(a + 0.02, 0.93), f"{int(c)}", ha="center", va="bottom", fontsize=5, rotation=90)
+            ax.plot([0, 1], [0, 1], "r--", lw=0.8)
+            ece = r["ece"] if not math.isnan(r["ece"]) else r.get("pixel_ece", math.nan)  # segmentation: per pixel
+            ax.set_title(
+                f"group {r['_group']}: {r['model']}\n{r['backend']} · {r['spec_id']}\nECE {100 * ece:.2f}%", fontsize=7
+            )
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.tick_params(labelsize=6)
+        axrow[0].set_ylabel("accuracy")
     fig.supxlabel("confidence (max softmax), 15 bins", fontsize=8)
     fig.text(0.99, 0.0, _provenance(ok), ha="right", fontsize=7, color="dimgray")
+    left = len(groups) - len(shown_groups)
     return Figure(
         "reliability",
         "Reliability diagrams",
         _fig_to_png(fig),
-        "FP32 cells and the quantized cells with the highest ECE; the diagonal is perfect calibration; the number "
-        "over each bar is how many evaluation samples fell in that confidence bin.",
+        "One row per checkpoint group: an FP32 cell, then the quantized cell with the highest ECE "
+        + ("at each precision" if per_precision else "of the group")
+        + "; the diagonal is perfect calibration; the number over each bar is how many evaluation samples "
+        "fell in that confidence bin." + (f" {left} more group(s) not drawn." if left else ""),
     )
 
 
@@ -417,7 +516,7 @@ def fig_latency(ok: Any, samples: Any) -> Figure | None:
     ax.boxplot(data, orientation="horizontal", showfliers=True, flierprops={"markersize": 2})
     ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=6)
     ax.set_xlabel("latency per inference (ms), host to host")
-    ax.set_xscale("log")
+    plain_log_axis(ax, "x")
     ax.grid(axis="x", alpha=0.3)
     ax.set_title("Latency distributions (raw samples)")
     _label_numbers(ax, ok)
@@ -484,11 +583,37 @@ _cell = format_value
 #: top-1 agreement with FP32 below this, with a top-1 change indistinguishable from zero (or a gain), is flagged:
 #: the accuracy looks free while many predictions changed (e.g. INT4 cells at +1.6 pp gap and 84 % agreement).
 LOW_AGREEMENT = 0.97
+#: the phrase every low-agreement flag ends with: the header's count and the table's flags are counted by it
+LOW_AGREEMENT_FLAG = "agreement with FP32"
 _COLS = [c for c, _, _ in SUMMARY]
 _AFTER_GAP = _COLS.index("gap_pp") + 1
 _P50 = _COLS.index("latency_ms_p50")
 SUMMARY_HEADER = [h for _, h, _ in SUMMARY[:_AFTER_GAP]] + ["gap 95 % CI"]
 SUMMARY_HEADER += [h for _, h, _ in SUMMARY[_AFTER_GAP:]] + ["flags"]
+_ENERGY_SOURCE_COL = SUMMARY_HEADER.index("energy source")
+
+
+def low_agreement_flag(r: Any, lo: float = math.nan, hi: float = math.nan) -> str:
+    """The one rule for "top-1 looks free but the predictions changed": agreement with FP32 below LOW_AGREEMENT
+    while the top-1 change is a gain, within ±UNCHANGED_PP of zero, or a drop whose 95 % interval [lo, hi]
+    reaches 0. "Unchanged" is said only within ±UNCHANGED_PP; other changes are said with their size."""
+    from harness.report_verdict import UNCHANGED_PP
+
+    agree, gap = r.get("top1_agreement", math.nan), r.get("gap_pp", math.nan)
+    if not (isinstance(agree, float) and math.isfinite(agree) and agree < LOW_AGREEMENT):
+        return ""
+    if not (isinstance(gap, float) and math.isfinite(gap)):
+        return ""
+    noise = math.isfinite(lo) and lo <= 0 <= hi
+    if abs(gap) < UNCHANGED_PP:
+        change = f"top-1 unchanged (|Δ| < {UNCHANGED_PP} pp)"
+    elif gap > 0:
+        change = f"top-1 up {gap:+.2f} pp"
+    elif noise:
+        change = f"top-1 {gap:+.2f} pp, within noise (its 95 % CI reaches 0)"
+    else:
+        return ""  # a visible drop needs no extra warning
+    return f"{change} but only {100 * agree:.1f} % {LOW_AGREEMENT_FLAG}"
 
 
 def row_flags(r: Any, lo: float = math.nan, hi: float = math.nan) -> list[str]:
@@ -507,11 +632,24 @@ def row_flags(r: Any, lo: float = math.nan, hi: float = math.nan) -> list[str]:
             if isinstance(cv, float) and math.isfinite(cv)
             else "unstable timing"
         )
-    agree, gap = r.get("top1_agreement", math.nan), r.get("gap_pp", math.nan)
-    flat = (math.isfinite(lo) and lo <= 0 <= hi) or (isinstance(gap, float) and gap >= 0)
-    if isinstance(agree, float) and math.isfinite(agree) and agree < LOW_AGREEMENT and flat:
-        flags.append(f"top-1 unchanged but only {100 * agree:.1f} % agreement with FP32")
+    low = low_agreement_flag(r, lo, hi)
+    if low:
+        flags.append(low)
     return flags
+
+
+def footnoted(body: list[list[str]], col: int) -> tuple[list[list[str]], list[str]]:
+    """Column ``col`` of a table body with each distinct text (e.g. an energy-source sentence repeated on every
+    row) replaced by a footnote marker ``[n]``; returns the new body and the footnotes, n = 1, 2, …"""
+    notes: dict[str, int] = {}
+    out = []
+    for r in body:
+        text = r[col]
+        if text and text != "–":
+            n = notes.setdefault(text, len(notes) + 1)
+            r = [*r[:col], f"[{n}]", *r[col + 1 :]]
+        out.append(r)
+    return out, list(notes)
 
 
 def summary_rows(df: Any, cis: Any = None) -> list[list[str]]:
@@ -631,7 +769,7 @@ def audit_section(rows: Any) -> Section | None:
     bad = rows[mismatched(rows)].sort_values(["model", "backend", "spec_id"])
     if bad.empty:
         return None
-    e = html.escape
+    e = html_text
     items = [
         (f"{r['model']} × {r['backend']} × {r['spec_id']}", str(r["audit"]).removeprefix("mismatch: "))
         for _, r in bad.iterrows()
@@ -641,18 +779,19 @@ def audit_section(rows: Any) -> Section | None:
         "(weight bits, granularity, symmetry or activation quantization). Their numbers describe the artifact, "
         "not the spec: they are left out of the comparison's aggregates."
     )
-    html_text = (
+    body = (
         f"<p class='note'>{e(lead)}</p><ul>"
         + "".join(f"<li><b>{e(c)}</b>: {e(why)}</li>" for c, why in items)
         + "</ul>"
     )
     md = m(lead) + "\n\n" + "\n".join(f"- **{m(c)}**: {m(why)}" for c, why in items)
-    return Section("Spec audit: artifacts that contradict their labels", html_text, md)
+    return Section("Spec audit: artifacts that contradict their labels", body, md)
 
 
-def comparison_section(study: Any) -> tuple[Section | None, str]:
-    """`qtbench compare`'s section for a report whose results hold ≥ 2 checkpoint groups (or why there is none)."""
-    from harness.compare import compare_study, difference_table, group_table, headlines, to_markdown
+def study_comparison(study: Any) -> tuple[Any, str]:
+    """`qtbench compare`'s frame for results holding ≥ 2 checkpoint groups (or why there is none): the numbers
+    behind both the verdict card and the comparison section."""
+    from harness.compare import compare_study
     from harness.errors import UserError
 
     groups = sorted(set(study.cells["group"])) if len(study.cells) else []
@@ -671,9 +810,20 @@ def comparison_section(study: Any) -> tuple[Section | None, str]:
         df = compare_study(study, base, cand)
     except UserError as exc:
         return None, str(exc)
-    if df.empty:
-        return None, ""
-    e = html.escape
+    return (None, "") if df.empty else (df, "")
+
+
+def comparison_section(study: Any, df: Any = None) -> tuple[Section | None, str]:
+    """`qtbench compare`'s section for a report whose results hold ≥ 2 checkpoint groups (or why there is none);
+    ``df``: study_comparison's frame when the caller has it already."""
+    from harness.compare import difference_table, group_table, headlines, to_markdown
+
+    why = ""
+    if df is None:
+        df, why = study_comparison(study)
+    if df is None:
+        return None, why
+    e = html_text
     b, c = df.attrs["baseline"], df.attrs["candidate"]
     body = [
         f"<p>Candidate <b>{e(c)}</b> vs baseline <b>{e(b)}</b>: FP→Q top-1 gap per precision over backends × "
@@ -702,8 +852,29 @@ def build_report(results: list[Path], out: Path, title: str | None = None) -> di
         return _build_report(results, out, title)
 
 
+@dataclass
+class Page:
+    """Everything a report page shows, in reading order: the verdict card, the figures, the detail sections
+    (comparison, spec audit), notes, then the full table (collapsed) with its footnotes."""
+
+    title: str
+    rows: Any
+    ok: Any
+    not_ok: Any
+    verdict: Any  # harness.report_verdict.Verdict
+    figures: list[Figure]
+    provenance: str
+    table: list[list[str]]
+    footnotes: list[str]  # energy-source sentences, numbered [1], [2], … in the table
+    spread: list[list[str]]
+    sections: list[Section] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
 def _build_report(results: list[Path], out: Path, title: str | None) -> dict[str, Path]:
     from harness.compare import build_study, cell_intervals, latest_per_cell, replica_intervals
+    from harness.report_verdict import UNCHANGED_PP, build_verdict
+    from harness.tables import mismatched
 
     data = load_report_data([Path(r) for r in results])
     # the newest row per model × backend × spec: a re-run under another cell key (e.g. --iterations) is one cell
@@ -716,22 +887,24 @@ def _build_report(results: list[Path], out: Path, title: str | None) -> dict[str
     notes += study.notes
     cis = cell_intervals(study)
     rep = replica_intervals(study)
+    cmp_df, why = study_comparison(study)
     sections: list[Section] = []
+    cmp_section, _ = comparison_section(study, cmp_df) if cmp_df is not None else (None, "")
+    if cmp_section:
+        sections.append(cmp_section)
     audit_sec = audit_section(rows)
     if audit_sec is not None:
         sections.append(audit_sec)
-    cmp_section, why = comparison_section(study)
-    if cmp_section:
-        sections.append(cmp_section)
     if why:
         notes.append(why)
     figures: list[Figure] = []
     if not ok.empty:
-        figures.append(fig_power_or_accuracy(ok, use_power=False))
-        if has_power(ok):
-            figures.append(fig_power_or_accuracy(ok, use_power=True))
-        if ok["precision"].isin(["int8", "int4", "fp16"]).any():
+        if ok["precision"].isin(["int8", "int4", "fp16"]).any():  # the figures that answer the question first
             figures += [f for f in (fig_gap_facets(rep, ok), fig_gap_heatmap(rep)) if f is not None]
+        throughput = [fig_power_or_accuracy(ok, use_power=False)]
+        if has_power(ok):
+            throughput.append(fig_power_or_accuracy(ok, use_power=True))
+        figures += [f for f in throughput if f is not None]  # None: no row has a throughput to plot
         extras = (fig_reliability(ok), fig_mask_agreement(ok))  # mask agreement: segmentation rows only
         extras += (fig_latency(ok, data.samples), fig_training(data.training))
         for extra in extras:
@@ -744,88 +917,138 @@ def _build_report(results: list[Path], out: Path, title: str | None) -> dict[str
     not_ok = rows[rows["status"] != "ok"].sort_values(["model", "backend", "spec_id"])
     timed = ok[ok["timed"].astype(bool)] if "timed" in ok else ok
     n_unstable = int(timed["unstable"].astype(bool).sum()) if len(timed) else 0
+    # skipped/unavailable cells never ran: they are listed (grouped) under "Cells that did not run", not as rows
+    ran = rows[~rows["status"].isin(["skipped", "unavailable"])]
+    table = summary_rows(ran, cis)
+    # the header's count is the table's: one rule (low_agreement_flag), counted on the table's own flags
+    n_low = sum(LOW_AGREEMENT_FLAG in r[-1] for r in table)
+    table, footnotes = footnoted(table, _ENERGY_SOURCE_COL)
+    caveats = []
+    n_bad = int(mismatched(rows).sum())
+    if n_bad:
+        caveats.append(
+            f"{n_bad} cell(s) fail the spec audit (their artifact contradicts the spec label): left out of the "
+            "comparison, listed under Spec audit."
+        )
+    if n_low:
+        low = (
+            f"{n_low} quantized cell(s) agree with FP32 on < {100 * LOW_AGREEMENT:.0f} % of samples although their "
+            f"top-1 change is a gain, within ±{UNCHANGED_PP} pp, or within noise (flagged in the full table): their "
+            "predictions changed even though accuracy barely did"
+        )
+        notes.append(low)
+        caveats.append(low + ".")
     if n_unstable:
         notes.append(
             f"{n_unstable} of {len(timed)} timed cells are unstable (coefficient of variation above "
             "measure.cv_threshold; marked ! at p50 and in flags): compare their speeds with care"
         )
-    n_low = sum("agreement with FP32" in "; ".join(row_flags(r)) for r in with_gap(ok).to_dict("records"))
-    if n_low:
-        notes.append(
-            f"{n_low} quantized cell(s) keep top-1 but agree with FP32 on < {100 * LOW_AGREEMENT:.0f} % of "
-            "samples (flagged): their predictions changed even though accuracy did not"
-        )
-    provenance = _provenance(rows)
+        caveats.append(f"{n_unstable} of {len(timed)} timed cells have unstable timing: compare speeds with care.")
+    tags = _numbers_tag(ok) if not ok.empty else {}
+    verdict = build_verdict(rows, ok, not_ok, rep, cmp_df, tags, caveats)
+    page = Page(
+        title,
+        rows,
+        ok,
+        not_ok,
+        verdict,
+        figures,
+        _provenance(rows),
+        table,
+        footnotes,
+        spread_table(ok) if not ok.empty else [],
+        sections,
+        notes,
+    )
     html_path, md_path = out / "report.html", out / "report.md"
-    # skipped/unavailable cells never ran: they are listed (grouped) under "Cells that did not run", not as rows
-    ran = rows[~rows["status"].isin(["skipped", "unavailable"])]
-    tables = (summary_rows(ran, cis), spread_table(ok) if not ok.empty else [])
-    html_path.write_text(_html(title, rows, ok, not_ok, figures, provenance, tables, sections, notes))
-    md_path.write_text(_markdown(title, rows, ok, not_ok, figures, provenance, tables, sections, notes))
+    html_path.write_text(_html(page))
+    md_path.write_text(_markdown(page))
     return {"html": html_path, "markdown": md_path, **{f.name: out / f"{f.name}.png" for f in figures}}
 
 
 def _html_table(header: list[str], body: list[list[str]]) -> str:
-    e = html.escape
+    e = html_text
     head = "".join(f"<th>{e(h)}</th>" for h in header)
     rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in body)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
-def _html(
-    title: str,
-    rows: Any,
-    ok: Any,
-    not_ok: Any,
-    figures: list[Figure],
-    provenance: str,
-    tables: tuple[list, list],
-    sections: list[Section] | None = None,
-    notes: list[str] | None = None,
-) -> str:
-    e = html.escape
+CSS = (
+    "body{font-family:sans-serif;margin:1em auto;max-width:1200px;padding:0 1em;line-height:1.35}"
+    "h1{font-size:1.6em;margin:.3em 0 .5em}"
+    ".verdict{border:2px solid #2b5797;border-radius:8px;background:#f4f8fd;padding:.4em 1.1em .5em;"
+    "margin:0 0 1.5em}.verdict h2{margin:.2em 0 .3em;font-size:1.3em}.verdict p{margin:.35em 0}"
+    ".verdict .short{font-size:1.1em}.verdict ul{margin:.2em 0 .4em;padding-left:1.3em}"
+    ".verdict li{margin:.15em 0}.verdict .answers li{font-size:1.05em}.verdict .detail,.verdict .sub,"
+    ".verdict .worst{font-size:13px;color:#333}.verdict .detail{color:#555}"
+    "table{border-collapse:collapse;font-size:12px;display:block;overflow-x:auto;max-width:100%}"
+    "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:nth-child(-n+4),"
+    "th:nth-child(-n+4){text-align:left}figure{margin:1.5em 0}figcaption{color:#555;font-size:13px}"
+    "img{max-width:100%;height:auto}.prov{color:#555}.note{color:#8a4b00}td:last-child{text-align:left}"
+    "summary{cursor:pointer;margin:.5em 0;font-weight:bold}.footnotes{font-size:12px;color:#444}"
+    "@media (max-width:600px){body{padding:0 .5em;margin-top:.5em}h1{font-size:1.35em}"
+    ".verdict{padding:.2em .7em .4em}.verdict h2{font-size:1.15em}.verdict .short{font-size:1em}"
+    ".verdict ul{padding-left:1em}.verdict .answers li{font-size:1em}.verdict .detail,.verdict .sub,"
+    ".verdict .worst{font-size:12px}}"
+)
+
+
+def _html(page: Page) -> str:
+    e = html_text
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{e(title)}</title>",
-        "<style>body{font-family:sans-serif;margin:2em auto;max-width:1200px;padding:0 1em}"
-        "table{border-collapse:collapse;font-size:12px;display:block;overflow-x:auto;max-width:100%}"
-        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:nth-child(-n+4),"
-        "th:nth-child(-n+4){text-align:left}figure{margin:1.5em 0}figcaption{color:#555;font-size:13px}"
-        "img{max-width:100%;height:auto}.prov{color:#555}.note{color:#8a4b00}td:last-child{text-align:left}"
-        "summary{cursor:pointer;margin:.5em 0;font-weight:bold}</style></head><body>",
-        f"<h1>{e(title)}</h1>",
-        f"<p class='prov'>{len(rows)} cells, {len(ok)} ok. Every number is labelled by origin; {e(provenance)}. "
-        "Latency (p50, p99, FPS) is the harness's host-to-host clock; on simulated rows that clock timed the "
-        "simulator on this host. 'est. ms' is the target's latency from a model, sources below. Gap intervals "
-        "are 95 % paired-bootstrap intervals over the evaluation samples.</p>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>{e(page.title)}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>{e(page.title)}</h1>",
+        page.verdict.html(),
     ]
-    if notes:
-        parts.append("<ul class='note'>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
-    for sec in sections or []:
-        parts += [f"<h2>{e(sec.title)}</h2>", sec.html]
-    parts += ["<h2>Summary</h2>", _html_table(SUMMARY_HEADER, tables[0])]
-    spread = tables[1]
-    if spread:
-        parts += ["<h2>Spread across quantization settings</h2>", _html_table(SPREAD_HEADER, spread)]
-    est = estimate_sources(rows)
-    if est:
-        parts.append("<h2>Estimated target latency: sources</h2><ul>")
-        parts += [f"<li><b>{e(b)}</b>: {e(src)}</li>" for b, src in est]
-        parts.append("</ul>")
-    if not not_ok.empty:
-        groups = not_run_groups(not_ok)
-        parts.append(
-            f"<h2>Cells that did not run</h2><details><summary>{len(not_ok)} cells, {len(groups)} reasons</summary><ul>"
-        )
-        for st, cell, msg, models in groups:
-            parts.append(f"<li><b>{e(st)}</b> {e(cell)} — {e(_models_text(models))}: {e(msg)}</li>")
-        parts.append("</ul></details>")
-    for f in figures:
+    for f in page.figures:
         data = base64.b64encode(f.png).decode()
         parts.append(
             f"<figure><h2>{e(f.title)}</h2><img alt='{e(f.title)}' src='data:image/png;base64,{data}'>"
             f"<figcaption>{e(f.caption)}</figcaption></figure>"
         )
+    for sec in page.sections:
+        parts += [f"<h2>{e(sec.title)}</h2>", sec.html]
+    if page.notes:
+        parts.append("<h2>Notes</h2><ul class='note'>" + "".join(f"<li>{e(n)}</li>" for n in page.notes) + "</ul>")
+    parts += [
+        "<h2>All cells</h2>",
+        f"<p class='prov'>{len(page.rows)} cells, {len(page.ok)} ok. Every number is labelled by origin; "
+        f"{e(page.provenance)}. Latency (p50, p99, FPS) is the harness's host-to-host clock; on simulated rows "
+        "that clock timed the simulator on this host. 'est. ms' is the target's latency from a model, sources "
+        "below. Gap intervals are 95 % paired-bootstrap intervals over the evaluation samples.</p>",
+        f"<details id='full-table'><summary>Full table: {len(page.table)} rows (click to expand)</summary>",
+        _html_table(SUMMARY_HEADER, page.table),
+    ]
+    if page.footnotes:
+        parts.append(
+            "<div class='footnotes'><p><b>Energy source</b> (the [n] in that column):</p><ol>"
+            + "".join(f"<li id='fn{i}'>{e(t)}</li>" for i, t in enumerate(page.footnotes, 1))
+            + "</ol></div>"
+        )
+    parts.append("</details>")
+    if page.spread:
+        parts += [
+            "<details><summary>Spread across quantization settings</summary>",
+            _html_table(SPREAD_HEADER, page.spread),
+            "</details>",
+        ]
+    est = estimate_sources(page.rows)
+    if est:
+        parts.append("<h2>Estimated target latency: sources</h2><ul>")
+        parts += [f"<li><b>{e(b)}</b>: {e(src)}</li>" for b, src in est]
+        parts.append("</ul>")
+    if not page.not_ok.empty:
+        groups = not_run_groups(page.not_ok)
+        parts.append(
+            f"<h2>Cells that did not run</h2><details><summary>{len(page.not_ok)} cells, {len(groups)} reasons"
+            "</summary><ul>"
+        )
+        for st, cell, msg, models in groups:
+            parts.append(f"<li><b>{e(st)}</b> {e(cell)} — {e(_models_text(models))}: {e(msg)}</li>")
+        parts.append("</ul></details>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -854,47 +1077,45 @@ def _md_table(header: list[str], body: list[list[str]]) -> str:
     return md_table(header, body)
 
 
-def _markdown(
-    title: str,
-    rows: Any,
-    ok: Any,
-    not_ok: Any,
-    figures: list[Figure],
-    provenance: str,
-    tables: tuple[list, list],
-    sections: list[Section] | None = None,
-    notes: list[str] | None = None,
-) -> str:
+def _markdown(page: Page) -> str:
     """Markdown twin; every string from results is escaped (HTML entities + Markdown syntax), so a model named
     ``<script>`` or ``[x](javascript:…)`` reaches a renderer as text."""
     from harness.compare import md_escape as m
 
-    parts = [
-        f"# {m(title)}",
+    parts = [f"# {m(page.title)}", "", page.verdict.markdown()]
+    for f in page.figures:
+        parts += [f"## {m(f.title)}", "", f"![{m(f.title)}]({f.name}.png)", "", m(f.caption), ""]
+    for sec in page.sections:
+        parts += [f"## {m(sec.title)}", "", sec.markdown, ""]
+    if page.notes:
+        parts += ["## Notes", "", *[f"- {m(n)}" for n in page.notes], ""]
+    parts += [
+        "## All cells",
         "",
-        f"{len(rows)} cells, {len(ok)} ok; {m(provenance)}. Gap intervals are 95 % paired-bootstrap intervals "
-        "over the evaluation samples.",
+        f"{len(page.rows)} cells, {len(page.ok)} ok; {m(page.provenance)}. Gap intervals are 95 % paired-bootstrap "
+        "intervals over the evaluation samples.",
+        "",
+        f"<details><summary>Full table: {len(page.table)} rows</summary>",
+        "",
+        _md_table(SUMMARY_HEADER, page.table),
         "",
     ]
-    parts += [f"- {m(n)}" for n in notes or []] + ([""] if notes else [])
-    for sec in sections or []:
-        parts += [f"## {m(sec.title)}", "", sec.markdown, ""]
-    parts += ["## Summary", "", _md_table(SUMMARY_HEADER, tables[0]), ""]
-    spread = tables[1]
-    if spread:
-        parts += ["## Spread across quantization settings", "", _md_table(SPREAD_HEADER, spread), ""]
-    est = estimate_sources(rows)
+    if page.footnotes:
+        parts += ["Energy source (the [n] in that column):", ""]
+        parts += [f"{i}. {m(t)}" for i, t in enumerate(page.footnotes, 1)] + [""]
+    parts += ["</details>", ""]
+    if page.spread:
+        parts += ["## Spread across quantization settings", "", _md_table(SPREAD_HEADER, page.spread), ""]
+    est = estimate_sources(page.rows)
     if est:
         parts += ["## Estimated target latency: sources", ""]
         parts += [f"- **{m(b)}**: {m(src)}" for b, src in est]
         parts.append("")
-    if not not_ok.empty:
+    if not page.not_ok.empty:
         parts += ["## Cells that did not run", ""]
-        for st, cell, msg, models in not_run_groups(not_ok):
+        for st, cell, msg, models in not_run_groups(page.not_ok):
             parts.append(f"- **{m(st)}** {m(cell)} — {m(_models_text(models))}: {m(msg)}")
         parts.append("")
-    for f in figures:
-        parts += [f"## {m(f.title)}", "", f"![{m(f.title)}]({f.name}.png)", "", m(f.caption), ""]
     return "\n".join(parts)
 
 

@@ -3,7 +3,30 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
+
+#: characters a terminal or viewer would act on rather than show: C0/C1 controls (ESC starts escape sequences that
+#: can clear or retitle a terminal), DEL, and the bidi overrides/isolates that reorder what a reader sees
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: Any) -> str:
+    """``text`` with every control or bidi-override character shown as a visible escape (``\\x1b``, ``\\u202e``):
+    names and messages from sweep files, results or SDKs reach terminals, Markdown and HTML, and must not drive
+    them. Plain text (the common case) is returned unchanged."""
+    text = str(text)
+    if not _UNPRINTABLE.search(text):
+        return text
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def html_text(text: Any, quote: bool = True) -> str:
+    """HTML-escaped and :func:`printable`: every string a report takes from results goes through this."""
+    import html
+
+    return html.escape(printable(text), quote=quote)
+
 
 #: (column, header, format): "pct" = fraction as %, "kl" = ×1e3, "kb" = bytes as KB, else a str.format spec.
 SUMMARY_COLUMNS: list[tuple[str, str, str]] = [
@@ -11,7 +34,7 @@ SUMMARY_COLUMNS: list[tuple[str, str, str]] = [
     ("backend", "backend", "{}"),
     ("spec_id", "spec", "{}"),
     ("status", "status", "{}"),
-    ("spec_check", "spec", "{}"),  # the artifact audit: ✓ honoured, ✗ mismatch (listed below the table), ? not read
+    ("spec_check", "audit", "{}"),  # the artifact audit: ✓ honoured, ✗ mismatch (listed below the table), ? not read
     ("numbers", "numbers", "{}"),
     ("top1", "top-1 %", "pct"),
     ("gap_pp", "FP→Q pp", "{:+.2f}"),

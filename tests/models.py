@@ -46,6 +46,34 @@ def tiny_cnn(path: Path, seed: int = 0, classes: int = 5, dynamic_batch: bool = 
     return path
 
 
+def tiny_mlp(path: Path, seed: int = 0, classes: int = 5) -> Path:
+    """Flatten → MatMul(64→64) → Relu → MatMul(64→32) → Relu → Gemm(32→classes) on tiny_cnn's 1×8×8 input: a
+    MatMul-heavy model, the kind NNCF's INT4 weight compression is for (it keeps convolutions at 8 bit)."""
+    rng = np.random.default_rng(seed)
+    w1, w2 = rng.normal(0, 0.2, (64, 64)).astype(np.float32), rng.normal(0, 0.2, (64, 32)).astype(np.float32)
+    wf, bf = rng.normal(0, 0.5, (classes, 32)).astype(np.float32), np.zeros(classes, np.float32)
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["f"]),
+        helper.make_node("MatMul", ["f", "w1"], ["m1"]),
+        helper.make_node("Relu", ["m1"], ["r1"]),
+        helper.make_node("MatMul", ["r1", "w2"], ["m2"]),
+        helper.make_node("Relu", ["m2"], ["r2"]),
+        helper.make_node("Gemm", ["r2", "wf", "bf"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (w2, "w2"), (wf, "wf"), (bf, "bf"))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def tiny_data(path: Path, n: int = 64, seed: int = 1, classes: int = 5, labels: bool = True) -> Path:
     rng = np.random.default_rng(seed)
     arrays = {"input": rng.random((n, 1, 8, 8), dtype=np.float32)}
@@ -153,3 +181,14 @@ def synthetic_results(
         store.write_cell("r1", i, rec, [samples], preds, labels)
     store.consolidate("r1")
     return root / sweep
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    """``qtbench ARGV`` in this process: (exit code, stdout + stderr), asserting no traceback reached the user."""
+    from harness.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    text = out + err
+    assert "Traceback" not in text, text
+    return code, text

@@ -217,7 +217,10 @@ def test_a_sweep_hands_each_nncf_cell_its_siblings_and_compiles_one_leader_first
         pytest.skip("the shared NNCF pass is verified for another NNCF version; each spec is quantized alone")
     df = run_sweep(cfg)
     rows = df[df["backend"] == "openvino"].set_index("spec_id")
-    assert set(rows["status"]) == {"ok"}
+    assert set(rows.drop(index="int4-weightonly-pc-sym")["status"]) == {"ok"}
+    # NNCF keeps convolutions at int8: on this CNN under half the weights would be 4-bit, so the label is refused
+    assert rows.loc["int4-weightonly-pc-sym", "status"] == "skipped"
+    assert "4-bit" in rows.loc["int4-weightonly-pc-sym", "status_message"]
     leader = order[nncf[0]][1]
     assert "one NNCF statistics collection for" in rows.loc[leader, "notes"] and not rows.loc[leader, "cache_hit"]
     for s in set(SHARED) - {leader}:

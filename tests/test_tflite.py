@@ -122,5 +122,26 @@ def test_replacing_a_pre_converted_file_makes_a_new_cell(tmp_path: Path):
     assert first["status"] == "ok"
     assert run_sweep(cfg).iloc[0]["record_id"] == first["record_id"]  # unchanged file: reused
     shutil.copy(tmp_path / "tiny.float16.tflite", tmp_path / "tiny.float32.tflite")
-    again = run_sweep(cfg)
-    assert len(again) == 2 and again["cell_key"].nunique() == 2 and set(again["status"]) == {"ok"}
+    again = run_sweep(cfg)  # the views show the cell's latest row: the new file's, under a new key
+    assert len(again) == 1 and again.iloc[0]["cell_key"] != first["cell_key"] and again.iloc[0]["status"] == "ok"
+    from harness.store import load_results
+
+    assert len(load_results(tmp_path / "results" / "tfl", latest=False)) == 2  # the history keeps both
+
+
+def test_converter_environment_is_found_without_an_option(tmp_path: Path, monkeypatch):
+    """`qtbench env create tflite` builds the converter env where the backend looks: no option to set."""
+    import backends.tflite as tfl
+    from harness.envs import RECIPES, default_path
+
+    monkeypatch.delenv("QTBENCH_TF_PYTHON", raising=False)
+    monkeypatch.setattr(tfl, "CONVERTER_ENV", tmp_path / "envs" / "tflite")
+    assert default_path("tflite") == tmp_path / "envs" / "tflite" and "tflite" in RECIPES
+    assert tfl.converter_python(None) is None  # nothing built yet: the cell says how to build it
+    py = tmp_path / "envs" / "tflite" / "bin" / "python"
+    py.parent.mkdir(parents=True)
+    py.write_text("")
+    assert tfl.converter_python(None) == str(py)
+    monkeypatch.setenv("QTBENCH_TF_PYTHON", "/opt/tf/bin/python")
+    assert tfl.converter_python(None) == "/opt/tf/bin/python"
+    assert tfl.converter_python("/my/python") == "/my/python"  # the option wins
