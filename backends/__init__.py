@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import ConfigError
 
@@ -60,7 +60,7 @@ def load_class(slug: str) -> type[Backend]:
     """Import the adapter class for ``slug``; unknown slugs raise ConfigError listing the known ones."""
     reg = registry()
     if slug not in reg:
-        raise ConfigError(f"backend {slug!r} is not registered; known backends: {', '.join(sorted(reg))}")
+        raise ConfigError(_unknown(slug, reg))
     return load_target(reg[slug][0])
 
 
@@ -75,38 +75,60 @@ def resolve(slug: str) -> str:
     """The "module:Class" target of ``slug`` without importing it."""
     reg = registry()
     if slug not in reg:
-        raise ConfigError(f"backend {slug!r} is not registered; known backends: {', '.join(sorted(reg))}")
+        raise ConfigError(_unknown(slug, reg))
     return reg[slug][0]
+
+
+def _unknown(slug: str, reg: dict[str, Any]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(slug.lower(), list(reg), n=1, cutoff=0.6)
+    if not close and "onnxruntime" in slug.lower():
+        close = ["qnn" if "qnn" in slug.lower() else "ort"]
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"backend {slug!r} is not registered; {hint}known backends: {', '.join(sorted(reg))}"
 
 
 def create(slug: str, options: dict | None = None, target: str | None = None) -> Backend:
     return (load_target(target) if target else load_class(slug))(options)
 
 
-def probe(slug: str) -> BackendStatus:
-    """Availability of one backend; import errors and probe crashes become an 'unavailable' status."""
-    target, origin = registry()[slug]
+#: how long one backend's availability probe may take (an SDK import is 1–10 s; a probe that hangs, e.g. on a
+#: device driver, costs this much and its own line, never the command)
+PROBE_TIMEOUT_S = 30.0
+
+
+def probe(slug: str, target: str | None = None, origin: str = "builtin") -> BackendStatus:
+    """Availability of one backend; import errors and probe crashes become an 'unavailable' status. ``target``:
+    the "module:Class" the parent resolved (a child process must not re-resolve it from its own registry)."""
+    if target is None:
+        target, origin = registry()[slug]
     try:
-        cls = load_class(slug)
+        cls = load_target(target)
         av: Availability = cls().availability()
     except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not raised
         return BackendStatus(slug, target, origin, False, f"failed to load: {type(exc).__name__}: {exc}", {})
     return BackendStatus(slug, target, origin, av.available, av.reason, dict(av.versions), cls.description)
 
 
-def list_backends(timeout_s: float | None = None) -> list[BackendStatus]:
-    """Every registered backend's status; with ``timeout_s``, each probe runs in a child process with that limit,
-    so one plugin that hangs or crashes while probing costs its own line only."""
+def list_backends(timeout_s: float | None = PROBE_TIMEOUT_S) -> list[BackendStatus]:
+    """Every registered backend's status. With ``timeout_s`` (the default) each probe runs in its own child
+    process with that limit, four side by side, so a plugin that hangs or crashes while probing costs its own
+    line only and the whole listing takes about ``timeout_s`` at worst; ``None`` probes in this process."""
+    reg = sorted(registry().items())
     if timeout_s is None:
-        return [probe(slug) for slug in sorted(registry())]
+        return [probe(slug, target, origin) for slug, (target, origin) in reg]
+    from concurrent.futures import ThreadPoolExecutor
+
     from harness.isolate import call_isolated
 
-    out = []
-    for slug, (target, origin) in sorted(registry().items()):
-        kind, value = call_isolated(probe, (slug,), timeout_s)
+    def one(item: tuple[str, tuple[str, str]]) -> BackendStatus:
+        slug, (target, origin) = item
+        kind, value = call_isolated(probe, (slug, target, origin), timeout_s)
         if kind == "ok":
-            out.append(value)
-        else:
-            why = f"probe did not finish within {timeout_s:g}s" if kind == "timeout" else f"probe failed: {value}"
-            out.append(BackendStatus(slug, target, origin, False, why, {}))
-    return out
+            return value
+        why = f"probe did not finish within {timeout_s:g}s" if kind == "timeout" else f"probe failed: {value}"
+        return BackendStatus(slug, target, origin, False, why, {})
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(one, reg))

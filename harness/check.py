@@ -97,17 +97,16 @@ class Gate:
 def load_gates(path: str | Path | None) -> list[Gate]:
     if path is None:
         return [Gate.parse(k, v) for k, v in DEFAULT_GATES.items()]
-    import yaml
+    from harness.config import load_yaml
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"gates file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not UTF-8 text; save the gates file as UTF-8") from None
-    except yaml.YAMLError as exc:  # syntax errors and tags safe_load refuses (!!python/...)
-        raise ConfigError(f"{p}: not valid YAML for gates: {' '.join(str(exc).split())[:300]}") from None
+    data = load_yaml(text, f"{p} (gates)")  # bounded: aliases, size, duplicate keys; tags safe_load refuses
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{p}: expected a mapping of metric: rule, e.g. 'top1: -0.5pp'")
     gates = []
@@ -650,12 +649,21 @@ def compare(
     base_data, cand_data = _both((side, baseline, b_idx, 0), (side, candidate, c_idx, 1))
     _settle_latency(gates, [(b_idx[k], c_idx[k]) for k in judged], base_data, cand_data)
     verdicts: list[Verdict] = []
+    idle: dict[tuple[str, str], int] = {}  # gates that do not apply to a cell (untimed, unlabelled): counted
+    both_idle: dict[str, int] = {}  # cells skipped/unavailable on both sides, by the baseline's status
     missing = [" · ".join(map(str, k)) + " (only in baseline)" for k in b_idx if k not in c_idx]
     missing += [" · ".join(map(str, k)) + " (only in candidate)" for k in c_idx if k not in b_idx]
     for key in [k for k in b_idx if k in c_idx]:
         b, c = b_idx[key], c_idx[key]
         label = " · ".join(str(v) for k, v in zip(key_cols, key, strict=True) if k != "device")
         if b["status"] != "ok":
+            answers = ("skipped", "unavailable")  # an unsupported spec or an absent SDK: nothing ran on either side
+            if b["status"] in answers and c["status"] in answers:
+                both_idle[b["status"]] = both_idle.get(b["status"], 0) + 1
+                continue
+            # nothing to judge the candidate against: said, never a silent gap
+            first = str(b.get("status_message") or "").strip().splitlines()[:1]
+            missing.append(f"{label} (baseline cell is {b['status']}{': ' + first[0][:160] if first else ''})")
             continue
         if c["status"] != "ok":
             verdicts.append(Verdict.failed(label, "status", f"candidate cell is {c['status']}: {c['status_message']}"))
@@ -680,13 +688,36 @@ def compare(
         if b["backend_version"] != c["backend_version"]:
             notes.append(f"{label}: backend version {b['backend_version']} → {c['backend_version']}")
         for gate in gates:
-            verdicts.append(_judge(gate, label, b, c, base_data, cand_data))
+            verdict = _judge(gate, label, b, c, base_data, cand_data)
+            if verdict is None:
+                why = (gate.metric, _why_missing(gate.metric, b))
+                idle[why] = idle.get(why, 0) + 1
+            else:
+                verdicts.append(verdict)
+    for (metric, why), n in idle.items():
+        notes.append(f"{metric} gate not applicable to {n} cell(s): {why} on both sides")
+    if both_idle:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(both_idle.items()))
+        total = sum(both_idle.values())
+        notes.append(f"{total} cell(s) ran on neither side ({counts} in the baseline): nothing to gate")
     return CheckResult(verdicts, missing, notes)
+
+
+def _why_missing(metric: str, row: dict[str, Any]) -> str:
+    """Why a cell has no value for ``metric`` by design, or '' when nothing explains it."""
+    if metric in LATENCY_METRICS:
+        if row.get("timed") is False:
+            return "not timed (models[].timing: false: a fidelity-only cell)"
+        if str(row.get("numbers", "")) in ("simulated", "estimated"):
+            return f"no host timing ({row.get('numbers')} numbers)"
+    elif metric in ("top1", "fp_top1", "top1_gap", "ece", "ece_gap"):
+        return "no labels in the evaluation data"
+    return ""
 
 
 ROW_FIELDS = (
     "record_id", "status", "status_message", "backend_version", "backend_options", "device", "batch_size",
-    "eval_sha256", "loadavg_1m_before", "loadavg_1m_after", "audit",
+    "eval_sha256", "loadavg_1m_before", "loadavg_1m_after", "audit", "timed",
 )  # fmt: skip
 
 
@@ -1024,14 +1055,20 @@ def _screen_latency(
                 screen[(rid, gate.metric, batch)] = rep
 
 
-def _judge(gate: Gate, label: str, b: Any, c: Any, bdata: dict[str, Any], cdata: dict[str, Any]) -> Verdict:
+def _judge(gate: Gate, label: str, b: Any, c: Any, bdata: dict[str, Any], cdata: dict[str, Any]) -> Verdict | None:
+    """The gate's verdict on one cell pair; None when the gate does not apply to either side by design (a
+    latency gate on fidelity-only cells, an accuracy gate without labels)."""
     base, cand = float(b[gate.metric]), float(c[gate.metric])
     name = f"{gate.metric} {gate.rule}"
     if math.isnan(base) or math.isnan(cand):
-        return Verdict(
-            label, name, base, cand, "", "", "inconclusive", "~",
-            f"{gate.metric} is missing on one side (no labels or no reference?)",
-        )  # fmt: skip
+        why_b = _why_missing(gate.metric, b) if math.isnan(base) else ""
+        why_c = _why_missing(gate.metric, c) if math.isnan(cand) else ""
+        if math.isnan(base) and math.isnan(cand) and why_b and why_b == why_c:
+            return None
+        pairs = (("baseline", base, why_b), ("candidate", cand, why_c))
+        sides = "; ".join(f"{who}: {why or 'no value'}" for who, v, why in pairs if math.isnan(v))
+        reason = f"{gate.metric} missing ({sides})"
+        return Verdict(label, name, base, cand, "", "", "inconclusive", "~", reason)
     change = f"{gate.change(base, cand):+.3g}{gate.unit}" if gate.kind == "delta" else ""
     reps: tuple[Any, Any] | None = None
     evidence = "point estimate (no per-sample data stored for this metric)"

@@ -14,9 +14,8 @@ from typing import Any
 
 from harness import __version__
 from harness.errors import QtbenchError, UserError
-from harness.tables import CLI_COLUMNS as SUMMARY_COLUMNS
+from harness.tables import CLI_COLUMNS, with_gap
 from harness.tables import format_value as _fmt
-from harness.tables import with_gap
 
 EXIT_INTERNAL = 70
 
@@ -25,46 +24,131 @@ def escape(text: str) -> str:
     """Escape rich markup in strings from results or SDKs ("pip install 'qtbench[tflite]'" must print as is)."""
     from rich.markup import escape as _escape
 
-    return _escape(str(text))
+    from harness.tables import printable
+
+    return _escape(printable(text))
 
 
-def results_table(df: Any, title: str = "") -> Any:
-    """A rich Table of result rows (one per cell), with FP→Q gap in percentage points and reasons for non-ok rows."""
+#: terminal columns by priority: at a narrow width the last ones are left out (and named), never cut
+CLI_PRIORITY = (
+    "model", "backend", "spec_id", "status", "spec_check", "top1", "gap_pp", "top1_agreement", "latency_ms_p50",
+    "fps", "numbers", "est_latency_ms", "kl_fp", "ece", "latency_ms_p99", "accel_share", "energy_mj_text",
+    "artifact_bytes", "sweep",
+)  # fmt: skip
+_TEXT_COLUMNS = ("sweep", "model", "backend", "spec_id", "status")
+
+
+def results_table(df: Any, title: str = "", width: int | None = None) -> Any:
+    """A rich Table of result rows (one per cell) that fits ``width`` columns: numbers are never cut; columns of
+    lower priority (:data:`CLI_PRIORITY`) are left out and named in the caption, and long model names or specs
+    wrap instead of being shortened (seed suffixes stay)."""
+    from rich.markup import escape as _markup_escape
     from rich.table import Table
 
+    from harness.tables import printable
+
     df = with_gap(df)
-    columns = list(SUMMARY_COLUMNS)
+    columns = [c for c in CLI_COLUMNS if c[0] in CLI_PRIORITY]
     if "sweep" in df and df["sweep"].nunique() > 1:  # a folder of several sweeps: say which row is whose
         columns.insert(0, ("sweep", "sweep", "{}"))
-    table = Table(title=title or None, show_lines=False, header_style="bold")
-    for _, header, _ in columns:
-        table.add_column(
-            header, justify="left" if header in ("sweep", "model", "backend", "spec", "status") else "right"
-        )
+    if not df["timed"].astype(bool).any() if "timed" in df else False:  # fidelity-only rows: no latency columns
+        columns = [c for c in columns if c[0] not in ("latency_ms_p50", "latency_ms_p99", "fps")]
+    text = {col: [printable(_fmt(v, fmt)) for v in df[col]] if col in df else [] for col, _, fmt in columns}
+    if "unstable" in df and ("latency_ms_p50", "p50 ms", "{:.3f}") in columns:
+        flags = ["!" if u else "" for u in df["unstable"]]
+        text["latency_ms_p50"] = [t + f for t, f in zip(text["latency_ms_p50"], flags, strict=True)]
+    # a column carrying nothing (every row "–" or empty) is left out: it would only take width
+    columns = [c for c in columns if any(t not in ("–", "") for t in text[c[0]]) or c[0] in _TEXT_COLUMNS]
+    need = {col: max([len(head), *(len(t) for t in text[col])]) for col, head, _ in columns}
+    wrap_min = {"model": 14, "spec_id": 14, "sweep": 8}  # text that may wrap (at '-', '_', '/') down to this
+    budget = (width or 10_000) - 1  # the table's left border
+    core = [c[0] for c in columns if c[0] in ("sweep", "model", "backend", "spec_id", "status")]
+    whole = sum(need[c] + 3 for c in core) <= budget * 0.7  # the identity columns unwrapped, if room is left
+    give = {c: need[c] if whole else min(need[c], wrap_min.get(c, need[c])) for c in core}
+    budget -= sum(give[c] + 3 for c in core)
+    shown = list(core)
+    for col in sorted((c[0] for c in columns if c[0] not in core), key=CLI_PRIORITY.index):
+        if need[col] + 3 <= budget:
+            shown.append(col)
+            give[col] = need[col]
+            budget -= need[col] + 3
+    for col in ("spec_id", "model", "sweep"):  # what is left of the width goes to the wrapped text columns
+        if col in shown:
+            extra = max(0, min(budget, need[col] - give[col]))
+            give[col] += extra
+            budget -= extra
+    hidden = [head for col, head, _ in columns if col not in shown]
+    caption = f"left out at this width: {', '.join(hidden)} (widen the terminal, or --format csv)" if hidden else None
+    table = Table(title=title or None, caption=caption, show_lines=False, header_style="bold", caption_justify="left")
+    shown_cols = [c for c in columns if c[0] in shown]
+    for col, header, _ in shown_cols:
+        if give[col] < need[col]:
+            text[col] = [_wrap_words(t, give[col]) for t in text[col]]
+        table.add_column(header, justify="left" if col in _TEXT_COLUMNS else "right", no_wrap=True, min_width=give[col])
     style = {"ok": "", "skipped": "yellow", "failed": "red", "timeout": "red", "unavailable": "magenta"}
-    for _, row in df.iterrows():
-        cells = [_fmt(row[col], fmt) for col, _, fmt in columns]
-        if row["unstable"]:
-            cells[columns.index(("latency_ms_p50", "p50 ms", "{:.3f}"))] += "!"
-        table.add_row(*(escape(c) for c in cells), style=style.get(row["status"], ""))
+    for i, status in enumerate(df["status"]):
+        # printable above, before wrapping: here only rich's markup is escaped (the wraps' newlines stay)
+        table.add_row(*(_markup_escape(text[col][i]) for col, _, _ in shown_cols), style=style.get(status, ""))
     return table
 
 
+def _wrap_words(text: str, width: int) -> str:
+    """``text`` on lines of at most ``width`` characters, broken after '-', '_', '/' or ' ' where it can be (a
+    spec id or model name stays readable and whole), else inside a word."""
+    import re
+
+    lines, line = [], ""
+    for part in re.findall(r"[^-_/ ]*[-_/ ]?", text):
+        while len(part) > width:  # a single piece longer than the width: cut it (nothing is dropped)
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(part[:width])
+            part = part[width:]
+        if len(line) + len(part) > width:
+            lines.append(line)
+            line = ""
+        line += part
+    lines.append(line)
+    return "\n".join(ln.rstrip() for ln in lines if ln)
+
+
+def unstable_note(df: Any) -> str:
+    """Why timings were flagged unstable, with the host load measured around those cells (the usual cause)."""
+    import os
+
+    bad = df[df["unstable"].fillna(False).astype(bool)]
+    text = (
+        f"unstable timing in {len(bad)} of {int(df['timed'].astype(bool).sum()) if 'timed' in df else len(df)} "
+        "timed cell(s) (coefficient of variation above measure.cv_threshold)"
+    )
+    loads = [c for c in ("loadavg_1m_before", "loadavg_1m_after") if c in bad]
+    if loads:
+        values = bad[loads].to_numpy(dtype=float).ravel()
+        values = values[values == values]
+        if len(values):
+            text += (
+                f"; the 1-minute load average was {values.min():.1f}–{values.max():.1f} during them (this machine "
+                f"has {os.cpu_count() or 1} core(s); a load near or above that means other work shared them): "
+                "compare their speeds with care, or re-run them on an idle machine"
+            )
+    return text
+
+
 def _print_reasons(console: Any, df: Any) -> None:
-    """One line per failed/timed-out/unavailable cell; skipped cells once per (backend, reason), with their specs
-    (a study skips the same unsupported pair for every checkpoint: one line says it)."""
-    bad = df[df["status"] != "ok"]
-    skipped: dict[tuple[str, str], list[Any]] = {}
-    for _, row in bad.iterrows():
+    """Cells that did not run, once per (status, backend, reason) with their specs and how many models: a study
+    skips or misses the same pair for every checkpoint, and one line says it."""
+    groups: dict[tuple[str, str, str], list[Any]] = {}
+    for _, row in df[df["status"] != "ok"].iterrows():
         msg = str(row["status_message"]).strip().splitlines()[0] if row["status_message"] else ""
-        if row["status"] == "skipped":
-            skipped.setdefault((row["backend"], msg), []).append(row)
-            continue
-        console.print(
-            f"  [{row['status']}] {row['model']} × {row['backend']} × {row['spec_id']}: {msg}",
-            markup=False,
-            highlight=False,
-        )
+        groups.setdefault((row["status"], row["backend"], msg), []).append(row)
+    order = {"failed": 0, "timeout": 1, "unavailable": 2, "skipped": 3}
+    for (status, backend, msg), rows in sorted(groups.items(), key=lambda kv: order.get(kv[0][0], 9)):
+        specs = sorted({r["spec_id"] for r in rows})
+        models = sorted({r["model"] for r in rows})
+        who = models[0] + " × " if len(models) == 1 else ""
+        where = f"{who}{backend} × {', '.join(specs)}" + (f" ({len(models)} models)" if len(models) > 1 else "")
+        console.print(f"  [{status}] {where}: {msg}", markup=False, highlight=False)
     from harness.tables import mismatched
 
     for _, row in df[mismatched(df)].iterrows():
@@ -74,19 +158,14 @@ def _print_reasons(console: Any, df: Any) -> None:
             markup=False,
             highlight=False,
         )
-    for (backend, msg), rows in skipped.items():
-        specs = sorted({r["spec_id"] for r in rows})
-        models = {r["model"] for r in rows}
-        where = f"{backend} × {', '.join(specs)}" + (f" ({len(models)} models)" if len(models) > 1 else "")
-        console.print(f"  [skipped] {where}: {msg}", markup=False, highlight=False)
     if mismatched(df).any():
         console.print(
             "  spec ✗ = the artifact read back contradicts its label (harness.audit); those rows are left out of "
             "compare's aggregates",
             highlight=False,
         )
-    if "unstable" in df and df["unstable"].any():
-        console.print("  ! = unstable timing (coefficient of variation above measure.cv_threshold)", highlight=False)
+    if "unstable" in df and df["unstable"].fillna(False).astype(bool).any():
+        console.print(f"  ! = {unstable_note(df)}", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -94,8 +173,12 @@ def _print_reasons(console: Any, df: Any) -> None:
 # ---------------------------------------------------------------------------------------------------------
 def _console() -> Any:
     """A rich console; when output is not a terminal (CI logs, pipes) use a wide fixed width so tables stay whole."""
+    import os
+
     from rich.console import Console
 
+    if os.environ.get("COLUMNS", "").isdigit():  # an explicit width (a test, `COLUMNS=80 qtbench show ...`) wins
+        return Console(width=int(os.environ["COLUMNS"]))
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
@@ -169,25 +252,36 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if rec is not None and rec.status == "ok":
             from harness.tasks import quality_summary
 
-            extra = f"{quality_summary(rec)} p50={rec.latency_ms_p50:.3f}ms"
+            timed = rec.latency_ms_p50 == rec.latency_ms_p50  # NaN: a fidelity-only cell, no timed loop
+            extra = quality_summary(rec) + (f" p50={rec.latency_ms_p50:.3f}ms" if timed else "")
             if rec.audit.startswith("mismatch"):
                 status = "ok ✗spec"
                 extra = f"spec not honoured: {rec.audit.removeprefix('mismatch: ')[:90]}"
         elif ev.message:
             extra = ev.message.strip().splitlines()[0][:100]
+        lw = max(20, min(55, console.width - 45))  # a long label wraps; it is never shortened
         console.print(
-            f"[{ev.index + 1:>3}/{ev.total}] {ev.label:<55} {status:<11} {extra}", markup=False, highlight=False
+            f"[{ev.index + 1:>3}/{ev.total}] {ev.label:<{lw}} {status:<11} {extra}", markup=False, highlight=False
         )
 
     import time
 
+    report_dir = Path(args.report_dir or Path.cwd() / "reports" / sweep.name)
+    if not args.no_report:  # found now, not after the sweep: a read-only report folder is a one-line mistake
+        from harness.store import check_writable_dir
+
+        check_writable_dir(report_dir, "report folder", "--report-dir (or --no-report)")
     t0 = time.perf_counter()
     df = run_sweep(sweep, progress=None if args.quiet else progress)
     wall = time.perf_counter() - t0
+    keys = df.attrs.get("cell_keys")
+    if keys is not None:  # this sweep's cells only: rows of other configurations in the folder are `show`'s
+        attrs, df = df.attrs, df[df["cell_key"].isin(set(keys))]
+        df.attrs = attrs
     ran = df[df["status"] != "skipped"]  # skipped pairs are listed once per reason below the table
     n_skip = len(df) - len(ran)
     title = f"{sweep.name}: {len(df)} cells ({wall:.1f}s)" + (f", {n_skip} skipped as unsupported" if n_skip else "")
-    console.print(results_table(ran, title=title))
+    console.print(results_table(ran, title=title, width=console.width))
     _print_reasons(console, df)
     declared = {m.group for m in sweep.models if m.group}
     if len(declared) >= 2:  # a study (models[].group): its comparison; plain sweeps of several models have none
@@ -196,9 +290,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.no_report:
         from harness.report import build_report
 
-        out = build_report([sweep.results_path], Path(args.report_dir or Path.cwd() / "reports" / sweep.name))
+        out = build_report([sweep.results_path], report_dir)
         console.print(f"report:  {out['html']}\n         {out['markdown']}", highlight=False)
-    return 0
+    return _sweep_exit(df, args)
+
+
+def _sweep_exit(df: Any, args: argparse.Namespace) -> int:
+    """Exit 1 when any of this sweep's cells failed or timed out, with one line per reason and how to retry;
+    skipped (unsupported) and unavailable (SDK or hardware absent) cells are answers, not failures."""
+    keys = set(df.attrs.get("cell_keys", df["cell_key"]))
+    bad = df[df["cell_key"].isin(keys) & df["status"].isin(["failed", "timeout"])]
+    if bad.empty:
+        return 0
+    from harness.errors import one_line
+
+    reasons: dict[str, int] = {}
+    for msg in bad["status_message"]:
+        head = one_line(msg, 110)
+        reasons[head] = reasons.get(head, 0) + 1
+    top = "; ".join(f"{n}× {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+    more = f"; and {len(reasons) - 3} other reason(s)" if len(reasons) > 3 else ""
+    again = " ".join(["qtbench sweep", *([args.config] if args.config else [])])
+    print(
+        f"qtbench sweep: {len(bad)} of {len(keys)} cells failed: {top}{more}. Fix the cause and run `{again}` "
+        "again: finished cells are reused, failed ones are retried, and a fixed cell replaces its failed row",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
@@ -263,7 +381,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     df = df.sort_values(["sweep", "model", "backend", "spec_id"]) if not args.history else df.sort_values("created_utc")
     shown = df if args.limit == 0 else df.head(args.limit)
     title = f"{args.results}: {len(df)} row(s)" + (f", the first {len(shown)} shown" if len(shown) < len(df) else "")
-    console.print(results_table(shown, title=title))
+    console.print(results_table(shown, title=title, width=console.width))
     if len(shown) < len(df):
         counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
         console.print(
@@ -317,15 +435,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--fleet", help="run on a Ray fleet: a fleet file or a cluster address (ray://HEAD:10001); qtbench[fleet]"
     )
     s.add_argument("--boards", nargs="+", metavar="ID", help="fleet sweep: only these boards")
-    from harness.trust import UntrustedAction  # light: os + argparse only
-
-    s.add_argument("--untrusted", action=UntrustedAction)  # sets QTBENCH_TRUSTED=0 for the sweep and its cells
+    _add_trust_flags(s)
     s.set_defaults(func=cmd_sweep)
 
     b = sub.add_parser("backends", help="list registered backends: available or why not, with versions")
     b.add_argument("--json", action="store_true")
     b.add_argument(
-        "--timeout", type=float, default=120.0, help="seconds each backend's probe may take (0: probe in-process)"
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds each backend's probe may take; probes run side by side (0: probe in-process, no limit)",
     )
     b.set_defaults(func=cmd_backends)
 
@@ -531,7 +650,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.junit:
         Path(args.junit).write_text(to_junit(result))
     if not result.verdicts:
-        raise UserError("no matching cells to compare (different backends/specs?); see 'not compared' above")
+        unusable = sum("(baseline cell is " in m for m in result.missing)
+        if unusable and unusable == len([m for m in result.missing if "(only in " not in m]):
+            raise UserError(
+                f"no baseline cell finished ok ({unusable} did not; see 'not compared' above): nothing to judge the "
+                "candidate against; fix and re-run the baseline sweep"
+            )
+        raise UserError(
+            "no cell is in both result sets (another model, backend, spec or device?); see 'not compared' above"
+        )
     if result.failed:
         return 1
     if result.inconclusive and args.strict:
@@ -699,14 +826,18 @@ def cmd_env(args: argparse.Namespace) -> int:
     print(f"{args.name} worker environment ready: {py}")
     if args.name == "rknn" and args.path:
         print(f"point qtbench at it: backends.rknn.options.python: {py}  (or QTBENCH_RKNN_PYTHON={py})")
+    if args.name == "tflite" and args.path:
+        print(f"point qtbench at it: backends.tflite.options.converter_python: {py}  (or QTBENCH_TF_PYTHON={py})")
+    elif args.name == "tflite":
+        print("the tflite and vela backends now convert your ONNX models with it (no option to set)")
     return 0
 
 
 def _register_env(sub: Any) -> None:
-    e = sub.add_parser("env", help="build worker environments for SDKs whose pins clash with qtbench (rknn)")
+    e = sub.add_parser("env", help="build environments for SDKs whose pins clash with qtbench (rknn, tflite converter)")
     esub = e.add_subparsers(dest="env_command", required=True)
     c = esub.add_parser("create", help="create (or update) a worker environment")
-    c.add_argument("name", choices=["rknn"])
+    c.add_argument("name", choices=["rknn", "tflite"])
     c.add_argument("--path", help="where to create it (default ~/.cache/qtbench/envs/NAME)")
     c.set_defaults(func=cmd_env)
 
@@ -774,6 +905,14 @@ def parse_option(kv: str) -> tuple[str, Any]:
     return key, yaml.safe_load(value)
 
 
+def _add_trust_flags(parser: Any) -> None:
+    """--trust / --untrusted for a command that reads a sweep file (set $QTBENCH_TRUSTED for it and its cells)."""
+    from harness.trust import TrustAction, UntrustedAction  # light: os + argparse only
+
+    parser.add_argument("--untrusted", action=UntrustedAction)
+    parser.add_argument("--trust", action=TrustAction)
+
+
 def _register_simgap(sub: Any) -> None:
     g = sub.add_parser(
         "simgap", help="compare a real vendor toolchain (qnn, rknn, vela) with its simnpu profile, per output"
@@ -783,6 +922,7 @@ def _register_simgap(sub: Any) -> None:
     g.add_argument("--profile", help="simnpu profile (default: the one modelling --real)")
     g.add_argument("--specs", nargs="+", default=["int8-static-pc-wsym-minmax"])
     g.add_argument("--real-option", action="append", metavar="KEY=VALUE", help="an option for the real backend")
+    _add_trust_flags(g)
     g.add_argument("--limit", type=int, help="evaluate only the first N samples")
     g.add_argument("--json", help="also write the rows to this JSON file")
     g.set_defaults(func=cmd_simgap)
@@ -872,6 +1012,7 @@ def _register_localize(sub: Any) -> None:
         "localize", help="per-layer SQNR/cosine vs FP32 on each backend: where it diverges, which layers to keep float"
     )
     g.add_argument("config", nargs="?", help="sweep YAML for models, data and backends (default: the bundled demo)")
+    _add_trust_flags(g)
     g.add_argument("--model", nargs="+", metavar="NAME", help="only these models (display names)")
     g.add_argument("--spec", nargs="+", metavar="SPEC", help="spec ids (default: the sweep's quantized specs)")
     g.add_argument(
@@ -901,6 +1042,13 @@ def cmd_merge(args: argparse.Namespace) -> int:
             f"+{s.samples_added} latency samples, +{s.predictions_added} predictions "
             f"(from {', '.join(str(p) for p in s.sources)})"
         )
+        if s.conflicts:
+            print(
+                f"{len(s.conflicts)} record(s) differ between the folders; newest measurement wins (ties: content "
+                f"digest), the other version is kept in {s.out / 'conflicts'}:"
+            )
+            for line in s.conflicts:
+                print(f"  {escape(line)}")
     return 0
 
 
@@ -955,15 +1103,21 @@ def _register_merge(sub: Any) -> None:
     m.set_defaults(func=cmd_merge)
 
 
-def cmd_results(args: argparse.Namespace) -> int:
-    from harness.store import compact, stores_under
-    from harness.sweep import run_is_alive
+def _results_stores(where: str) -> list[Any]:
+    from harness.store import stores_under
 
-    root = Path(args.results)
+    root = Path(where)
     stores = stores_under(root) if root.is_dir() else []
     if not stores:
         raise UserError(f"{root} holds no qtbench results (no manifest.json); pass results/<sweep> or results/")
-    for store in stores:
+    return stores
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from harness.store import compact
+    from harness.sweep import run_is_alive
+
+    for store in _results_stores(args.results):
         s = compact(store, run_is_alive)
         recovered = f", folded the parts of {len(s.recovered)} dead run(s)" if s.recovered else ""
         print(
@@ -973,14 +1127,67 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _results_state(store: Any) -> tuple[Any, Any, Any, set[str]]:
+    """(history, shown, superseded, forgotten ids) of one folder, by the one definition of a cell's latest row."""
+    from harness.store import latest_rows, superseded
+
+    history = store.rows()
+    forgotten = store.forgotten()
+    live = history[~history["record_id"].isin(forgotten)] if len(history) else history
+    return history, latest_rows(live), superseded(live), forgotten
+
+
+def cmd_results_list(args: argparse.Namespace) -> int:
+    """Per folder: rows shown by the views, by status, and the history they hide (superseded, forgotten)."""
+    for store in _results_stores(args.results):
+        history, shown, old, forgotten = _results_state(store)
+        counts = shown["status"].value_counts().to_dict() if len(shown) else {}
+        by_status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no rows"
+        print(
+            f"{store.root}: {len(shown)} cell(s) shown ({by_status}); history {len(history)} row(s): "
+            f"{len(old)} superseded by a newer result of their cell, {len(forgotten)} forgotten"
+        )
+        if args.verbose:
+            for r in shown[shown["status"].isin(["failed", "timeout"])].itertuples():
+                print(f"  [{r.status}] {r.model} × {r.backend} × {r.spec_id}: {str(r.status_message)[:110]}")
+    return 0
+
+
+def cmd_results_forget(args: argparse.Namespace) -> int:
+    """Hide failed (or superseded) rows from every view; the history keeps them (`show --history`)."""
+    if not (args.failed or args.superseded):
+        raise UserError("qtbench results forget: say what to forget: --failed and/or --superseded")
+    for store in _results_stores(args.results):
+        _, shown, old, _ = _results_state(store)
+        ids: set[str] = set()
+        if args.failed:
+            ids |= set(shown.loc[shown["status"].isin(["failed", "timeout"]), "record_id"])
+        if args.superseded:
+            ids |= set(old["record_id"])
+        n = store.forget(ids)
+        print(f"{store.root}: forgot {n} row(s); `qtbench show {store.root} --history` still lists them")
+    return 0
+
+
 def _register_results(sub: Any) -> None:
-    r = sub.add_parser("results", help="maintain results folders (compact: fold re-runs' files into one)")
+    r = sub.add_parser("results", help="maintain results folders: list what the views show, forget rows, compact")
     rsub = r.add_subparsers(dest="results_command", required=True)
     c = rsub.add_parser(
         "compact", help="fold finished runs' files into one per kind; every row, run and sample stays loadable"
     )
     c.add_argument("results", nargs="?", default="results", help="results/<sweep> or a folder of them")
     c.set_defaults(func=cmd_results)
+    ls = rsub.add_parser("list", help="cells shown by the views per status, and the superseded/forgotten history")
+    ls.add_argument("results", nargs="?", default="results", help="results/<sweep> or a folder of them")
+    ls.add_argument("-v", "--verbose", action="store_true", help="also list the failed cells with their reason")
+    ls.set_defaults(func=cmd_results_list)
+    f = rsub.add_parser(
+        "forget", help="hide failed and/or superseded rows from every view (the append-only history keeps them)"
+    )
+    f.add_argument("results", nargs="?", default="results", help="results/<sweep> or a folder of them")
+    f.add_argument("--failed", action="store_true", help="the cells whose latest result failed or timed out")
+    f.add_argument("--superseded", action="store_true", help="rows a newer result of the same cell replaced")
+    f.set_defaults(func=cmd_results_forget)
 
 
 def _register_zoo(sub: Any) -> None:
@@ -1029,6 +1236,23 @@ def _terminate(signum: int, _frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    from harness.trust import ASK, TRUST_ENV
+
+    before = os.environ.get(TRUST_ENV)
+    if before is None:  # a sweep file runs the programs it names only with the user's consent (--trust)
+        os.environ[TRUST_ENV] = ASK
+    try:
+        return _main(argv)
+    finally:  # the policy is this command's (a test or a notebook calling main() again starts afresh)
+        if before is None:
+            os.environ.pop(TRUST_ENV, None)
+        else:
+            os.environ[TRUST_ENV] = before
+
+
+def _main(argv: Sequence[str] | None) -> int:
     import signal
 
     parser = build_parser()

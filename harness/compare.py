@@ -173,9 +173,9 @@ def load_study(results: list[str | Path]) -> tuple[Any, dict[str, Any]]:
 def latest_per_cell(rows: Any) -> tuple[Any, int]:
     """One row per model × backend × spec × device (the newest): re-runs under another cell key, e.g. another
     ``--iterations``, must not count twice. Returns the rows and how many older duplicates were dropped."""
-    key = ["model", "backend", "spec_id", "device"]
-    rows = rows.sort_values("created_utc")
-    out = rows.drop_duplicates(key, keep="last")
+    from harness.store import latest_rows
+
+    out = latest_rows(rows, across_sweeps=True)
     return out.reset_index(drop=True), len(rows) - len(out)
 
 
@@ -577,7 +577,9 @@ def md_escape(text: Any) -> str:
     without any of them (most table cells: numbers) is returned as it is: a 10k-row report escapes ~200k cells."""
     import html
 
-    text = str(text)
+    from harness.tables import printable
+
+    text = printable(text)
     if not _MD_ANY.search(text):
         return text
     text = _MD_SYNTAX.sub(r"\\\1", html.escape(text, quote=False))

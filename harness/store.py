@@ -23,6 +23,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,9 +46,10 @@ KEYS = {
 }
 
 
-def os_error_message(exc: OSError, what: str) -> str:
-    """One line for a file-system failure: what failed, on which path, and what to do about it."""
-    path = exc.filename or "?"
+def os_error_message(exc: OSError, what: str, flag: str = "--results-dir") -> str:
+    """One line for a file-system failure: what failed, on which path, and what to do about it (``flag``: the
+    option that moves what failed elsewhere)."""
+    path = exc.filename or "(a file under the results folder)"
     fix = {
         errno.ENOSPC: "the disk is full: free space or pass --results-dir on another disk",
         errno.EDQUOT: "the disk quota is exhausted: free space or pass --results-dir elsewhere",
@@ -58,18 +60,64 @@ def os_error_message(exc: OSError, what: str) -> str:
         errno.EEXIST: "a file is in the way of a folder: remove it or choose another path",
         errno.EISDIR: "a folder is in the way of a file: remove it or choose another path",
     }.get(exc.errno or 0, "check the path and the disk")
-    return f"{what}: {path}: {exc.strerror or exc} ({fix})"
+    return f"{what}: {path}: {exc.strerror or exc} ({fix.replace('--results-dir', flag)})"
+
+
+def check_writable_dir(path: Path, what: str, flag: str) -> None:
+    """Fail early, with one line naming ``flag``, when ``path`` could not be created or written (before a sweep
+    spends its time, e.g. on a report folder that is read-only). Creates nothing: the nearest existing folder
+    is asked (``access``, which also reports a read-only file system)."""
+    path = path.absolute()
+    if path.exists() and not path.is_dir():
+        raise ResultsError(f"{what} {path} is a file, not a folder: remove it or pass {flag}")
+    here = path
+    while not here.exists():
+        here = here.parent
+    if not here.is_dir():
+        raise ResultsError(f"{what} {path}: {here} is a file, not a folder: remove it or pass {flag}")
+    if not os.access(here, os.W_OK | os.X_OK):
+        import errno as _errno
+
+        code = _errno.EROFS if _read_only(here) else _errno.EACCES
+        exc = OSError(code, os.strerror(code), str(here))
+        raise ResultsError(os_error_message(exc, f"cannot write the {what}", flag))
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: results are shared files (a team's folder, a CI artifact): written with the mode a plain ``open`` would give
+#: (0666 less the umask), not mkstemp's private 0600
+_FILE_MODE = 0o666 & ~_umask()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all (temp file, fsync, rename). A failure names ``path`` itself: a full disk
+    raises from write() with no file name, which would otherwise print as '?'."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _FILE_MODE)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except Exception:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -192,6 +240,27 @@ class ResultsStore:
         except OSError as exc:
             raise ResultsError(os_error_message(exc, "cannot write the results manifest")) from None
 
+    def forgotten(self) -> set[str]:
+        """Record ids hidden from the views; a manifest that cannot be read hides nothing (rows carry their own
+        identity and stay readable without it)."""
+        try:
+            return set(self.manifest().get("forgotten", []))
+        except ResultsError:
+            return set()
+
+    def forget(self, record_ids: set[str]) -> int:
+        """Hide rows from the views (``load_results``); the append-only history keeps them. Returns how many
+        were newly forgotten."""
+        with self.lock(exclusive=True):
+            data = self.manifest()
+            before = set(data.get("forgotten", []))
+            data["forgotten"] = sorted(before | set(record_ids))
+            try:
+                atomic_write_bytes(self.root / MANIFEST, json.dumps(data, indent=2, default=str).encode())
+            except OSError as exc:
+                raise ResultsError(os_error_message(exc, "cannot write the results manifest")) from None
+        return len(set(record_ids) - before)
+
     def finish_run(self, run_id: str, **fields: Any) -> None:
         """Consolidate a run's parts and stamp its manifest entry, as one step under the lock."""
         with self.lock(exclusive=True):
@@ -291,7 +360,13 @@ class ResultsStore:
 
     # -- reading ---------------------------------------------------------------------------------------------
     def _files(self, kind: str) -> list[Path]:
-        return sorted(self.root.glob(f"{kind}-*.parquet")) + sorted(self.root.glob(f"parts/*/*.{kind}.parquet"))
+        found = sorted(self.root.glob(f"{kind}-*.parquet")) + sorted(self.root.glob(f"parts/*/*.{kind}.parquet"))
+        if kind == "rows":  # once per read of a folder: Parquet files no kind claims are named too
+            claimed = {f for k in KINDS for f in self.root.glob(f"{k}-*.parquet")}
+            for f in sorted(self.root.glob("*.parquet")):
+                if f not in claimed:
+                    _warn_foreign(f, "its name is not <kind>-<run id>.parquet")
+        return [f for f in found if f.parent != self.root or _is_ours(f, kind)]  # parts/ are only ever ours
 
     def rows(self) -> Any:
         with self.lock(exclusive=False):
@@ -496,6 +571,44 @@ def _parquet_files(root: Path) -> list[Path]:
     return sorted(root.glob("*-*.parquet")) + sorted(root.glob("parts/*/*.parquet"))
 
 
+#: the columns without which a Parquet file in a results folder is not one qtbench wrote (a file another tool
+#: dropped there, or an export renamed): such a file is skipped with one warning, never read as rows
+_REQUIRED = {
+    "rows": {"record_id", "run_id", "cell_key", "status", "model", "backend", "spec_id", "schema_version"},
+    "samples": {"record_id", "repeat", "iteration", "latency_ns"},
+    "predictions": {"record_id", "sample_index", "pred"},
+}
+_WARNED: set[Path] = set()
+
+
+def _is_ours(f: Path, kind: str) -> bool:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        names = set(pq.read_schema(f).names)
+    except (pa.ArrowException, OSError):
+        return True  # unreadable: the reader names it as corrupt, with the fix
+    missing = _REQUIRED[kind] - names
+    if missing:
+        _warn_foreign(f, f"no {', '.join(sorted(missing)[:4])} column{'s' if len(missing) > 1 else ''}")
+    return not missing
+
+
+def _warn_foreign(f: Path, why: str) -> None:
+    """One line on stderr per foreign file and process: the views leave it out, and say so once."""
+    if f in _WARNED:
+        return
+    _WARNED.add(f)
+    from harness.tables import printable
+
+    print(
+        f"qtbench: warning: ignoring {printable(f)}: not a qtbench results file ({why}); move it out of the "
+        "results folder to silence this",
+        file=sys.stderr,
+    )
+
+
 def compact(store: ResultsStore, is_alive: Any = None) -> CompactSummary:
     """Fold every finished run's files into one ``<kind>-0-compacted.parquet`` per kind, keeping all history.
 
@@ -536,7 +649,7 @@ def compact(store: ResultsStore, is_alive: Any = None) -> CompactSummary:
 def _compact_kind(root: Path, kind: str) -> list[str]:
     """Fold ``<kind>-*.parquet`` into the compacted file (caller holds the lock); returns the names folded."""
     target = root / f"{kind}-{COMPACTED}.parquet"
-    files = sorted(root.glob(f"{kind}-*.parquet"))
+    files = [f for f in sorted(root.glob(f"{kind}-*.parquet")) if _is_ours(f, kind)]
     if not files or files == [target]:
         return []
     df = _read_many(files)  # a corrupt file stops here, named, before anything changed
@@ -576,11 +689,36 @@ def stores_under(path: str | Path) -> list[ResultsStore]:
     return [ResultsStore(p.parent) for p in sorted(root.glob(f"*/{MANIFEST}"))]
 
 
+#: what a user means by "one cell": the same model (by name), backend (by key), spec and device in one sweep.
+#: A change that gives a cell another key (the data fixed, options changed, a new checkpoint under the same name)
+#: is still this cell: its newest row answers for it in every view (sweep, show, report, compare, check, merge).
+LOGICAL_CELL = ("sweep", "model", "backend", "spec_id", "device")
+
+
+def latest_rows(df: Any, across_sweeps: bool = False) -> Any:
+    """The one definition of "the latest result of a cell": the newest row per :data:`LOGICAL_CELL`. A fixed cell's
+    newer ``ok`` supersedes its older failure whatever its key; a newer failure is shown, never hidden behind an
+    older success. ``across_sweeps``: one row per cell even when several sweeps measured it (a study pooling
+    folders must not count a checkpoint twice)."""
+    if not len(df):
+        return df
+    key = [c for c in LOGICAL_CELL if c in df.columns and not (across_sweeps and c == "sweep")]
+    return df.sort_values("created_utc", kind="stable").drop_duplicates(key, keep="last")
+
+
+def superseded(df: Any) -> Any:
+    """Rows of the history that :func:`latest_rows` does not show (older results of a cell)."""
+    if not len(df):
+        return df
+    return df[~df["record_id"].isin(set(latest_rows(df)["record_id"]))]
+
+
 def load_results(path: str | Path, latest: bool = True) -> Any:
     """Rows of a results folder as a DataFrame.
 
-    ``latest=True`` keeps the newest row per ``cell_key`` (a re-measured cell replaces the old one in views);
-    ``latest=False`` returns the whole append-only history. ``path`` may also be a folder of sweep folders.
+    ``latest=True`` keeps each cell's latest row (:func:`latest_rows`) and leaves out rows forgotten with
+    ``qtbench results forget``; ``latest=False`` returns the whole append-only history. ``path`` may also be a
+    folder of sweep folders.
     """
     import pandas as pd
 
@@ -592,6 +730,6 @@ def load_results(path: str | Path, latest: bool = True) -> Any:
         raise ResultsError(f"{root} holds no qtbench results (no {MANIFEST}); pass a folder written by `qtbench sweep`")
     df = pd.concat([s.rows() for s in stores], ignore_index=True)
     if latest and len(df):
-        # a cell key is per sweep: two sweeps in one folder of folders may share one, and both rows are kept
-        df = df.sort_values("created_utc").drop_duplicates(["sweep", "cell_key"], keep="last")
+        forgotten = {r for s in stores for r in s.forgotten()}
+        df = latest_rows(df[~df["record_id"].isin(forgotten)] if forgotten else df)
     return df.reset_index(drop=True)

@@ -28,12 +28,12 @@ from harness.cell import (
     run_cell,
 )
 from harness.config import DataSource, ModelEntry, Sweep, load_sweep, parse_sweep
-from harness.errors import ConfigError, DataError, QtbenchError, ResultsError
+from harness.errors import ConfigError, DataError, QtbenchError, ResultsError, UserError
 from harness.intake import IntakeResult, Variant
 from harness.plan import artifact_key as plan_artifact_key
 from harness.plan import cell_key, expand
 from harness.records import Record
-from harness.store import ResultsStore, load_results, os_error_message
+from harness.store import ResultsStore, latest_rows, load_results, os_error_message
 
 RESUMABLE = ("ok", "skipped")  # statuses a re-run keeps; failed/timeout/unavailable cells are tried again
 PACKAGES = ("qtbench", "numpy", "onnx", "onnxruntime", "pandas", "pyarrow", "torch", "openvino", "ai-edge-litert")
@@ -243,6 +243,7 @@ class SweepRun:
     run_id: str
     device: str
     done: set[str]
+    checked: Checked | None = None  # preflight's facts, so planning does not read the data twice
 
 
 @dataclass
@@ -535,7 +536,9 @@ def open_run(sweep: Sweep) -> SweepRun:
     store = ResultsStore(sweep.results_path)
     store.check_writable()
     store.recover_stale_runs(run_is_alive)
-    existing = store.rows()
+    # only a cell's latest row can be reused: after a newer result under another key (say a failure with other
+    # options), going back to the old key runs the cell again rather than leaving the views on the failure
+    existing = latest_rows(store.rows())
     done = {k for k, s in zip(existing["cell_key"], existing["status"], strict=True) if s in RESUMABLE}
     env = environment(Path(sweep.base_dir))
     sha = env["git_sha"][:7] or "nogit"
@@ -558,8 +561,44 @@ def open_run(sweep: Sweep) -> SweepRun:
     return SweepRun(sweep, store, run_id, sweep.run.board_id or env["device"], done)
 
 
-def _model_facts(sweep: Sweep) -> dict[str, dict[str, Any]]:
-    """Per model: sha and data hashes, or the error that costs that model's cells (never the sweep)."""
+@dataclass
+class Checked:
+    """What :func:`preflight` learnt about the models and their data: per model its hashes (``info``), and what
+    intake needs (``todo``: name → (path, sha with external data, a couple of evaluation samples))."""
+
+    info: dict[str, dict[str, Any]]
+    todo: dict[str, tuple[str, str, Any]]
+
+
+def preflight(sweep: Sweep) -> Checked:
+    """Everything knowable before the first compile, checked before anything is written: every model file, and
+    every data file's arrays, names, shapes, dtypes and labels against its model's inputs.
+
+    A mistake here is the user's (a typo in a path, an array of the wrong shape): it raises the first one as a
+    one-line ``UserError`` (exit 2) naming the file and the fix, instead of a results folder full of failed
+    cells. What only a compile can find (an SDK rejecting an op, intake failing) still costs only its cells.
+    """
+    if sweep.run.executor != "ray":  # a fleet's boards may offer plugins this host does not have
+        import backends
+
+        for b in sweep.backends:
+            backends.resolve(b.name)
+        from harness.trust import check_sweep
+
+        check_sweep(sweep)  # a program the sweep file names runs only with the user's consent
+    checked = _check_models(sweep)
+    errors = [(name, i["error"]) for name, i in checked.info.items() if i["error"]]
+    if errors:
+        name, first = errors[0]
+        more = f" (and {len(errors) - 1} more model(s) with bad inputs)" if len(errors) > 1 else ""
+        kind = checked.info[name].get("error_type", ConfigError)
+        kind = kind if issubclass(kind, UserError) else ConfigError
+        raise kind(f"model {name}: {first}{more}; nothing was compiled or written")
+    return checked
+
+
+def _check_models(sweep: Sweep) -> Checked:
+    """Per model: sha and data hashes, or the one-line error that blames the model file or the data file."""
     from harness.data import check_against_model, load_dataset
 
     model_info: dict[str, dict[str, Any]] = {}
@@ -589,12 +628,37 @@ def _model_facts(sweep: Sweep) -> dict[str, dict[str, Any]]:
                     info["eval_sha" if kind == "evaluation" else "calib_sha"] = ds.sha256
                     if kind == "evaluation" or "sample" not in info:
                         info["sample"] = ds.batch(0, min(2, len(ds)))
+            _check_runnable(sweep, m, facts)
             todo[m.display_name] = (str(path), _with_external(info["sha"], info["external"]), info.pop("sample", None))
         except QtbenchError as exc:
-            info["error"] = str(exc)
+            info["error"], info["error_type"] = str(exc), type(exc)
         info.pop("sample", None)
         model_info[m.display_name] = info
-    for name, result in _intake_all(sweep, todo).items():
+    forget_onnx_graph()
+    return Checked(model_info, todo)
+
+
+def _check_runnable(sweep: Sweep, m: Any, facts: Any) -> None:
+    """What every cell of this model would fail on, known from the sweep file and the graph alone."""
+    has_eval = bool(_data_path(sweep, m, "evaluation")[1])
+    has_calib = bool(_data_path(sweep, m, "calibration")[1])
+    if not m.timing and not has_eval:
+        raise ConfigError("models[].timing is false but there is no evaluation data to score: set `evaluation:`")
+    if m.timing and not (has_eval or has_calib):
+        raise ConfigError(
+            "no evaluation or calibration data to time with: set `evaluation: {path: eval.npz}` (arrays named "
+            "like the model's inputs, plus `labels` to score top-1)"
+        )
+    bs = sweep.measure.batch_size
+    if m.timing and bs > 1 and not facts.dynamic_batch:
+        raise ConfigError(f"measure.batch_size={bs} but the model's batch axis is fixed: use 1, or export it dynamic")
+
+
+def _model_facts(sweep: Sweep, checked: Checked | None = None) -> dict[str, dict[str, Any]]:
+    """Per model: :func:`preflight`'s facts (checked again when planning on its own) and intake's result."""
+    checked = checked or _check_models(sweep)
+    model_info = {name: dict(info) for name, info in checked.info.items()}
+    for name, result in _intake_all(sweep, checked.todo).items():
         model_info[name]["intake"] = result
     forget_onnx_graph()
     return model_info
@@ -645,7 +709,9 @@ def _probe_backends(
         b = entries[name]
         if sweep.run.isolate or call is not None:
             kind, value = (call or call_isolated)(
-                _probe, (b.name, targets[name], b.options, specs_by_backend[name], paths), sweep.run.timeout_s
+                _probe,
+                (b.name, targets[name], b.options, specs_by_backend[name], paths),
+                min(sweep.run.timeout_s, 4 * backends.PROBE_TIMEOUT_S),  # a probe that hangs costs 2 min at most
             )
             return value if kind == "ok" else {"available": False, "reason": f"probe failed: {value}"}
         try:
@@ -673,7 +739,7 @@ def plan(run: SweepRun, probe_call: Callable[..., tuple[str, Any]] | None = None
     (``probe_call``: where backends are probed, default a child process here)."""
     sweep, device, done, run_id = run.sweep, run.device, run.done, run.run_id
     cells = expand(sweep)
-    model_info = _model_facts(sweep)
+    model_info = _model_facts(sweep, run.checked)
     probes, targets = _probe_backends(sweep, cells, probe_call)
     m_protocol = {k: v for k, v in asdict(sweep.measure).items() if k not in ("cv_threshold",)}
     out: list[PlannedCell] = []
@@ -835,18 +901,30 @@ def run_sweep(
 
         executor = RayExecutor.from_sweep(sweep)
     executor = executor or LocalExecutor()
+    checked = preflight(sweep)  # a user's mistake stops here: exit 2, nothing written
     run = open_run(sweep)
-    cells = executor.plan(run)
-    for cell in cells:
-        if cell.reused and progress:
-            progress(CellEvent(cell.index, cell.total, cell.label, "reused", "already recorded", None, True))
-    todo = [c for c in cells if not c.reused]
-    for cell, result in executor.run(todo, sweep):
-        record = store_result(run, cell, result)
-        if progress:
-            progress(CellEvent(cell.index, cell.total, cell.label, record.status, record.status_message, record, False))
+    run.checked = checked
+    cells: list[PlannedCell] = []
+    try:
+        with isolate.interruptible():  # Ctrl-C / SIGTERM: every child group killed at once, whatever the phase
+            cells = executor.plan(run)
+            for cell in cells:
+                if cell.reused and progress:
+                    progress(CellEvent(cell.index, cell.total, cell.label, "reused", "already recorded", None, True))
+            todo = [c for c in cells if not c.reused]
+            for cell, result in executor.run(todo, sweep):
+                record = store_result(run, cell, result)
+                if progress:
+                    msg = record.status_message
+                    progress(CellEvent(cell.index, cell.total, cell.label, record.status, msg, record, False))
+    except KeyboardInterrupt:
+        # cells that finished are saved; the one that was running has no row (a re-run measures it)
+        run.store.finish_run(run.run_id, finished_utc=utc_now(), cells=len(cells), interrupted=True)
+        raise
     run.store.finish_run(run.run_id, finished_utc=utc_now(), cells=len(cells))
-    return load_results(run.store.root)
+    df = load_results(run.store.root)
+    df.attrs["cell_keys"] = [c.key for c in cells]  # this sweep's cells, for its exit status and summary
+    return df
 
 
 def _zoo_weights(path: Path) -> str:

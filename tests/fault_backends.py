@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -27,6 +28,35 @@ class HangingBackend(OrtBackend):
 
     def compile(self, model, spec, calib, workdir):
         time.sleep(600)
+
+
+class HangingProbeBackend(OrtBackend):
+    """A plugin whose availability probe never returns (a driver that hangs)."""
+
+    slug = "hangprobe"
+
+    def availability(self):
+        import subprocess
+
+        marker = os.environ.get("QTBENCH_TEST_MARKER")
+        if marker:  # a helper as a driver's probe tool would start: lets a test see the probe is running
+            subprocess.Popen(["bash", "-c", f"exec -a {marker} sleep 600"])
+        time.sleep(3600)
+
+
+class ScratchBackend(OrtBackend):
+    """Writes a helper file beside its artifact, works on it for a while, then removes it: what simnpu's prepared
+    graph and QNN's context binary do. Two processes compiling one cache entry at once break each other."""
+
+    slug = "scratch"
+
+    def _compile(self, model, spec, calib, workdir):
+        scratch = workdir / "prepared.onnx"
+        scratch.write_bytes(model.path.read_bytes())
+        time.sleep(1.5)
+        scratch.read_bytes()  # FileNotFoundError when another build removed it meanwhile
+        scratch.unlink()
+        return super()._compile(model, spec, calib, workdir)
 
 
 class MissingSdkBackend(OrtBackend):
@@ -145,4 +175,19 @@ class LyingBackend(OrtBackend):
 
         if spec.precision == "int4":
             spec = QuantSpec.parse(spec.id.replace("int4", "int8", 1))
+        return super()._compile(model, spec, calib, workdir)
+
+
+class FlakyBackend(OrtBackend):
+    """ORT that fails every compile while its ``fail`` option is set: a cell the user fixes by changing its
+    options (another cell key) and running again."""
+
+    slug = "flaky"
+    option_defaults: ClassVar[dict[str, Any]] = {**OrtBackend.option_defaults, "fail": False}
+
+    def _compile(self, model, spec, calib, workdir):
+        from harness.errors import CompileError
+
+        if self.options["fail"]:
+            raise CompileError("flaky: the compiler rejected the model (set options.fail: false)")
         return super()._compile(model, spec, calib, workdir)

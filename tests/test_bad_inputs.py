@@ -13,18 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-from harness.cli import main
 from harness.store import load_results
 
-from models import tiny_cnn, tiny_data, tiny_sweep
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    text = out + err
-    assert "Traceback" not in text, text
-    return code, text
+from models import run_cli, tiny_cnn, tiny_data, tiny_sweep
 
 
 def write_cfg(tmp: Path, cfg: dict, name: str = "sweep.yaml") -> Path:
@@ -137,7 +128,7 @@ def test_results_path_itself_is_a_file(tmp_path: Path, base: dict, capsys):
     assert code == 2 and "is a file, not a folder" in text
 
 
-# -- models and data: the cell fails with a message naming the file; other models still run ----------------------
+# -- models and data: checked before any compile, one line naming the file, exit 2, nothing written --------------
 def _sweep_two_models(tmp: Path, base: dict, bad_model: Path | None = None, **data) -> dict:
     good = tiny_cnn(tmp / "good.onnx")
     models = [{"path": str(good), "name": "good"}]
@@ -151,6 +142,12 @@ def _rows(tmp: Path) -> dict[str, object]:
     return {r.model: r for r in df.itertuples()}
 
 
+def _error_line(capsys_text: str) -> str:
+    lines = [ln for ln in capsys_text.splitlines() if ln.startswith("qtbench sweep: error:")]
+    assert len(lines) == 1, capsys_text
+    return lines[0]
+
+
 @pytest.mark.parametrize(
     "make,fragment",
     [
@@ -161,14 +158,13 @@ def _rows(tmp: Path) -> dict[str, object]:
     ],
     ids=["zero-byte", "garbage", "text", "missing"],
 )
-def test_bad_model_costs_its_cells_only(tmp_path: Path, base: dict, capsys, make, fragment):
+def test_bad_model_stops_the_sweep_before_any_compile(tmp_path: Path, base: dict, capsys, make, fragment):
     bad = tmp_path / "bad.onnx"
     make(bad)
-    code, _ = run_cli(capsys, "sweep", str(write_cfg(tmp_path, _sweep_two_models(tmp_path, base, bad))), "-q")
-    rows = _rows(tmp_path)
-    assert code == 0 and rows["good"].status == "ok"
-    assert rows["bad"].status == "failed" and fragment in rows["bad"].status_message
-    assert "bad.onnx" in rows["bad"].status_message
+    code, text = run_cli(capsys, "sweep", str(write_cfg(tmp_path, _sweep_two_models(tmp_path, base, bad))), "-q")
+    line = _error_line(text)
+    assert code == 2 and fragment in line and "bad.onnx" in line and "model bad:" in line
+    assert not (tmp_path / "results").exists()  # not even the good model's cells: the user fixes, then runs
 
 
 def _npz(path: Path, **arrays) -> Path:
@@ -251,19 +247,18 @@ DATA_CASES = [
 def test_bad_data_is_blamed_on_the_data_file(tmp_path: Path, base: dict, capsys, case, kind, make, fragment):
     path = make(tmp_path / f"bad_{kind}.npz")
     cfg = {**base, kind: {"path": str(path)}}
-    code, _text = run_cli(capsys, "sweep", str(write_cfg(tmp_path, cfg)), "-q", "--no-report")
-    row = next(iter(_rows(tmp_path).values()))
-    assert code == 0 and row.status == "failed", row.status_message
-    assert fragment in row.status_message and Path(path).name in row.status_message
-    assert kind in row.status_message and "model file" not in row.status_message
+    code, text = run_cli(capsys, "sweep", str(write_cfg(tmp_path, cfg)), "-q", "--no-report")
+    line = _error_line(text)
+    assert code == 2 and fragment in line and Path(path).name in line, line
+    assert kind in line and "model file" not in line and "nothing was compiled or written" in line
+    assert not (tmp_path / "results").exists()
 
 
 def test_named_labels_key_that_is_absent_fails(tmp_path: Path, base: dict, capsys):
     ev = tiny_data(tmp_path / "ev.npz", 16)
     cfg = {**base, "evaluation": {"path": str(ev), "labels": "targets"}}
-    run_cli(capsys, "sweep", str(write_cfg(tmp_path, cfg)), "-q", "--no-report")
-    row = next(iter(_rows(tmp_path).values()))
-    assert row.status == "failed" and "labels array 'targets' not found" in row.status_message
+    code, text = run_cli(capsys, "sweep", str(write_cfg(tmp_path, cfg)), "-q", "--no-report")
+    assert code == 2 and "labels array 'targets' not found" in _error_line(text)
 
 
 def test_unlabelled_evaluation_runs_and_says_so(tmp_path: Path, base: dict, capsys):
@@ -332,8 +327,8 @@ def test_check_against_missing_folder(done: Path, capsys):
 @pytest.mark.parametrize(
     "content,fragment",
     [
-        (b"top1: [-0.5pp\n", "not valid YAML for gates"),
-        (b"top1: !!python/name:os.system\n", "not valid YAML for gates"),
+        (b"top1: [-0.5pp\n", "(gates): not valid YAML"),
+        (b"top1: !!python/name:os.system\n", "(gates): not valid YAML"),
         (b"- top1\n", "expected a mapping of metric: rule"),
         (b"top1: sideways\n", "top1"),
         (b"\xff\xfe\n", "not UTF-8"),

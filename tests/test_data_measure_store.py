@@ -78,7 +78,13 @@ def test_loop_honours_warmup_iterations_and_min_duration():
 # -- store ----------------------------------------------------------------------------------------------------
 def _record(i: int, key: str = "k", status: str = "ok", created: str = "2026-01-01T00:00:00Z") -> Record:
     return make_record(
-        record_id=f"r{i}", run_id="run1", cell_key=key, created_utc=created, status=status, top1=0.5 + i / 100
+        record_id=f"r{i}",
+        run_id="run1",
+        cell_key=key,
+        created_utc=created,
+        status=status,
+        top1=0.5 + i / 100,
+        spec_id=f"spec-{key}",  # another cell key here means another cell (another spec), not a re-run of one
     )
 
 

@@ -14,6 +14,7 @@ from harness.check import Gate, compare, load_gates, mann_whitney_p
 from harness.cli import main
 from harness.errors import ConfigError, UserError
 from harness.report import build_report, pareto_front
+from harness.store import load_results
 from harness.sweep import run_sweep
 
 from models import synthetic_results, tiny_sweep
@@ -160,7 +161,7 @@ def test_report_survives_reruns_under_new_cell_keys_and_hostile_model_names(tmp_
     out = build_report([tmp_path / "results" / "tiny"], tmp_path / "rep")
     md = out["markdown"].read_text()
     assert "<script>" not in md and "&lt;script&gt;" in md and "](javascript" not in md
-    assert "older row(s) of re-measured cells are not shown" in md
+    assert len(load_results(tmp_path / "results" / "tiny", latest=False)) == 4  # the history keeps both runs
     html_text = out["html"].read_text()
     assert "<script>" not in html_text and "gap 95 % CI" in html_text
     assert md.count("int8-static-pc-wsym-minmax |") == 1  # one summary row per cell, the newest
@@ -188,7 +189,8 @@ def test_row_flags_catch_unchanged_top1_with_low_agreement_and_unstable_timing()
     r = {"status": "ok", "timed": True, "unstable": True, "latency_cv": 0.31, "top1_agreement": 0.84, "gap_pp": 1.6}
     flags = row_flags(r)
     assert "unstable timing (CV 31 %)" in flags
-    assert "top-1 unchanged but only 84.0 % agreement with FP32" in flags
+    assert "top-1 up +1.60 pp but only 84.0 % agreement with FP32" in flags
+    assert "top-1 unchanged (|Δ| < 0.05 pp) but only 84.0 % agreement with FP32" in row_flags({**r, "gap_pp": 0.0})
     assert row_flags({**r, "gap_pp": -3.0, "unstable": False}) == []  # a visible drop needs no extra warning
     assert row_flags({**r, "timed": False, "top1_agreement": 0.99}) == ["fidelity only (not timed)"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import backends
-from harness.errors import DataError
+from harness.errors import ConfigError, DataError
 from harness.store import ResultsStore, load_results
 from harness.sweep import external_data_files, run_sweep
 
@@ -73,12 +73,29 @@ def test_a_crash_a_hang_and_a_missing_sdk_each_cost_one_cell(tmp_path: Path, fau
 
 
 def test_a_bad_model_costs_its_cells_only(tmp_path: Path):
+    """What only a compile can find (an op no runtime here knows) costs that model's cells; a file that is not a
+    model at all is knowable up front and stops the sweep before anything is compiled or written."""
+    import onnx
+    from onnx import TensorProto, helper
+
     cfg = tiny_sweep(tmp_path)
-    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
-    cfg["models"].append({"path": str(tmp_path / "bad.onnx"), "name": "bad"})
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 1, 8, 8])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 4])
+    node = helper.make_node("Frobnicate", ["input"], ["logits"], domain="com.example")
+    graph = helper.make_graph([node], "g", [x], [y])
+    odd = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    onnx.save(odd, tmp_path / "odd.onnx")
+    cfg["models"].append({"path": str(tmp_path / "odd.onnx"), "name": "odd"})
     df = run_sweep(cfg)
-    assert set(df[df.model == "bad"]["status"]) == {"failed"}
+    assert set(df[df.model == "odd"]["status"]) == {"failed"}
     assert set(df[df.model == "tiny"]["status"]) == {"ok"}
+
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    cfg = tiny_sweep(tmp_path, run={"results_dir": str(tmp_path / "r2"), "timeout_s": 120})
+    cfg["models"].append({"path": str(tmp_path / "bad.onnx"), "name": "bad"})
+    with pytest.raises(ConfigError, match=r"model bad: .*bad.onnx is not a readable ONNX model.*nothing was compiled"):
+        run_sweep(cfg)
+    assert not (tmp_path / "r2").exists()
 
 
 def test_planning_parses_a_model_once_and_sees_a_rewritten_file(tmp_path: Path, monkeypatch):
