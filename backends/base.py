@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,35 @@ class CompiledInfo:
 
 
 BUILD_LOCK = ".build.lock"  # per cache entry: one build at a time (and a fleet board's unpack of a shipped one)
+#: per cache entry: one ``compile`` at a time across processes and threads. Adapters write beside the artifact
+#: while compiling (simnpu's prepared graph, QNN's context binary, TFLite's conversion, Vela's report): two
+#: sweeps sharing a cache must not build into one folder at once
+COMPILE_LOCK = ".compile.lock"
+
+
+_HELD = threading.local()  # per thread: the compile locks it holds (an adapter may compile another in its entry)
+
+
+@contextlib.contextmanager
+def compile_lock(workdir: Path) -> Iterator[None]:
+    """Hold ``workdir``'s compile lock (blocking): a second compile of the entry, in another process or thread,
+    waits, then finds it built. Re-entrant within a thread: Vela compiles its TFLite artifact in its own entry."""
+    import fcntl
+
+    key = str(workdir.resolve())
+    held: set[str] = _HELD.__dict__.setdefault("paths", set())
+    if key in held:
+        yield
+        return
+    with open(workdir / COMPILE_LOCK, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
+
+
 #: Files a cache entry derives on the machine that runs it (OpenVINO's compiled-blob cache, ORT's coverage facts):
 #: rebuilt where they are missing, never shipped with the entry to another machine.
 MACHINE_LOCAL = ("ov_cache", "coverage-", "model_b1-")
@@ -279,7 +309,8 @@ class Backend(abc.ABC):
         workdir.mkdir(parents=True, exist_ok=True)
         self.siblings = tuple(siblings)
         try:
-            return self._compile(model, spec, calib, workdir)
+            with compile_lock(workdir):
+                return self._compile(model, spec, calib, workdir)
         finally:
             self.siblings = ()
 

@@ -19,7 +19,9 @@ import csv
 import io
 import json
 import logging
+import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -184,13 +186,19 @@ class QnnBackend(Backend):
 
         notes, cache_hit = build_once(artifact, build)
         quant_s = time.perf_counter() - t0
+        # what a killed compile left (we hold the compile lock): its trace folder, a half-written context
+        for stale in [*workdir.glob("trace-*"), *workdir.glob(".tmp-*-model_ctx_*")]:
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         trace_dir = workdir / f"trace-{time.time_ns()}"
         htp = self.options["backend_type"] == "htp"
         ctx = workdir / f"model_ctx_{self.options['soc_model']}_v{self.options['htp_arch']}.onnx"
+        # the context binary is written under a temp name and renamed when whole: a compile killed while writing
+        # it leaves no file that a later compile would take for a finished context
+        pending = None if ctx.is_file() or not htp else ctx.with_name(f".tmp-{os.getpid()}-{ctx.name}")
         with quiet(workdir / "qnn.log"):  # the HTP library prints its LIBNATIVE/thread-local banner on load
-            session = self._session(
-                artifact, spec.is_float, trace_dir=trace_dir, context=None if ctx.is_file() or not htp else ctx
-            )
+            session = self._session(artifact, spec.is_float, trace_dir=trace_dir, context=pending)
+        if pending is not None and pending.is_file():
+            os.replace(pending, ctx)
         compile_s = time.perf_counter() - t0
         simulated = not on_qualcomm_soc() and htp
         shipped = ctx if ctx.is_file() else artifact

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
@@ -251,7 +252,6 @@ _INTERNAL = {"base_dir"}
 # ---------------------------------------------------------------------------------------------------------
 def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep YAML file."""
-    import yaml
 
     p = Path(path)
     if not p.is_file():
@@ -262,14 +262,88 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}); save the sweep file as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read the sweep file ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {' '.join(str(exc).split())}") from None
+    data = load_yaml(text, str(p))
     try:
         return parse_sweep(data, base_dir=p.resolve().parent)
     except ConfigError as exc:
         raise ConfigError(f"{p}: {exc}") from None
+
+
+MAX_YAML_BYTES = 1 << 20  # a sweep file is configuration: 1 MiB is far above any real one
+MAX_YAML_NODES = 100_000  # nodes after alias expansion: a "billion laughs" file is refused before it is built
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse a YAML document safely and boundedly: no size above :data:`MAX_YAML_BYTES`, no alias structure that
+    expands past :data:`MAX_YAML_NODES` nodes, no key given twice in one mapping (YAML would keep the last one
+    silently). Errors are one line naming ``where``."""
+    import yaml
+
+    if len(text.encode("utf-8", "replace")) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: {len(text) >> 10} KiB is too large for a sweep file (limit 1 MiB)")
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True) if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None and key in seen:
+                    raise ConfigError(
+                        f"{where}: key {_show(key)} appears twice in one mapping (lines {seen[key] + 1} and "
+                        f"{key_node.start_mark.line + 1}); YAML would keep only the last: remove one"
+                    )
+                if key is not None:
+                    seen[key] = key_node.start_mark.line
+            return super().construct_mapping(node, deep=deep)
+
+    loader = Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        sizes: dict[int, int] = {}
+
+        def size(n: Any) -> int:  # expanded size, each distinct node computed once (aliases share nodes)
+            if id(n) in sizes:
+                return sizes[id(n)]
+            sizes[id(n)] = 1  # a recursive alias counts once while it is being sized
+            children = (
+                [c for pair in n.value for c in pair]
+                if isinstance(n, yaml.MappingNode)
+                else (n.value if isinstance(n, yaml.SequenceNode) else [])
+            )
+            total = 1 + sum(size(c) for c in children)
+            sizes[id(n)] = min(total, MAX_YAML_NODES + 1)
+            return sizes[id(n)]
+
+        if size(node) > MAX_YAML_NODES:
+            raise ConfigError(
+                f"{where}: its aliases (&anchor / *alias) expand to more than {MAX_YAML_NODES:,} values; a sweep "
+                "file never needs that many (a 'billion laughs' structure?): write the lists out"
+            )
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {_show(' '.join(str(exc).split()), 300)}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply for a sweep file") from None
+    finally:
+        loader.dispose()
+
+
+#: control characters refused in any sweep-file string (tab and newline are fine in a description): ESC starts
+#: terminal escape sequences, the bidi overrides reorder what a reader sees
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, bounded: a user value is never expanded past ``limit`` characters
+    (a deeply aliased structure would otherwise be formatted in full)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxlevel = limit, limit, 6, 6, 3
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def parse_sweep(data: Any, base_dir: str | Path = ".") -> Sweep:
@@ -310,7 +384,7 @@ def _build(cls: type, data: Any, path: str) -> Any:
     if cls is BackendEntry and isinstance(data, str):
         data = {"name": data}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__} {_show(data)}")
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
     unknown = [k for k in data if k not in known or (k in _INTERNAL and cls is not Sweep)]
@@ -340,11 +414,13 @@ def _coerce(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> A
                 return _coerce(opt, value, path, meta)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[-1] if len(errors) == 1 else f"{path}: {value!r} matches none of: {_type_name(tp)}")
+        raise ConfigError(
+            errors[-1] if len(errors) == 1 else f"{path}: {_show(value)} matches none of: {_type_name(tp)}"
+        )
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {_show(value)}")
         if len(value) < meta.get("min_items", 0):
             raise ConfigError(f"{path}: needs at least {meta['min_items']} item(s)")
         return [_coerce(item_tp, v, f"{path}[{i}]", {}) for i, v in enumerate(value)]
@@ -356,34 +432,38 @@ def _coerce(tp: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> A
         return _build(tp, value, path)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+            raise ConfigError(f"{path}: expected true or false, got {_show(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+            raise ConfigError(f"{path}: expected an integer, got {_show(value)}")
     elif tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
+            raise ConfigError(f"{path}: expected a number, got {_show(value)}")
         value = float(value)
     elif tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
+            raise ConfigError(f"{path}: expected a string, got {_show(value)}")
+        bad = _CONTROL.search(value)
+        if bad:
+            raise ConfigError(
+                f"{path}: {_show(value)} holds the control character {bad.group().encode('unicode_escape').decode()}"
+                f" at position {bad.start()}: names and paths reach terminals and reports; remove it"
+            )
         if "choices" in meta and value not in meta["choices"]:
-            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(meta['choices'])}")
+            raise ConfigError(f"{path}: {_show(value)} is not one of {', '.join(meta['choices'])}")
         pattern = meta.get("pattern")
         if pattern:
-            import re
-
             if not re.fullmatch(pattern, value) or (meta.get("not_dots") and set(value) == {"."}):
                 raise ConfigError(
-                    f"{path}: {value!r} must match {pattern} (letters, digits, '.', '_', '-'; not only dots)"
+                    f"{path}: {_show(value)} must match {pattern} (letters, digits, '.', '_', '-'; not only dots)"
                 )
     if "minimum" in meta and value < meta["minimum"]:
-        raise ConfigError(f"{path}: {value!r} is below the minimum {meta['minimum']}")
+        raise ConfigError(f"{path}: {_show(value)} is below the minimum {meta['minimum']}")
     if "maximum" in meta and value > meta["maximum"]:
-        raise ConfigError(f"{path}: {value!r} is above the maximum {meta['maximum']}")
+        raise ConfigError(f"{path}: {_show(value)} is above the maximum {meta['maximum']}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{path}: {value!r} is not a finite number")
+        raise ConfigError(f"{path}: {_show(value)} is not a finite number")
     return value
 
 

@@ -280,6 +280,11 @@ def check_against_model(ds: Dataset, model_path: str | Path, role: str) -> None:
                 f"save it as {want} (x.astype(numpy.{want}))"
             )
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if tt.HasField("shape") and not dims:
+            raise DataError(
+                f"model input {inp.name!r} is a scalar (0-dim), so it cannot take a batch of samples; qtbench feeds "
+                f"{role} samples along the first axis: export the model with a leading batch axis (e.g. [N, ...])"
+            )
         wrong_rank = len(dims) != arr.ndim
         if dims and (wrong_rank or any(w is not None and w != a for w, a in zip(dims[1:], arr.shape[1:], strict=True))):
             shown = "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"

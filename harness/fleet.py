@@ -92,12 +92,9 @@ def load_fleet(spec: str, base_dir: str | Path = ".") -> Fleet:
         if spec.endswith((".yaml", ".yml", ".json")):
             raise ConfigError(f"run.fleet: fleet file {path} does not exist (relative paths are from the sweep file)")
         return Fleet(address=spec, source=spec)
-    import yaml
+    from harness.config import load_yaml
 
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"fleet file {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = load_yaml(path.read_text(encoding="utf-8", errors="replace"), f"fleet file {path}") or {}
     if not isinstance(data, dict) or set(data) - {"address", "boards"}:
         raise ConfigError(f"fleet file {path}: expected keys address, boards; got {sorted(data)}")
     boards = []

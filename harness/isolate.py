@@ -25,6 +25,46 @@ from typing import Any
 
 _CTX: Any = None
 KILL_GRACE_S = 2.0  # after SIGKILL of a group: how long to wait for the child to be reaped
+#: every child this process started and has not reaped yet, so an interrupt can kill them all at once (worker
+#: threads may be blocked waiting on them for up to run.timeout_s); set operations are atomic under the GIL, so
+#: a signal handler may iterate a copy while another thread adds or removes
+_LIVE: set[Any] = set()
+_STOPPING = threading.Event()
+
+
+def stop_all() -> None:
+    """Kill every live child's process group now and make further calls raise KeyboardInterrupt: what an
+    interrupt does first, so threads waiting on a hung cell return at once instead of at its timeout."""
+    _STOPPING.set()
+    for proc in list(_LIVE):
+        kill_group(proc)
+
+
+def _check_stopping() -> None:
+    if _STOPPING.is_set():
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interruptible() -> Any:
+    """While the body runs (in the main thread): SIGINT and SIGTERM first kill every live child group
+    (:func:`stop_all`), then unwind as KeyboardInterrupt, so a sweep stops within seconds in any phase, whatever
+    a cell is doing. The previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum: int, _frame: Any) -> None:
+        stop_all()
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        _STOPPING.clear()
 
 
 def context() -> Any:
@@ -117,11 +157,13 @@ def call_isolated(fn: Callable[..., Any], args: tuple, timeout_s: float) -> tupl
     An interrupt (Ctrl-C, or SIGTERM turned into SystemExit by the CLI) kills the child's group at once and is
     re-raised; the child never survives the call.
     """
+    _check_stopping()
     ctx = context()
     recv, send = ctx.Pipe(duplex=False)
     life_r, life_w = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(fn, args, send, life_r), daemon=True)
     proc.start()
+    _LIVE.add(proc)
     send.close()
     life_r.close()
     outcome: tuple[str, Any] | None = None
@@ -143,6 +185,8 @@ def call_isolated(fn: Callable[..., Any], args: tuple, timeout_s: float) -> tupl
     if proc.is_alive():
         kill_group(proc)
         proc.join(KILL_GRACE_S)
+    _LIVE.discard(proc)
+    _check_stopping()  # killed by an interrupt: not a cell that died
     return outcome if outcome is not None else _died(proc.exitcode)
 
 
@@ -204,6 +248,7 @@ class Worker:
         life_r, life_w = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_serve, args=(child, life_r), daemon=True)
         proc.start()
+        _LIVE.add(proc)
         child.close()
         life_r.close()
         self._proc, self._conn, self._life_w = proc, parent, life_w
@@ -222,6 +267,7 @@ class Worker:
         if proc.is_alive():
             kill_group(proc)
             proc.join(KILL_GRACE_S)
+        _LIVE.discard(proc)
         for c in (conn, life_w):
             with contextlib.suppress(OSError):
                 c.close()
@@ -232,6 +278,7 @@ class Worker:
 
     def call(self, fn: Callable[..., Any], args: tuple, timeout_s: float) -> tuple[str, Any]:
         """``fn(*args)`` in the warm child: ('ok', value) | ('error', msg) | ('timeout', msg) | ('died', msg)."""
+        _check_stopping()
         if self._proc is not None and (self.calls >= self.max_calls or not self._proc.is_alive()):
             self._stop(graceful=True)
         if self._proc is None:
@@ -260,4 +307,5 @@ class Worker:
         proc.join(KILL_GRACE_S)  # the pipe closed without an answer: the child died
         code = proc.exitcode
         self._stop(graceful=False)
+        _check_stopping()  # killed by an interrupt: not a cell that died
         return _died(code)

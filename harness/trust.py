@@ -5,10 +5,18 @@ A few backend options name an executable or a shared library: ``rknn``'s ``pytho
 sweep file that sets them runs code of its author's choosing. That is the point on a developer's machine and a
 hazard where sweep files come from pull requests (qtbench as a CI gate). So:
 
-* **trusted** (default, ``QTBENCH_TRUSTED`` unset or ``1``): sweep files are the user's own; these options work.
-* **untrusted** (``QTBENCH_TRUSTED=0``, or ``qtbench sweep --untrusted``): a sweep file that sets one of them
-  is refused with a ConfigError naming the key, unless the value lies on the operator's allow-list
-  ``QTBENCH_ALLOWED_EXECUTABLES`` (paths or folders, separated by ``os.pathsep``), set outside the sweep file.
+* **consent needed** (the default of ``qtbench sweep`` and every other command that reads a sweep file): a sweep
+  file that sets one of them is refused with one line naming the key (exit 2), before anything runs, unless the
+  user consents with ``--trust`` (the file is theirs), the value lies on the operator's allow-list
+  ``QTBENCH_ALLOWED_EXECUTABLES`` (paths or folders, separated by ``os.pathsep``, set outside the sweep file), or
+  it is an environment qtbench made itself (``qtbench env create``, under ``~/.cache/qtbench/envs``).
+* **trusted** (``--trust``, or ``QTBENCH_TRUSTED=1``): sweep files are the user's own; these options work. The
+  Python API (``run_sweep``) is trusted when ``QTBENCH_TRUSTED`` is unset: its caller's code is the consent.
+* **untrusted** (``--untrusted`` or ``QTBENCH_TRUSTED=0``): as "consent needed", and ``--trust`` is not offered
+  (CI gates on pull requests).
+
+Programs the *user* names outside a sweep file (``$QTBENCH_RKNN_PYTHON``, ``$QTBENCH_TF_PYTHON``) are theirs and
+are not gated.
 
 Adapters declare such options in ``Backend.executable_options``; ``Backend.__init__`` calls :func:`check_options`,
 so every path that constructs a backend (sweep, probe, simgap, a child process) applies the same rule. The policy
@@ -32,41 +40,90 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
+#: ``$QTBENCH_TRUSTED`` as the CLI sets it when the user gave neither ``--trust`` nor ``--untrusted``
+ASK = "ask"
+
+
 def trusted() -> bool:
-    """Whether sweep files may name programs/libraries (``$QTBENCH_TRUSTED``; default trusted)."""
+    """Whether sweep files may name programs/libraries (``$QTBENCH_TRUSTED``; unset: trusted, the Python API)."""
     value = os.environ.get(TRUST_ENV, "1").strip().lower()
     if value in _TRUE or value == "":
         return True
-    if value in _FALSE:
+    if value in _FALSE or value == ASK:
         return False
     raise ConfigError(f"${TRUST_ENV}={value!r}: use 1 (sweep files may name executables) or 0 (refuse them)")
 
 
 def allow_list() -> list[Path]:
-    """The operator's allow-list from ``$QTBENCH_ALLOWED_EXECUTABLES`` (resolved paths)."""
+    """The operator's allow-list from ``$QTBENCH_ALLOWED_EXECUTABLES`` (resolved paths), and the environments
+    qtbench made itself (``qtbench env create``)."""
     raw = os.environ.get(ALLOW_ENV, "")
-    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+    listed = [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+    from backends.rknn import DEFAULT_ENV
+    from backends.tflite import CONVERTER_ENV
+
+    return [*listed, DEFAULT_ENV.parent.expanduser().resolve(), CONVERTER_ENV.expanduser().resolve()]
 
 
 def allowed(value: str | os.PathLike[str]) -> bool:
-    """True when ``value`` is an allow-listed file or lies inside an allow-listed folder."""
-    path = Path(value).expanduser().resolve()
-    return any(path == a or a in path.parents for a in allow_list())
+    """True when ``value`` is an allow-listed file or lies inside an allow-listed folder. The path is compared
+    as written and resolved (a venv's ``bin/python`` is a symlink to the interpreter it was made from)."""
+    given = Path(value).expanduser().absolute()
+    real = given.resolve()
+    return any(p == a or a in p.parents for a in allow_list() for p in (given, real))
 
 
 def check_options(slug: str, options: Mapping[str, Any], keys: Sequence[str]) -> None:
-    """Refuse, when untrusted, any of ``keys`` set in ``options`` to a value outside the allow-list."""
+    """Refuse, when not trusted, any of ``keys`` set in ``options`` to a value outside the allow-list."""
     if not keys or trusted():
         return
+    ask = os.environ.get(TRUST_ENV, "").strip().lower() == ASK
     for key in keys:
         value = options.get(key)
         if value in (None, "") or allowed(str(value)):
             continue
-        raise ConfigError(
-            f"backends.{slug}.options.{key}: {value!r} names a program or library to run, and this sweep file is "
-            f"untrusted (${TRUST_ENV}=0 or --untrusted); remove the option, or allow-list the path in "
-            f"${ALLOW_ENV} on this machine"
+        why = (
+            "qtbench runs what a sweep file names only with your consent: pass --trust if this sweep file is yours"
+            if ask
+            else f"and this sweep file is untrusted (${TRUST_ENV}=0 or --untrusted): remove the option"
         )
+        raise ConfigError(
+            f"backends.{slug}.options.{key}: {value!r} names a program or library to run, {why}, or allow-list "
+            f"the path in ${ALLOW_ENV} on this machine"
+        )
+
+
+def check_sweep(sweep: Any) -> None:
+    """:func:`check_options` for every backend of a sweep, in the planning process, before anything runs (the
+    cells' own construction checks again, in their children)."""
+    import backends
+
+    for b in sweep.backends:
+        try:
+            keys = backends.load_target(backends.resolve(b.name)).executable_options
+        except ConfigError:
+            raise
+        except Exception:  # noqa: BLE001 - an adapter that fails to import is reported by its cells
+            continue
+        check_options(b.name, b.options, keys)
+
+
+class TrustAction(argparse.Action):
+    """``--trust``: this sweep file is the user's own; options naming programs/libraries may run."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.setdefault(
+            "help",
+            "this sweep file is yours: let it name programs or libraries to run (a worker interpreter, a delegate); "
+            f"same as {TRUST_ENV}=1",
+        )
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, *_: Any) -> None:
+        if os.environ.get(TRUST_ENV, "").strip().lower() in _FALSE or getattr(namespace, "untrusted", False):
+            parser.error(f"--trust conflicts with --untrusted / {TRUST_ENV}=0")
+        os.environ[TRUST_ENV] = "1"
+        setattr(namespace, self.dest, True)
 
 
 class UntrustedAction(argparse.Action):

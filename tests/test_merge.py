@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from harness.cli import main
@@ -137,3 +138,34 @@ def test_cli_board_id_flag_and_its_conflict_with_a_fleet(tmp_path: Path, capsys)
     assert "--board-id" in capsys.readouterr().err
     assert main(["sweep", str(path), "--board-id", "bad id", "--no-report", "-q"]) == 2
     assert "run.board_id" in capsys.readouterr().err
+
+
+def test_conflicting_records_resolve_the_same_in_any_order_and_are_listed(boards, tmp_path: Path, capsys):
+    """One record id, two contents (a copied folder edited): the newer measurement wins whatever the order, the
+    other version is kept under conflicts/, and the CLI lists the conflict with what differs."""
+    _tmp, a, _b = boards
+    edited = tmp_path / "edited"
+    shutil.copytree(a, edited)
+    run_file = next(edited.glob("rows-*.parquet"))
+    rows = pd.read_parquet(run_file)
+    rid = rows["record_id"].iloc[0]
+    original_top1 = float(rows.loc[0, "top1"])
+    rows.loc[0, "top1"] = 0.01
+    rows.loc[0, "created_utc"] = "2099-01-01T00:00:00Z"  # re-measured later
+    rows.to_parquet(run_file, index=False)
+    s_ab = merge(tmp_path / "ab", [a, edited])[0]
+    s_ba = merge(tmp_path / "ba", [edited, a])[0]
+    for out, s in ((tmp_path / "ab", s_ab), (tmp_path / "ba", s_ba)):
+        df = load_results(out)
+        assert float(df.loc[df["record_id"] == rid, "top1"].iloc[0]) == pytest.approx(0.01)
+        assert len(s.conflicts) == 1 and rid in s.conflicts[0] and "top1" in s.conflicts[0]
+        kept = pd.read_parquet(out / "conflicts" / "rows.parquet")
+        assert kept["record_id"].tolist() == [rid] and float(kept["top1"].iloc[0]) == pytest.approx(original_top1)
+        assert len(ResultsStore(out).samples([rid])) == 10  # the winner's raw latencies, once
+    assert _content(tmp_path / "ab") == _content(tmp_path / "ba")
+    again = merge(tmp_path / "ab", [a, edited])[0]
+    assert again.conflicts and again.rows_added == 0  # listed again, nothing changes
+    assert _content(tmp_path / "ab") == _content(tmp_path / "ba")
+    assert main(["merge", str(tmp_path / "cli"), str(edited), str(a)]) == 0
+    out = capsys.readouterr().out
+    assert "1 record(s) differ" in out and "newest measurement wins" in out and "top1" in out

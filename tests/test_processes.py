@@ -29,6 +29,8 @@ import sys
 sys.path.insert(0, {str(TESTS)!r})
 import backends
 backends.BUILTIN["spawnhang"] = "fault_backends:SpawningHangBackend"
+backends.BUILTIN["hangprobe"] = "fault_backends:HangingProbeBackend"
+backends.BUILTIN["scratch"] = "fault_backends:ScratchBackend"
 from harness.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -171,7 +173,8 @@ def test_a_timed_out_cell_takes_its_children_with_it(tmp_path: Path):
     proc = _qtbench("sweep", str(cfg), "--no-report", env=_env(QTBENCH_TEST_MARKER=marker))
     helpers = _wait_for(lambda: _marked(marker), timeout=90)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
+    assert proc.returncode == 1, out  # a timed-out cell is a failed cell: exit 1
+    assert "1 of 2 cells failed" in out
     _wait_for(lambda: not _alive(helpers), timeout=10)
     rows = {r.backend: r for r in load_results(tmp_path / "results" / "tiny").itertuples()}
     assert rows["spawnhang"].status == "timeout" and "with its subprocesses" in rows["spawnhang"].status_message
@@ -225,6 +228,7 @@ def test_disk_full_is_one_line_and_keeps_saved_rows(tmp_path: Path, tmpfs: Path)
     assert second.returncode == 2, second.stdout + second.stderr
     assert "Traceback" not in second.stderr and "disk is full" in second.stderr
     assert len(second.stderr.strip().splitlines()) == 1
+    assert " ?: " not in second.stderr and f"{tmpfs}/results/tiny/" in second.stderr  # the file that failed
     filler.unlink()
     rows = load_results(tmpfs / "results" / "tiny", latest=False)
     assert list(rows["status"]) == ["ok"]
@@ -243,6 +247,33 @@ def test_read_only_results_folder(tmp_path: Path, tmpfs: Path):
     assert show.returncode == 0 and "tiny" in show.stdout
     again = subprocess.run([*cmd, "--rerun"], capture_output=True, text=True)
     assert again.returncode == 2 and "read-only" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_read_only_report_folder_is_found_before_the_sweep(tmp_path: Path, tmpfs: Path):
+    """A report folder on a read-only mount: one line naming --report-dir, exit 2, before any cell runs."""
+    cfg = tiny_sweep(tmp_path, specs=["fp32"], measure={"warmup": 1, "iterations": 3})
+    path = _write(tmp_path, cfg)
+    assert subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], capture_output=True).returncode == 0
+    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(path), "-q", "--report-dir", str(tmpfs / "rep")]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "read-only" in r.stderr and "--report-dir" in r.stderr
+    assert "--results-dir" not in r.stderr
+    assert not (tmp_path / "results").exists()  # found before the sweep: nothing ran
+
+
+def test_result_files_are_shared_files_not_private(tmp_path: Path):
+    """Parquet parts, compacted files and the manifest get 0666 less the umask (a team's folder), not 0600."""
+    cfg = tiny_sweep(tmp_path, specs=["fp32"], measure={"warmup": 1, "iterations": 3})
+    r = subprocess.run(
+        ["bash", "-c", f"umask 022 && {sys.executable} -m harness.cli sweep {_write(tmp_path, cfg)} -q --no-report"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
+    assert r.returncode == 0, r.stderr
+    files = [f for f in (tmp_path / "results" / "tiny").rglob("*") if f.is_file() and not f.name.startswith(".")]
+    assert files and {oct(f.stat().st_mode & 0o777) for f in files} == {oct(0o644)}, files
 
 
 def test_poisoned_cache_entry_is_rebuilt(tmp_path: Path):
@@ -269,3 +300,64 @@ def test_module_entry_point_exists():
     # the tests above run `python -m harness.cli`; keep that working
     r = subprocess.run([sys.executable, "-m", "harness.cli", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and "qtbench" in r.stdout
+
+
+@pytest.mark.parametrize("phase", ["plan", "compile", "measure"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["term", "int"])
+def test_a_signal_stops_a_hung_sweep_within_5_s_in_any_phase(tmp_path: Path, sig, phase: str):
+    """A probe that hangs (planning), a build that hangs in a compile-phase worker thread, a cell that hangs in
+    the measure phase: with a 300 s cell timeout, SIGTERM or SIGINT ends the sweep in seconds, kills the hung
+    child's group, writes no row for it and marks the run interrupted at once."""
+    marker = f"qtbench-marker-{uuid.uuid4().hex[:8]}"
+    hung = "hangprobe" if phase == "plan" else "spawnhang"
+    cfg = tiny_sweep(
+        tmp_path,
+        backends=[{"name": "ort", "options": {"threads": 1}}, hung],
+        specs=["fp32"],
+        measure={"warmup": 1, "iterations": 3},
+        run={"results_dir": str(tmp_path / "results"), "timeout_s": 300, "compile_first": phase != "measure"},
+    )
+    proc = _qtbench("sweep", str(_write(tmp_path, cfg)), "--no-report", env=_env(QTBENCH_TEST_MARKER=marker))
+    _wait_for(lambda: _marked(marker), timeout=90)
+    time.sleep(1.0)  # the hang is under way
+    family = psutil.Process(proc.pid).children(recursive=True) + _marked(marker)
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    code = proc.wait(60)
+    exit_s = time.monotonic() - t0
+    out = proc.stdout.read()
+    assert code == 130 and exit_s < 5, (code, exit_s, out)
+    assert "Traceback" not in out and "interrupted" in out, out
+    _wait_for(lambda: not _alive(family), timeout=10)
+    folder = tmp_path / "results" / "tiny"
+    runs = ResultsStore(folder).manifest()["runs"]
+    assert len(runs) == 1 and runs[0]["finished_utc"] and runs[0].get("interrupted"), runs
+    rows = load_results(folder, latest=False)
+    assert hung not in set(rows["backend"]), rows[["backend", "status", "status_message"]]  # no false row
+
+
+def test_two_sweeps_of_one_config_build_each_artifact_once_and_leave_no_false_failure(tmp_path: Path):
+    """Two sweeps of one config started together into one folder and one artifact cache: simnpu writes helper
+    graphs beside its artifact, QNN writes its context binary at session creation, and ``scratch`` works on a
+    helper file for 1.5 s (so the two builds surely overlap). Each entry is compiled by one process at a time and
+    the other reuses it; no row of either run is a failure."""
+    import importlib.util
+
+    backends_ = [{"name": "ort", "options": {"threads": 1}}, "simnpu", "scratch"]
+    if importlib.util.find_spec("onnxruntime_qnn") is not None:
+        backends_.append({"name": "qnn", "options": {"threads": 1}})
+    specs = ["fp32", "int8-static-pt-wsym-minmax", "int8-static-pc-wsym-minmax"]
+    cfg = tiny_sweep(tmp_path, backends=backends_, specs=specs, measure={"warmup": 1, "iterations": 3})
+    path = _write(tmp_path, cfg)
+    a = _qtbench("sweep", str(path), "-q", "--no-report")
+    b = _qtbench("sweep", str(path), "-q", "--no-report")
+    out_a, _ = a.communicate(timeout=600)
+    out_b, _ = b.communicate(timeout=600)
+    assert a.returncode == 0 and b.returncode == 0, out_a + out_b
+    history = load_results(tmp_path / "results" / "tiny", latest=False)
+    bad = history[~history["status"].isin(["ok", "skipped"])]
+    assert bad.empty, bad[["backend", "spec_id", "status", "status_message"]].to_string()
+    ran = history[history["status"] == "ok"]
+    # every cell measured by at least one run, and an artifact built once: the other run's cell is a cache hit
+    for (_bk, _spec), g in ran.groupby(["backend", "spec_id"]):
+        assert (~g["cache_hit"].astype(bool)).sum() <= 1, g[["run_id", "cache_hit"]]

@@ -320,6 +320,30 @@ def test_qnn_htp_simulator_runs_int8_with_cycle_estimate(tiny):
     assert np.mean(out.argmax(1) == ref[:6].argmax(1)) >= 0.5
 
 
+@pytest.mark.skipif(not HAS_QNN, reason="onnxruntime-qnn not installed (pip install 'qtbench[qnn]')")
+def test_qnn_leftovers_of_a_killed_compile_are_cleared_and_never_taken_for_a_context(tiny, tmp_path):
+    """A compile SIGKILLed while it wrote its trace folder and its context binary leaves both behind: the next
+    compile of the entry (under its compile lock) removes them, and writes the context whole before using it."""
+    import backends
+
+    model, calib, ev, _d = tiny
+    work = tmp_path / "qnn"
+    b = backends.create("qnn")
+    with b.compile(model, INT8, calib, work) as c:
+        ctx = Path(c.info.artifact_path)
+    assert ctx.name.startswith("model_ctx_")
+    ctx.unlink()  # as if the kill came before the context was renamed into place
+    (work / "trace-123").mkdir()
+    (work / "trace-123" / "ops.json").write_text("{")
+    half = work / f".tmp-999-{ctx.name}"
+    half.write_bytes(b"half a context")
+    with b.compile(model, INT8, calib, work) as again:
+        assert Path(again.info.artifact_path) == ctx and ctx.is_file() and ctx.stat().st_size > 1000
+        again.infer(ev.batch(0, 2))
+    assert not (work / "trace-123").exists() and not half.exists()
+    assert not list(work.glob(".tmp-*")) and not list(work.glob("trace-*"))
+
+
 def load_ref(path, ev):
     import onnxruntime as ort
 
