@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -170,6 +171,7 @@ class RknnCompiled(Compiled):
 
     def _close(self) -> None:
         self.worker.close()
+        shutil.rmtree(self.io_dir, ignore_errors=True)  # per-compile exchange files: one folder per cell, not kept
 
 
 def _lower_opset(path: Path, workdir: Path) -> tuple[Path, list[str]]:

@@ -35,7 +35,7 @@ CLI_PRIORITY = (
     "fps", "numbers", "est_latency_ms", "kl_fp", "ece", "latency_ms_p99", "accel_share", "energy_mj_text",
     "artifact_bytes", "sweep",
 )  # fmt: skip
-_TEXT_COLUMNS = ("sweep", "model", "backend", "spec_id", "status")
+_TEXT_COLUMNS = ("sweep", "device", "model", "backend", "spec_id", "status")
 
 
 def results_table(df: Any, title: str = "", width: int | None = None) -> Any:
@@ -49,6 +49,8 @@ def results_table(df: Any, title: str = "", width: int | None = None) -> Any:
 
     df = with_gap(df)
     columns = [c for c in CLI_COLUMNS if c[0] in CLI_PRIORITY]
+    if "device" in df and df["device"].nunique() > 1:  # rows of several boards (a fleet, merged folders)
+        columns.insert(0, ("device", "board", "{}"))
     if "sweep" in df and df["sweep"].nunique() > 1:  # a folder of several sweeps: say which row is whose
         columns.insert(0, ("sweep", "sweep", "{}"))
     if not df["timed"].astype(bool).any() if "timed" in df else False:  # fidelity-only rows: no latency columns
@@ -60,9 +62,9 @@ def results_table(df: Any, title: str = "", width: int | None = None) -> Any:
     # a column carrying nothing (every row "–" or empty) is left out: it would only take width
     columns = [c for c in columns if any(t not in ("–", "") for t in text[c[0]]) or c[0] in _TEXT_COLUMNS]
     need = {col: max([len(head), *(len(t) for t in text[col])]) for col, head, _ in columns}
-    wrap_min = {"model": 14, "spec_id": 14, "sweep": 8}  # text that may wrap (at '-', '_', '/') down to this
+    wrap_min = {"model": 14, "spec_id": 14, "sweep": 8, "device": 10}  # may wrap (at '-', '_', '/') down to this
     budget = (width or 10_000) - 1  # the table's left border
-    core = [c[0] for c in columns if c[0] in ("sweep", "model", "backend", "spec_id", "status")]
+    core = [c[0] for c in columns if c[0] in _TEXT_COLUMNS]
     whole = sum(need[c] + 3 for c in core) <= budget * 0.7  # the identity columns unwrapped, if room is left
     give = {c: need[c] if whole else min(need[c], wrap_min.get(c, need[c])) for c in core}
     budget -= sum(give[c] + 3 for c in core)
@@ -72,7 +74,7 @@ def results_table(df: Any, title: str = "", width: int | None = None) -> Any:
             shown.append(col)
             give[col] = need[col]
             budget -= need[col] + 3
-    for col in ("spec_id", "model", "sweep"):  # what is left of the width goes to the wrapped text columns
+    for col in ("spec_id", "model", "device", "sweep"):  # what is left of the width goes to the wrapped text
         if col in shown:
             extra = max(0, min(budget, need[col] - give[col]))
             give[col] += extra
@@ -272,7 +274,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         check_writable_dir(report_dir, "report folder", "--report-dir (or --no-report)")
     t0 = time.perf_counter()
-    df = run_sweep(sweep, progress=None if args.quiet else progress)
+    shown = {"at": t0, "lines": 0}
+
+    def compiling(built: int, total: int, failed: int) -> None:
+        """A line at most every 15 s while artifacts build (at paper scale the compile phase takes minutes), and
+        a last one when it ends if any was printed; a short compile phase stays silent."""
+        now = time.perf_counter()
+        if now - shown["at"] < 15 and not (built == total and shown["lines"]):
+            return
+        shown["at"], shown["lines"] = now, shown["lines"] + 1
+        bad = f", {failed} failed (reported with their cells)" if failed else ""
+        console.print(f"compile phase: {built} of {total} artifact(s) built{bad}, {now - t0:.0f}s", highlight=False)
+
+    df = run_sweep(sweep, progress=None if args.quiet else progress, compile_progress=None if args.quiet else compiling)
     wall = time.perf_counter() - t0
     keys = df.attrs.get("cell_keys")
     if keys is not None:  # this sweep's cells only: rows of other configurations in the folder are `show`'s
@@ -504,6 +518,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             lr=args.lr,
             weight_decay=args.weight_decay,
             train_images=args.train_images,
+            test_images=args.test_images,
             quanttrim=qt if args.method == "quanttrim" else {},
         )
         stem = f"{data.name}_{args.arch}_{args.method}_s{seed}"
@@ -537,8 +552,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         print(f"{path}: test accuracy {100 * res.test_accuracy:.2f}% ({res.seconds:.1f}s); log {out / (stem + '.csv')}")
         trained.append({"path": path.name, "name": f"{args.method}-s{seed}", "group": args.method, "seed": seed})
-    snippet = out / f"{data.name}_{args.arch}_{args.method}.models.yaml"
-    _write_models_snippet(snippet, trained)
+        snippet = out / f"{data.name}_{args.arch}_{args.method}.models.yaml"
+        _write_models_snippet(snippet, trained)  # after every seed: an interrupted run keeps the finished ones
     print(f"sweep snippet: {snippet} (paste under `models:`, or merge the fp and quanttrim snippets of one study)")
     return 0
 
@@ -566,6 +581,13 @@ def _register_train(sub: Any) -> None:
     t.add_argument("--lr", type=float, default=0.1)
     t.add_argument("--weight-decay", type=float, default=5e-4)
     t.add_argument("--train-images", type=int, default=10_000, help="0 = all")
+    t.add_argument(
+        "--test-images",
+        type=int,
+        default=0,
+        help="score each epoch on the first N test images (0 = all; the final "
+        "accuracy in the ONNX metadata always uses every test image)",
+    )
     t.add_argument("--bits", type=int, default=8, help="Quant-Trim weight bits target (4 or 8)")
     t.add_argument("--per-tensor", action="store_true", help="fake-quantize per tensor (default per channel)")
     t.add_argument("--lambda-max", type=float, default=1.0, help="cap of the blend λ (0.5 keeps FP intact at 4 bits)")

@@ -221,6 +221,7 @@ def build_study(rows: Any, predictions: dict[str, Any]) -> Study:
     keep, gaps, agrees, missing = [], [], [], set()
     n = None
     fields = q[["model", "record_id", "eval_sha256", "backend", "spec_id"]].to_dict("records")
+    numerics: dict[int, str] = {}
     for i, r in zip(q.index, fields, strict=True):
         ref = refs.get(r["model"])
         arr = arrays(r["record_id"])
@@ -235,6 +236,7 @@ def build_study(rows: Any, predictions: dict[str, Any]) -> Study:
                 "compare needs every cell scored on the same evaluation set"
             )
         keep.append(i)
+        numerics[i] = _numerics_id(q.loc[i], arr[1])
         gaps.append(arr[0].astype(np.float32) - ref[0].astype(np.float32))
         agrees.append((arr[1] == ref[1]).astype(np.float32))
     if missing:
@@ -243,6 +245,7 @@ def build_study(rows: Any, predictions: dict[str, Any]) -> Study:
             + ", ".join(sorted(missing))
         )
     cells = q.loc[keep].copy()
+    cells["numerics"] = [numerics[i] for i in keep]
     cells["family"] = [spec_family(s, g) for s, g in zip(cells["scaling"], cells["granularity"], strict=True)]
     cells["ece_change"] = [float(e) - refs[m][2] for e, m in zip(cells["ece"], cells["model"], strict=True)]
     cells = cells.reset_index(drop=True)
@@ -253,6 +256,41 @@ def build_study(rows: Any, predictions: dict[str, Any]) -> Study:
         np.stack(agrees) if agrees else np.zeros(shape, np.float32),
         notes,
     )
+
+
+def _numerics_id(row: Any, pred: np.ndarray) -> str:
+    """What identifies a cell's numbers: the digest of its scored outputs (rows written since outputs_sha256
+    exists), else its per-sample predictions with KL and ECE to the last bit (older rows: two different numerics
+    agree on all three only by an implausible coincidence, unless both equal FP32 exactly, which is one numeric)."""
+    import hashlib
+
+    digest = str(row.get("outputs_sha256") or "")
+    if digest:
+        return digest
+    h = hashlib.sha256(np.ascontiguousarray(pred).tobytes())
+    h.update(f"{float(row.get('kl_fp', math.nan))!r}|{float(row.get('ece', math.nan))!r}".encode())
+    return "pred:" + h.hexdigest()
+
+
+def distinct_numerics(sc: Any, key: list[str]) -> tuple[list[tuple[Any, ...]], dict[tuple[Any, ...], Any]]:
+    """The backend × spec keys of a slice whose outputs differ, and for each duplicate the key it repeats.
+
+    Two keys are one numeric result when every group × seed × model cell of theirs has the same numerics id
+    (e.g. two simnpu profiles with one rounding and bit width, or tflite and a profile that models it): the
+    slice's aggregate then counts them once, since an interval that treats them as independent backends is too
+    narrow. Keys that coincide only for some seeds are kept apart."""
+    sig = {
+        k: tuple(sorted(zip(g["group"], g["seed"], g["model"], g["numerics"], strict=True))) for k, g in sc.groupby(key)
+    }
+    first: dict[tuple[Any, ...], Any] = {}
+    dup: dict[Any, Any] = {}
+    for k in sorted(sig):
+        s = tuple((gr, se, m) for gr, se, m, _n in sig[k]), tuple(n for *_r, n in sig[k])
+        if s in first:
+            dup[k] = first[s]
+        else:
+            first[s] = k
+    return [k for k in sorted(sig) if k not in dup], dup
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -380,6 +418,17 @@ def _compare_slice(
         note = f"{len(left)} backend × spec cell(s) without every seed of both groups left out ({_fmt_cells(left)})"
     sel = sc.set_index(key).index.isin(full)
     sc = sc[sel]
+    coincide: dict[Any, Any] = {}
+    if "numerics" in sc:
+        full, coincide = distinct_numerics(sc, key)
+        sc = sc[sc.set_index(key).index.isin(full)]
+        if coincide:
+            same = ", ".join(f"{d[0]} · {d[1]} = {k[0]} · {k[1]}" for d, k in sorted(coincide.items())[:4])
+            more = f", … {len(coincide) - 4} more" if len(coincide) > 4 else ""
+            note = (note + "; " if note else "") + (
+                f"{len(coincide)} backend × spec cell(s) gave bit-identical outputs to another on every seed and "
+                f"count once ({same}{more}): the aggregate rests on {len(full)} distinct numeric result(s)"
+            )
     vals, boots = {}, {}
     for g in (baseline, candidate):
         gs = sc[sc["group"] == g]
@@ -396,7 +445,8 @@ def _compare_slice(
                 "metric": metric,
                 "label": label,
                 "unit": unit,
-                "cells": len(full),
+                "cells": len(full),  # distinct numerics: identical outputs of several backends count once
+                "coincident": len(coincide),
                 "baseline_seeds": len(b),
                 "candidate_seeds": len(c),
                 "paired": paired,
@@ -504,6 +554,8 @@ def headline(r: Any, baseline: str, candidate: str) -> str:
     """One plain sentence for a difference row, e.g. 'INT8 mean gap: no difference detectable, CI [...]'."""
     ci = f"CI [{_num(r['ci_lo'], 'pp')}, {_num(r['ci_hi'], 'pp')}] {r['unit']}".rstrip()
     what = f"{r['precision'].upper()} {r['label']}"
+    if int(r.get("coincident", 0) or 0):  # say what the aggregate rests on when backends duplicated numerics
+        what += f" (over {r['cells']} distinct numerics)"
     if not math.isfinite(r["ci_lo"]):
         diff = f"{_num(r['difference'], 'pp')} {r['unit']}"
         return f"{what}: {candidate} − {baseline} = {diff}, no interval ({r['interval_covers']})"

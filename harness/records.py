@@ -98,6 +98,8 @@ class Record:
     # quality (harness.metrics, METRICS_VERSION)
     eval_samples: int = 0
     eval_sha256: str = ""
+    #: sha256 of the scored outputs over the evaluation set: equal digests = bit-identical numerics
+    outputs_sha256: str = ""
     calib_sha256: str = ""
     metrics_version: int = 0
     top1: float = NAN

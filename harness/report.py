@@ -654,12 +654,15 @@ def footnoted(body: list[list[str]], col: int) -> tuple[list[list[str]], list[st
 
 def summary_rows(df: Any, cis: Any = None) -> list[list[str]]:
     """Summary table body (SUMMARY_HEADER): the shared columns plus the gap's paired-bootstrap CI and flags."""
-    df = with_gap(df.sort_values(["model", "backend", "spec_id"]))
+    boards = "device" in df and df["device"].nunique() > 1  # rows of several boards: say whose each row is
+    df = with_gap(df.sort_values(["model", "backend", "spec_id", *(["device"] if boards else [])]))
     ci = {} if cis is None or cis.empty else {r.record_id: (r.gap_lo, r.gap_hi) for r in cis.itertuples()}
     out = []
     present = set(df.columns)
     for r in df.to_dict("records"):  # plain dicts: iterrows builds a Series per row (5 s at 10k rows)
         cells = [_cell(r.get(col), fmt) if col in present else "–" for col, _, fmt in SUMMARY]
+        if boards:
+            cells[0] = f"{cells[0]} @ {r['device']}"
         if bool(r.get("timed", True)) and bool(r.get("unstable", False)) and cells[_P50] != "–":
             cells[_P50] += "!"  # as the CLI marks it
         lo, hi = ci.get(r["record_id"], (math.nan, math.nan))

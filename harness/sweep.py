@@ -266,6 +266,10 @@ class Executor:
     a cell is compiled and measured is the executor's business (local child processes here; other executors,
     e.g. a fleet of boards, plug in through :func:`run_sweep`'s ``executor``)."""
 
+    #: called as ``(built, total, failed)`` while a compile phase runs, after each artifact (None: silent); the
+    #: CLI prints a throttled line from it so a long compile phase is not minutes of silence
+    compile_progress: Callable[[int, int, int], None] | None = None
+
     def plan(self, run: SweepRun) -> list[PlannedCell]:
         """The cells of this run (a fleet plans per board; this machine plans once)."""
         return plan(run)
@@ -429,6 +433,9 @@ class LocalExecutor(Executor):
                 finally:
                     with lock:
                         busy[group(item[1])] -= 1
+                if self.compile_progress is not None:
+                    failed = sum(r.status != "ok" for r in list(results.values()))
+                    self.compile_progress(len(results), len(jobs), failed)
 
         try:
             with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -888,6 +895,7 @@ def run_sweep(
     config: Sweep | dict[str, Any] | str | Path,
     progress: Callable[[CellEvent], None] | None = None,
     executor: Executor | None = None,
+    compile_progress: Callable[[int, int, int], None] | None = None,
 ) -> Any:
     """Run every cell of ``config`` (a Sweep, a mapping, or a YAML path) and return the sweep's rows.
 
@@ -901,6 +909,8 @@ def run_sweep(
 
         executor = RayExecutor.from_sweep(sweep)
     executor = executor or LocalExecutor()
+    if compile_progress is not None:
+        executor.compile_progress = compile_progress
     checked = preflight(sweep)  # a user's mistake stops here: exit 2, nothing written
     run = open_run(sweep)
     run.checked = checked

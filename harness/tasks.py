@@ -23,6 +23,7 @@ as memory-mapped ``.npy`` files.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import math
@@ -1304,6 +1305,7 @@ class Evaluation:
 
     plan: OutputPlan
     results: dict[str, tuple[Task, TaskResult]]
+    outputs_sha256: str = ""  # digest of every scored output over the evaluation set (see :func:`evaluate`)
 
     def row_fields(self) -> dict[str, Any]:
         """Row columns: the first scored output's metrics in the flat columns (the classification contract
@@ -1314,6 +1316,7 @@ class Evaluation:
         fields["task_source"] = self.plan.source
         fields["outputs"] = json.dumps(list(self.results))
         fields["outputs_ignored"] = json.dumps(self.plan.ignored)
+        fields["outputs_sha256"] = self.outputs_sha256
         fields["output_metrics"] = json.dumps(
             {o: {**t.spec(), **{k: _json_num(v) for k, v in r.metrics.items()}} for o, (t, r) in self.results.items()}
         )
@@ -1357,6 +1360,9 @@ def evaluate(
         if not isinstance(task, CompanionOutput):  # companions are read by their owner's scorer
             tasks[out] = task if task is not None else infer_task(refs[idx].ndim, refs[idx], labels)
     scorers = {out: tasks[out].scorer(out) for out in tasks}
+    # one digest per scored output, fed sample by sample in order (independent of the batch size): two cells whose
+    # outputs are bit-identical are one numeric result, however many backends produced it (compare counts it once)
+    digests = {out: hashlib.sha256() for out, _i, _t in plan.scored}
     batch = batch_for(refs, batch)
     for start in range(0, len(evaluation), batch):
         feeds = evaluation.batch(start, start + batch)
@@ -1379,6 +1385,7 @@ def evaluate(
             if q.shape != ref.shape:
                 raise DataError(f"output {out!r}: the backend returned shape {q.shape}, the FP32 reference {ref.shape}")
             qs[out], rs[out] = q, ref
+            digests[out].update(np.ascontiguousarray(q).tobytes())
         for out, scorer in scorers.items():
             more = tasks[out].companions()
             if more:
@@ -1387,7 +1394,10 @@ def evaluate(
             else:
                 scorer.update(qs[out], rs[out], lab)
     results = {out: (tasks[out], scorers[out].result()) for out in scorers}
-    return Evaluation(plan, results)
+    whole = hashlib.sha256()
+    for out, _i, _t in plan.scored:
+        whole.update(f"{out}:{digests[out].hexdigest()};".encode())
+    return Evaluation(plan, results, whole.hexdigest())
 
 
 def quality_summary(rec: Any) -> str:

@@ -71,16 +71,13 @@ def main() -> None:
     out = args.out or args.model.parent
     out.mkdir(parents=True, exist_ok=True)
     files = convert(args.model, args.calib, out, "per-channel")
-    # per-tensor full-integer variant, for int8 per-tensor specs
-    pt = [
-        f
-        for f in convert(args.model, args.calib, Path(tempfile.mkdtemp()), "per-tensor")
-        if ".full_integer_quant." in f.name
-    ]
-    for f in pt:
-        target = out / f.name.replace(".full_integer_quant.", ".full_integer_quant_pt.")
-        shutil.copy(f, target)
-        files.append(target)
+    # per-tensor full-integer variant, for int8 per-tensor specs (the other per-tensor files go with the folder)
+    with tempfile.TemporaryDirectory() as scratch:
+        for f in convert(args.model, args.calib, Path(scratch), "per-tensor"):
+            if ".full_integer_quant." in f.name:
+                target = out / f.name.replace(".full_integer_quant.", ".full_integer_quant_pt.")
+                shutil.copy(f, target)
+                files.append(target)
     for f in files:
         print(f"{f} ({f.stat().st_size / 1024:.0f} KB)")
 

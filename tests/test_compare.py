@@ -216,3 +216,92 @@ def test_md_escape_neutralises_markdown_and_html_and_leaves_plain_text_alone():
     for _ in range(50_000):
         t = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
         assert md_escape(t) == full(t), t
+
+
+def test_backends_with_bit_identical_outputs_count_once(tmp_path: Path, capsys):
+    """A real study sweep where two backend entries compute the same numbers (ort twice, under two labels) and a
+    third differs (openvino): rows carry a digest of their outputs, compare counts the pair once and says so."""
+    import yaml
+
+    from harness.cli import main
+    from harness.store import load_results
+
+    from models import tiny_cnn, tiny_sweep
+
+    cfg = tiny_sweep(tmp_path, specs=["fp32", "int8-static-pt-wsym-minmax"], measure={"warmup": 1, "iterations": 3})
+    cfg["backends"] = [
+        {"name": "ort", "options": {"threads": 1}},
+        {"name": "ort", "label": "ort-copy", "options": {"threads": 1, "spinning": False}},
+        {"name": "openvino", "options": {"threads": 1}},
+    ]
+    cfg["models"] = [
+        {"path": str(tiny_cnn(tmp_path / f"{g}{s}.onnx", seed=10 * i + s)), "name": f"{g}-s{s}", "group": g,
+         "seed": s, **({} if s == 0 else {"timing": False})}
+        for i, g in enumerate(("fp", "qt"))
+        for s in (0, 1)
+    ]  # fmt: skip
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["sweep", str(tmp_path / "s.yaml"), "-q", "--no-report"]) == 0
+    rows = load_results(tmp_path / "results" / "tiny").set_index(["model", "backend", "spec_id"])
+    q = "int8-static-pt-wsym-minmax"
+    digest = rows["outputs_sha256"]
+    assert digest[("fp-s0", "ort", q)] == digest[("fp-s0", "ort-copy", q)] != ""
+    assert digest[("fp-s0", "ort", q)] != digest[("fp-s0", "openvino", q)]
+    assert digest[("fp-s0", "ort", q)] != digest[("qt-s0", "ort", q)]
+    df = compare(tmp_path / "results" / "tiny", "fp", "qt", n_boot=200)
+    r = _row(df, "int8")
+    assert r["cells"] == 2 and r["coincident"] == 1  # ort-copy counts once with ort; openvino stays
+    note = next(n for n in df.attrs["notes"] if "bit-identical" in n)
+    assert "ort-copy · int8-static-pt-wsym-minmax = ort · int8-static-pt-wsym-minmax" in note
+    assert "2 distinct numeric result(s)" in note
+    assert any("(over 2 distinct numerics)" in h for h in headlines(df))
+    capsys.readouterr()
+
+
+def test_duplicated_backends_do_not_narrow_the_interval_in_simulation():
+    """Correlated backends, as the study that found this: 6 backend × spec cells of which 3 are exact copies of
+    others. Counted once, the interval covers the mean over distinct numerics in ~95 % of 200 simulated studies
+    and the estimate is unbiased; counted as independent backends (the old behaviour), the copies weigh the
+    copied pipeline four times and the estimate is biased towards it."""
+    import pandas as pd
+
+    from harness.compare import compare_study
+
+    rng = np.random.default_rng(11)
+    n, k = 400, 3
+    rate = {"fp": 0.05, "qt": 0.03}
+    mult = np.array([0.3, 0.6, 2.4])  # three distinct pipelines; the third is the one that is copied
+    copies = [0, 1, 2, 2, 2, 2]  # cells 3-5 repeat pipeline 2 bit for bit (e.g. three simnpu profiles)
+    truth = -0.88 * (rate["qt"] - rate["fp"]) * mult.mean() * 100
+    meta = pd.DataFrame(
+        [
+            {"group": g, "seed": s, "model": f"{g}{s}", "backend": f"b{c}", "spec_id": "s", "precision": "int4",
+             "family": "x"}
+            for g in ("fp", "qt")
+            for s in range(k)
+            for c in range(len(copies))
+        ]
+    ).assign(kl_fp=0.0, ece_change=0.0)  # fmt: skip
+    covered = {"distinct": 0, "as_independent": 0}
+    estimates: dict[str, list[float]] = {"distinct": [], "as_independent": []}
+    for study_i in range(200):
+        fragility = rng.uniform(0, 2, n)
+        fp_correct = rng.random((2, k, 1, n)) < 0.88
+        shift = rng.normal(0, 0.006, (2, k, 1, 1))
+        base = np.array([rate["fp"], rate["qt"]])[:, None, None, None]
+        p = np.clip(fragility * (base + shift) * mult[None, None, :, None], 0, 1)
+        broken3 = fp_correct & (rng.random((2, k, len(mult), n)) < p)
+        broken = broken3[:, :, copies, :]  # the copies are the same draws: identical outputs
+        gap = -broken.reshape(-1, n).astype(np.float32)
+        ids = [f"{g}{s}-p{copies[c]}" for g in range(2) for s in range(k) for c in range(len(copies))]
+        for name, numerics in (("distinct", ids), ("as_independent", [f"u{i}" for i in range(len(ids))])):
+            study = Study(meta.assign(numerics=numerics), gap, 1 - broken.reshape(-1, n).astype(np.float32))
+            df = compare_study(study, "fp", "qt", n_boot=300, seed=study_i, by=())
+            r = df[(df.slice == "all") & (df.metric == "mean_gap_pp")].iloc[0]
+            covered[name] += r["ci_lo"] <= truth <= r["ci_hi"]
+            estimates[name].append(r["difference"])
+            if name == "distinct":
+                assert r["cells"] == 3 and r["coincident"] == 3
+    assert 0.93 <= covered["distinct"] / 200 <= 0.995, covered
+    bias = {k: abs(float(np.mean(v)) - truth) for k, v in estimates.items()}
+    assert bias["distinct"] < 0.1 < bias["as_independent"], (bias, truth)  # the copies pull the old estimate

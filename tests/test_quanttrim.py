@@ -221,3 +221,42 @@ def test_train_cli_writes_onnx_and_log(tmp_path: Path, capsys):
     ]
     assert "test accuracy" in capsys.readouterr().out
     assert main(["train", "--dataset", "idx"]) == 2  # user error: no --data-dir
+
+
+def test_train_cli_caps_epoch_evaluation_and_keeps_the_snippet_of_finished_seeds(tmp_path: Path, monkeypatch, capsys):
+    """--test-images scores epochs on a subset, while the exported model's accuracy still uses every test image;
+    the models snippet is written after each seed, so an interrupted multi-seed run keeps the finished ones."""
+    pytest.importorskip("sklearn", reason="digits come with scikit-learn (qtbench[test])")
+    import csv
+    import json
+
+    import onnx
+    import yaml
+
+    import quanttrim.train as qtrain
+    from harness.cli import main
+    from quanttrim.data import load_digits
+
+    real = qtrain.train
+    calls: list[int] = []
+
+    def second_seed_interrupted(data, cfg, **kw):
+        calls.append(cfg.seed)
+        if cfg.seed == 1:
+            raise KeyboardInterrupt
+        return real(data, cfg, **kw)
+
+    monkeypatch.setattr(qtrain, "train", second_seed_interrupted)
+    argv = ["train", "--dataset", "digits", "--epochs", "1", "--train-images", "200", "--test-images", "40"]
+    rc = main([*argv, "--method", "fp", "--out", str(tmp_path), "--seeds", "0", "1"])
+    assert rc == 130 and calls == [0, 1]
+    snippet = yaml.safe_load((tmp_path / "digits_resnet_fp.models.yaml").read_text())
+    assert [m["seed"] for m in snippet["models"]] == [0]  # seed 0 finished before the interrupt: it is listed
+    log = list(csv.DictReader(line for line in (tmp_path / "digits_resnet_fp_s0.csv").open() if line[0] != "#"))
+    n_test = len(load_digits().y_test)
+    assert float(log[-1]["test_accuracy"]) * 40 == pytest.approx(round(float(log[-1]["test_accuracy"]) * 40))
+    proto = onnx.load(str(tmp_path / "digits_resnet_fp_s0.onnx"))
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["qtbench.training"])
+    assert float(log[-1]["test_accuracy_all"]) == pytest.approx(meta["test_accuracy"])
+    assert meta["test_accuracy"] * n_test == pytest.approx(round(meta["test_accuracy"] * n_test))
+    capsys.readouterr()

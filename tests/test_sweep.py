@@ -128,3 +128,13 @@ def test_planning_parses_a_model_once_and_sees_a_rewritten_file(tmp_path: Path, 
     assert len(loads) == 2
     cell.forget_onnx_graph()
     assert cell._parsed.cache_info().currsize == 0
+
+
+def test_the_compile_phase_reports_progress(tmp_path: Path):
+    """Each built artifact is reported as (built, total, failed) while the compile phase runs, so a long one
+    (minutes at paper scale) is not silence; the CLI prints a throttled line from it."""
+    calls: list[tuple[int, int, int]] = []
+    cfg = tiny_sweep(tmp_path, specs=["fp32", "int8-static-pc-wsym-minmax", "int8-dynamic-pc-wsym"])
+    df = run_sweep(cfg, compile_progress=lambda *a: calls.append(a))
+    assert set(df["status"]) == {"ok"}
+    assert [c[0] for c in calls] == [1, 2, 3] and {c[1] for c in calls} == {3} and calls[-1][2] == 0
