@@ -409,27 +409,472 @@ class OpenVinoTap:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# TFLite: preserve-all-tensors interpreter, tensor names parsed from onnx2tf's Keras op names
+# TFLite: preserve-all-tensors interpreter; original tensors found by walking both graphs from the inputs
 # ---------------------------------------------------------------------------------------------------------
-#: ONNX op → the TF op prefix onnx2tf names its Keras op after (k-th ONNX node of the type → "<prefix>_k")
-ONNX2TF_OPS = {
-    "Conv": "tf.nn.convolution",
-    "Relu": "tf.nn.relu",
-    "GlobalAveragePool": "tf.math.reduce_mean",
-    "Sigmoid": "tf.math.sigmoid",
-    "MatMul": "tf.linalg.matmul",
-    "Softmax": "tf.nn.softmax",
+#: TFLite builtin op → the ONNX op types one such op can compute (what its output is matched to). Converters fold
+#: BatchNormalization and constant Add/Sub/Mul/Div into a compute op's weights and fuse Relu/Clip into its output
+#: (the op's fused activation), so a compute op's output can hold a later node's tensor: the walk follows them.
+TFLITE_CORE: dict[str, frozenset[str]] = {
+    k: frozenset(v)
+    for k, v in {
+        "CONV_2D": {"Conv"},
+        "DEPTHWISE_CONV_2D": {"Conv"},
+        "CONV_3D": {"Conv"},
+        "TRANSPOSE_CONV": {"ConvTranspose"},
+        "FULLY_CONNECTED": {"Gemm", "MatMul"},
+        "BATCH_MATMUL": {"MatMul", "Gemm"},
+        "ADD": {"Add", "Sum"},
+        "ADD_N": {"Sum"},
+        "SUB": {"Sub"},
+        "MUL": {"Mul"},
+        "DIV": {"Div"},
+        "MEAN": {"GlobalAveragePool", "ReduceMean"},
+        "AVERAGE_POOL_2D": {"AveragePool", "GlobalAveragePool"},
+        "MAX_POOL_2D": {"MaxPool", "GlobalMaxPool"},
+        "REDUCE_MAX": {"GlobalMaxPool", "ReduceMax"},
+        "SUM": {"ReduceSum"},
+        "RELU": {"Relu", "Clip"},
+        "RELU6": {"Clip"},
+        "RELU_N1_TO_1": {"Clip"},
+        "RELU_0_TO_1": {"Clip", "HardSigmoid"},
+        "MINIMUM": {"Min", "Clip", "HardSigmoid"},
+        "MAXIMUM": {"Max", "Clip", "HardSigmoid", "Relu"},
+        "LEAKY_RELU": {"LeakyRelu"},
+        "PRELU": {"PRelu", "LeakyRelu"},
+        "ELU": {"Elu"},
+        "LOGISTIC": {"Sigmoid"},
+        "TANH": {"Tanh"},
+        "HARD_SWISH": {"HardSwish"},
+        "GELU": {"Gelu"},
+        "SOFTMAX": {"Softmax"},
+        "LOG_SOFTMAX": {"LogSoftmax"},
+        "CONCATENATION": {"Concat"},
+        "RESIZE_BILINEAR": {"Resize", "Upsample"},
+        "RESIZE_NEAREST_NEIGHBOR": {"Resize", "Upsample"},
+        "RESHAPE": {"Reshape", "Flatten", "Squeeze", "Unsqueeze"},
+        "SQUEEZE": {"Squeeze", "Reshape", "Flatten"},
+        "EXPAND_DIMS": {"Unsqueeze", "Reshape"},
+        "TRANSPOSE": {"Transpose"},
+        "PAD": {"Pad"},
+        "PADV2": {"Pad"},
+        "MIRROR_PAD": {"Pad"},
+    }.items()
 }
+#: ops that weights/bias/activation can be folded into
+_COMPUTE = {"CONV_2D", "DEPTHWISE_CONV_2D", "CONV_3D", "TRANSPOSE_CONV", "FULLY_CONNECTED", "BATCH_MATMUL"}
+#: ops that copy their input in another layout/padding/type when no original node matches: PAD before a Conv with
+#: explicit pads, TRANSPOSE before a Flatten, (DE)QUANTIZE at an integer graph's edges
+_LAYOUT = {
+    "PAD",
+    "PADV2",
+    "MIRROR_PAD",
+    "TRANSPOSE",
+    "RESHAPE",
+    "SQUEEZE",
+    "EXPAND_DIMS",
+    "QUANTIZE",
+    "DEQUANTIZE",
+    "CAST",
+}
+#: single-input original nodes a compute op's weights absorb (their constant operand folded in)
+_FOLDED = {"BatchNormalization", "Add", "Sub", "Mul", "Div"}
+#: single-input original nodes that change no value in NCHW order (no TFLite op of their own)
+_TRANSPARENT = {"Identity", "Dropout", "Flatten", "Reshape", "Squeeze", "Unsqueeze"}
+#: single-input original nodes the next TFLite op may absorb (a Pad into a conv's SAME padding): passed to find
+#: that op, never mapped through (the sizes differ)
+_ABSORBED = {"Pad"}
+#: fused activation → the original activation nodes it computes
+_FUSED_ACT = {"RELU": {"Relu", "Clip"}, "RELU6": {"Clip"}, "RELU_N1_TO_1": {"Clip"}, "TANH": {"Tanh"}}
+#: HardSigmoid split up: x·α+β (MUL/ADD, or folded into the producer's weights), then a clip to [0, 1]
+_AFFINE_OPS = {"MUL", "ADD", "SUB", "DIV"}
+_CLIP_OPS = {"RELU_0_TO_1", "MINIMUM", "MAXIMUM", "RELU6", "RELU_N1_TO_1", "RELU"}
+#: the original nodes a HARD_SWISH can stand for when the model spells x·relu6(x+3)/6 out
+_HSWISH_PARTS = {"Add", "Clip", "Mul", "Div", "HardSigmoid", "Relu", "Min", "Max"}
 _KERAS = re.compile(r"^model(?:_\d+)?/(?P<op>[A-Za-z0-9_.]+?)(?:_(?P<k>\d+))?/")
+
+
+@dataclass
+class _TflOp:
+    """One operator of the .tflite's main subgraph, in execution order."""
+
+    pos: int
+    code: str  # builtin op name: CONV_2D, ...
+    inputs: list[int]  # activation inputs (computed from the graph inputs), operand order
+    output: int  # -1 unless the op has exactly one output
+    act: str  # fused activation ("" when none)
+    name: str  # the output tensor's name (onnx2tf: its Keras ops, outermost first)
+
+
+def _fused_activations(path: Path) -> dict[int, str] | None:
+    """Operator position → fused activation ("RELU", "RELU6", ...), read from the flatbuffer's builtin options;
+    None when the schema module is missing or the file cannot be parsed."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        return None
+    try:
+        model = schema.Model.GetRootAs(path.read_bytes(), 0)
+        sub = model.Subgraphs(0)
+        option_names = {v: k for k, v in vars(schema.BuiltinOptions).items() if not k.startswith("_")}
+        act_names = {v: k for k, v in vars(schema.ActivationFunctionType).items() if not k.startswith("_")}
+        out: dict[int, str] = {}
+        for i in range(sub.OperatorsLength()):
+            op = sub.Operators(i)
+            table = op.BuiltinOptions()
+            cls = getattr(schema, option_names.get(op.BuiltinOptionsType(), ""), None)
+            if table is None or cls is None or not hasattr(cls, "FusedActivationFunction"):
+                continue
+            opts = cls()
+            opts.Init(table.Bytes, table.Pos)
+            act = act_names.get(opts.FusedActivationFunction(), "NONE")
+            if act != "NONE":
+                out[i] = act
+        return out
+    except Exception:  # noqa: BLE001 - an unusual file: fall back to the tensor names
+        return None
+
+
+def _name_activation(name: str) -> str:
+    """The fused activation onnx2tf's outermost Keras op names (``…/tf.nn.relu6_2/Relu6;…``), else ""."""
+    m = _KERAS.match(name)
+    if m is None:
+        return ""
+    return {"tf.nn.relu6": "RELU6", "tf.nn.relu": "RELU"}.get(m["op"], "")
+
+
+def _tflite_ops(interp: Any, path: Path) -> list[_TflOp]:
+    """The interpreter's operators with their activation inputs and fused activations."""
+    tensors = {d["index"]: d for d in interp.get_tensor_details()}
+    live = {d["index"] for d in interp.get_input_details()}
+    fused = _fused_activations(path)
+    ops: list[_TflOp] = []
+    for i, op in enumerate(interp._get_ops_details()):
+        ins = [int(t) for t in op["inputs"] if int(t) in live]
+        outs = [int(t) for t in op["outputs"]]
+        if ins:
+            live.update(outs)
+        name = str(tensors[outs[0]]["name"]) if len(outs) == 1 and outs[0] in tensors else ""
+        code = str(op["op_name"])
+        act = fused.get(i, "") if fused is not None else (_name_activation(name) if code in _COMPUTE else "")
+        ops.append(_TflOp(i, code, ins, outs[0] if len(outs) == 1 else -1, act, name))
+    return ops
+
+
+def _input_map(details: list[dict[str, Any]], names: list[str]) -> dict[int, str]:
+    """TFLite input tensor → original input: by name (onnx2tf's ``serving_default_<name>:0``, its signature may
+    sort them), else by position; empty when the counts differ."""
+    if len(details) != len(names):
+        return {}
+    bare = {re.sub(r"^serving_default_|:\d+$", "", str(d["name"])): d["index"] for d in details}
+    if set(bare) == set(names):
+        return {bare[n]: n for n in names}
+    return {d["index"]: n for d, n in zip(details, names, strict=True)}
+
+
+class _Walk:
+    """Aligns a .tflite's operators with the original graph's nodes, from the inputs forward.
+
+    Each operator whose activation inputs hold known original tensors is matched to the node that consumes those
+    tensors and has a type it can compute (:data:`TFLITE_CORE`); its output then holds that node's output, or a
+    later node's: one its fused activation stands for, or (found when a consumer needs it) a BatchNormalization or
+    constant Add/Mul the converter folded into its weights. Layout copies (PAD, TRANSPOSE, QUANTIZE, ...) hold their
+    input's value. Tensor names only order sibling ops (two convs of one input: onnx2tf numbers each TF op type in
+    ONNX node order), so depthwise and regular convs, residual Adds and fused activations need no name rules.
+    """
+
+    def __init__(self, index: GraphIndex, ops: list[_TflOp], numel: dict[int, int]) -> None:
+        self.index, self.ops, self.numel = index, ops, numel
+        self.order = {n: i for i, n in enumerate(index.node_ops)}
+        self.holds: dict[int, str] = {}  # TFLite tensor → the original tensor whose value it holds
+        self.holder: dict[str, int] = {}
+        self.base: dict[int, int] = {}  # layout copy → the tensor it copies
+        self.split: dict[int, tuple[str, bool]] = {}  # tensor inside a split-up node → (node, clip reached)
+        self.claimed: set[str] = set()
+        self.made_by: dict[int, str] = {}  # tensor → its op's code
+        self.confirmed: set[int] = set()  # tensors a matched consumer read as what they are said to hold
+        self.copies = {op.output: op.inputs[0] for op in ops if op.code in _LAYOUT and len(op.inputs) == 1}
+        self.by_spelling: dict[str, set[str]] = {}  # ABS → {"Abs"}: TFLite ops named as the ONNX op they compute
+        for kind in set(index.node_ops.values()):
+            self.by_spelling.setdefault(kind.lower(), set()).add(kind)
+
+    def kinds(self, code: str) -> frozenset[str]:
+        """The original node types a TFLite op computes: :data:`TFLITE_CORE`, or the type spelt as the op is."""
+        return TFLITE_CORE.get(code, frozenset()) | self.by_spelling.get(code.replace("_", "").lower(), set())
+
+    # -- bookkeeping ------------------------------------------------------------------------------------------
+    def src(self, t: int) -> int:
+        while t in self.base:
+            t = self.base[t]
+        return t
+
+    def hold(self, t: int, name: str) -> None:
+        old = self.holds.get(t)
+        if old is not None and self.holder.get(old) == t:
+            del self.holder[old]
+        prev = self.holder.get(name)
+        if prev is not None and prev != t:
+            self.holds.pop(prev, None)
+        self.holds[t] = name
+        self.holder[name] = t
+
+    def drop(self, t: int) -> None:
+        old = self.holds.pop(t, None)
+        if old is not None and self.holder.get(old) == t:
+            del self.holder[old]
+
+    def fits(self, t: int, name: str) -> bool:
+        n = self.index.by_name[name].numel if name in self.index.by_name else 0
+        return n == 0 or self.numel.get(t, 0) in (0, n)
+
+    def consumers(self, name: str) -> list[str]:
+        return [c for c in self.index.consumers.get(name, []) if c in self.index.node_ops and c not in self.claimed]
+
+    def only_input(self, node: str) -> str | None:
+        ins = list(dict.fromkeys(self.index.node_inputs[node]))
+        return ins[0] if len(ins) == 1 else None
+
+    def out_of(self, node: str) -> str:
+        return self.index.node_outputs[node][0]
+
+    # -- the original graph seen from a TFLite tensor -------------------------------------------------------------
+    def chain(self, t: int) -> list[tuple[str, str, list[str]]]:
+        """(tensor, value t holds if consumed there, nodes skipped) for the tensor t holds and the ones it reaches
+        through nodes TFLite leaves no op for: transparent reshapes, and folded affine nodes after a compute op."""
+        y = self.holds[t]
+        held, skipped = y, []
+        out = [(y, held, [])]
+        fold = self.made_by.get(t) in _COMPUTE
+        while y not in self.index.outputs:
+            cons = [c for c in self.index.consumers.get(y, []) if c in self.index.node_ops]
+            if len(cons) != 1 or cons[0] in self.claimed or self.only_input(cons[0]) != y:
+                break
+            n, kind = cons[0], self.index.node_ops[cons[0]]
+            nxt = self.out_of(n)
+            if kind in _FOLDED and fold and held == y:
+                held = nxt
+            elif kind not in _TRANSPARENT and kind not in _ABSORBED:
+                break
+            y, skipped = nxt, [*skipped, n]
+            out.append((y, held, skipped))
+        return out
+
+    def activation(self, exit_: str, act: str, fold: bool) -> tuple[str, list[str]] | None:
+        """The output of the activation node a fused activation stands for, past folded affine nodes."""
+        y, passed = exit_, []
+        while y not in self.index.outputs:
+            cons = [c for c in self.index.consumers.get(y, []) if c in self.index.node_ops]
+            if len(cons) != 1 or cons[0] in self.claimed or self.only_input(cons[0]) != y:
+                return None
+            n, kind = cons[0], self.index.node_ops[cons[0]]
+            passed.append(n)
+            if kind in _FUSED_ACT.get(act, ()):
+                return self.out_of(n), passed
+            if not (fold and kind in _FOLDED):
+                return None
+            y = self.out_of(n)
+        return None
+
+    # -- matching -----------------------------------------------------------------------------------------------
+    def candidates(self, op: _TflOp, ins: list[int], kinds: frozenset[str]) -> list[tuple[str, str, dict, list]]:
+        """(node, output it stands for, {input tensor: value held}, nodes claimed) for each node ``op`` can be."""
+        chains = [self.chain(t) for t in ins]
+        seen: set[str] = set()
+        out = []
+        for ch in chains:
+            for y, _, _ in ch:
+                for n in self.consumers(y):
+                    if n in seen or self.index.node_ops[n] not in kinds:
+                        continue
+                    seen.add(n)
+                    need = list(dict.fromkeys(self.index.node_inputs[n]))
+                    if len(need) != len(ins):
+                        continue
+                    assign: dict[int, tuple[str, list[str]]] = {}
+                    for x in need:
+                        i = next(
+                            (i for i, c in enumerate(chains) if i not in assign and any(x == e[0] for e in c)), None
+                        )
+                        if i is None:
+                            break
+                        entry = next(e for e in chains[i] if e[0] == x)
+                        assign[i] = (entry[1], entry[2])
+                    if len(assign) != len(need):
+                        continue
+                    exit_, claim = self.out_of(n), [n]
+                    if op.act:
+                        act = self.activation(exit_, op.act, op.code in _COMPUTE)
+                        if act is None:
+                            continue
+                        exit_, claim = act[0], [n, *act[1]]
+                    if not self.fits(op.output, exit_):
+                        continue
+                    skipped = [s for _, sk in assign.values() for s in sk]
+                    out.append((n, exit_, {ins[i]: held for i, (held, _) in assign.items()}, claim + skipped))
+        return sorted(out, key=lambda c: self.order[c[0]])
+
+    def rivals(self, op: _TflOp, ins: list[int], kinds: frozenset[str]) -> list[_TflOp]:
+        """Ops from ``op`` on that read the same tensors and could compute the same node types (siblings)."""
+
+        def base(t: int) -> int:
+            while t in self.copies or t in self.base:
+                t = self.base.get(t, self.copies.get(t, t))
+            return t
+
+        want = {base(t) for t in ins}
+        return [
+            o
+            for o in self.ops[op.pos :]
+            if o.output >= 0 and self.kinds(o.code) & kinds and {base(t) for t in o.inputs} == want
+        ]
+
+    @staticmethod
+    def _name_keys(ops: list[_TflOp]) -> list[int] | None:
+        """Per op, the number onnx2tf gave the innermost Keras op type all their names share (numbers grow in
+        ONNX node order within a type); None when the names share none."""
+        parsed = [[(m["op"], int(m["k"] or 0)) for p in o.name.split(";") if (m := _KERAS.match(p))] for o in ops]
+        common = set.intersection(*[{op for op, _ in p} for p in parsed]) if parsed else set()
+        if not common:
+            return None
+        inner = next(op for op, _ in reversed(parsed[0]) if op in common)
+        return [next(k for op, k in reversed(p) if op == inner) for p in parsed]
+
+    def pick(self, op: _TflOp, ins: list[int], kinds: frozenset[str], cands: list) -> tuple | None:
+        """The candidate ``op`` is: the only one, or by rank among sibling ops (by name numbers, else by order)."""
+        if len(cands) == 1:
+            return cands[0]
+        rivals = self.rivals(op, ins, kinds)
+        if len(rivals) != len(cands):
+            return None  # ambiguous: left unmapped rather than guessed
+        keys = self._name_keys(rivals)
+        rank = sorted(range(len(rivals)), key=lambda i: (keys[i] if keys else 0, rivals[i].pos))
+        return cands[rank.index(0)]
+
+    def hard_swish(self, y: str) -> tuple[str, list[str]] | None:
+        """x·relu6(x+3)/6 spelt out in the original graph (Add, Clip, Mul, Div or HardSigmoid, Mul) from ``y``: the
+        largest closed region of such nodes with one tensor leaving it."""
+        region: list[str] = []
+        made = {y}
+        best = None
+        while len(region) < 8:
+            nxt = sorted(
+                {
+                    c
+                    for x in made
+                    for c in self.consumers(x)
+                    if c not in region
+                    and self.index.node_ops[c] in _HSWISH_PARTS
+                    and all(i in made for i in self.index.node_inputs[c])
+                },
+                key=self.order.__getitem__,
+            )
+            if not nxt:
+                break
+            region.append(nxt[0])
+            made |= set(self.index.node_outputs[nxt[0]])
+            leaving = [
+                x for x in made - {y} if x in self.index.outputs or any(c not in region for c in self.consumers(x))
+            ]
+            kinds = {self.index.node_ops[n] for n in region}
+            if len(leaving) == 1 and "Mul" in kinds and kinds & {"Clip", "HardSigmoid", "Relu", "Min", "Max"}:
+                best = (leaving[0], list(region))
+        return best
+
+    # -- the walk -----------------------------------------------------------------------------------------------
+    def step(self, op: _TflOp) -> None:
+        ins = list(dict.fromkeys(self.src(t) for t in op.inputs))
+        split = [self.split[t] for t in ins if t in self.split]
+        if split and len(ins) == 1:
+            node, clipped = split[0]
+            if op.code in _CLIP_OPS:  # the clip that ends a split-up HardSigmoid (MAXIMUM, then MINIMUM)
+                self.split[op.output] = (node, True)
+                self.claimed.add(node)
+                if self.fits(op.output, self.out_of(node)):
+                    self.hold(op.output, self.out_of(node))
+                return
+            if op.code in _AFFINE_OPS and not clipped:
+                self.split[op.output] = (node, False)
+                return
+        if any(t not in self.holds for t in ins):
+            return  # an input of unknown provenance: nothing downstream of it is guessed
+        kinds = self.kinds(op.code)
+        cands = self.candidates(op, ins, kinds) if kinds else []
+        chosen = self.pick(op, ins, kinds, cands) if cands else None
+        if chosen is not None:
+            node, exit_, held, claim = chosen
+            for t, y in held.items():
+                if self.holds.get(t) != y:
+                    self.hold(t, y)
+            self.confirmed.update(held)
+            self.claimed.update(claim)
+            if self.index.node_ops[node] == "HardSigmoid":
+                # a clip straight after a compute op: α·x+β went into its weights, so that tensor holds neither
+                # the HardSigmoid's input nor its output
+                self.drop(ins[0])
+            self.hold(op.output, exit_)
+            if op.code in ("MINIMUM", "MAXIMUM", "RELU_0_TO_1") and self.index.node_ops[node] in (
+                "Clip",
+                "HardSigmoid",
+            ):
+                self.split[op.output] = (node, True)
+            return
+        if op.code == "HARD_SWISH" and len(ins) == 1:
+            for y, held, skipped in self.chain(ins[0]):
+                found = self.hard_swish(y)
+                if found is not None and self.fits(op.output, found[0]):
+                    self.hold(ins[0], held)
+                    self.confirmed.add(ins[0])
+                    self.claimed.update([*skipped, *found[1]])
+                    self.hold(op.output, found[0])
+                    return
+        if op.code in _AFFINE_OPS and len(ins) == 1:  # HardSigmoid's α·x+β as MUL/ADD ops of its own
+            for y, held, skipped in self.chain(ins[0]):
+                hs = [c for c in self.consumers(y) if self.index.node_ops[c] == "HardSigmoid"]
+                if len(hs) == 1:
+                    self.hold(ins[0], held)
+                    self.confirmed.add(ins[0])
+                    self.claimed.update(skipped)
+                    self.split[op.output] = (hs[0], False)
+                    return
+        if op.code in _LAYOUT and len(ins) == 1:
+            self.base[op.output] = ins[0]
+
+    def run(self, inputs: dict[int, str], outputs: list[int]) -> dict[str, tuple[int, str]]:
+        """{original tensor: (TFLite tensor, code of the op that made it)} for the tensors found."""
+        for t, name in inputs.items():
+            self.hold(t, name)
+        for op in self.ops:
+            if op.output >= 0 and op.inputs:
+                self.step(op)
+                self.made_by[op.output] = op.code
+        # a graph output past nodes no op was left for (a folded BatchNormalization, a Flatten): its value is there
+        same: dict[str, int] = {}
+        for name in self.index.outputs:
+            for t in outputs if name not in self.holder else []:
+                s = self.src(t)
+                entry = next((e for e in self.chain(s) if e[0] == name), None) if s in self.holds else None
+                if entry is not None and self.fits(s, name):
+                    self.confirmed.add(s)
+                    if entry[1] == name:  # folded in: the tensor holds the output, no longer its producer's input
+                        self.hold(s, name)
+                    else:  # reshaped only: the same values in NCHW order
+                        same[name] = s
+                    break
+        # a compute op's output no matched op read: whether a BatchNormalization or affine node after it was
+        # folded in is unknown, so it is left unmapped rather than compared as the wrong tensor
+        for t in [t for t in self.holds if t not in self.confirmed and self.made_by.get(t) in _COMPUTE]:
+            if any(held != self.holds[t] for _, held, _ in self.chain(t)):
+                self.drop(t)
+        found = {name: t for name, t in self.holder.items() if name not in inputs.values()} | same
+        return {name: (t, self.made_by.get(t, "")) for name, t in found.items()}
 
 
 class TfliteTap:
     """TFLite interpreter with ``experimental_preserve_all_tensors`` (no XNNPACK: its fused kernels keep nothing).
 
-    onnx2tf names each fused tensor by the ops it holds (``model/tf.nn.relu_1/Relu;model/tf.math.add_1/Add;
-    model/tf.nn.convolution_1/convolution``), the first being the outermost. The k-th ONNX node of a type maps to
-    the k-th distinct ``<tf op>_n`` for the types in :data:`ONNX2TF_OPS`; residual Adds share their counter with
-    bias Adds and cannot be mapped by count, so they (and other types) are reported ``absent``.
+    Original tensors are found by aligning the two graphs from the inputs (:class:`_Walk`): a CONV_2D or
+    DEPTHWISE_CONV_2D with a fused RELU6 holds the Clip's output (the Conv's is ``fused``), an ADD of two known
+    tensors is the residual Add, a HARD_SWISH the HardSwish (or the Add/Clip/Mul/Div it is spelt as). Graph outputs
+    the walk did not reach map by position, as onnx2tf keeps their order.
     """
 
     def __init__(self, path: Path, threads: int = 1, label: str = "tflite") -> None:
@@ -452,56 +897,26 @@ class TfliteTap:
         self._batch = 1
 
     def locate(self, index: GraphIndex) -> dict[str, Mapping_]:
-        ordinal: dict[tuple[str, int], str] = {}
-        counts: dict[str, int] = {}
-        for t in index.tensors:
-            if t.op_type in ONNX2TF_OPS:
-                k = counts.get(t.op_type, 0)
-                counts[t.op_type] = k + 1
-                ordinal[(ONNX2TF_OPS[t.op_type], k)] = t.name
-        # onnx2tf's Keras op numbers are per TF session and skip (a second model built in one run starts at
-        # relu_7, conv numbers may jump by 3): the j-th distinct number of an op is its j-th ONNX node, and an op
-        # type is mapped only when the counts agree (weights name every conv, even fused ones)
-        seen: dict[str, set[int]] = {}
-        for d in self.interp.get_tensor_details():
-            for part in d["name"].split(";"):
-                m = _KERAS.match(part)
-                if m:
-                    seen.setdefault(m["op"], set()).add(int(m["k"] or 0))
-        rank = {
-            (op, k): j
-            for op, ks in seen.items()
-            if len(ks) == counts.get(next((o for o, tf in ONNX2TF_OPS.items() if tf == op), ""), -1)
-            for j, k in enumerate(sorted(ks))
-        }
+        details = {d["index"]: d for d in self.interp.get_tensor_details()}
+        numel = {i: int(np.prod(d["shape"])) for i, d in details.items()}
+        outs = [d["index"] for d in self.interp.get_output_details()]
+        feeds = _input_map(self.interp.get_input_details(), index.inputs)
+        held = _Walk(index, _tflite_ops(self.interp, self.path), numel).run(feeds, outs)
+        if len(outs) == len(index.outputs):  # outputs the walk did not reach: onnx2tf keeps their order
+            taken = {t for t, _ in held.values()}
+            for t, name in zip(outs, index.outputs, strict=True):
+                if name not in held and t not in taken:
+                    held[name] = (t, "graph output")
         found: dict[str, Located] = {}
-        outs = {d["index"] for d in self.interp.get_output_details()}
-        ins = {d["index"] for d in self.interp.get_input_details()}
-        for d in self.interp.get_tensor_details():
-            shape = list(d["shape"])
-            if len(shape) < 2 or shape[0] != 1 or d["index"] in ins:
-                continue
-            parts = d["name"].split(";")
-            m = _KERAS.match(parts[0])
-            name = None
-            if m:
-                name = ordinal.get((m["op"], rank.get((m["op"], int(m["k"] or 0)), -1)))
-                if name is None and m["op"] == "tf.math.add":  # a Conv's bias Add: the Conv's output
-                    for p in parts[1:]:
-                        mc = _KERAS.match(p)
-                        if mc and mc["op"] == "tf.nn.convolution":
-                            name = ordinal.get((mc["op"], rank.get((mc["op"], int(mc["k"] or 0)), -1)))
-            if d["index"] in outs:
-                name = index.outputs[sorted(outs).index(d["index"])] if len(outs) == len(index.outputs) else name
-            if name is None or name in found:
-                continue
+        for name, (t, code) in held.items():
+            d = details[t]
             scale, zero = d["quantization"]
             found[name] = Located(
-                str(d["index"]),
+                str(t),
                 float(scale) if scale and d["dtype"] != np.float32 else None,
                 float(zero),
-                nhwc=len(shape) == 4,
-                note="onnx2tf name " + parts[0],
+                nhwc=len(d["shape"]) == 4,
+                note=f"{code} output {str(d['name']).split(';')[0]}",
             )
         return finish_mapping(index, found, self.label)
 
