@@ -990,7 +990,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         progress=None if args.quiet else lambda m: console.print(m, markup=False, highlight=False),
     )
     table = Table(header_style="bold", title=f"where does each backend diverge? ({run.path})")
-    for col in ("model", "spec", "backend", "kind", "first divergent", "dB", "largest jump", "Δ dB", "out dB"):
+    for col in ("model", "spec", "backend", "kind", "first divergent", "rule", "dB", "largest jump", "Δ dB", "out dB"):
         table.add_column(col)
     for _, r in run.summary.iterrows():
         ok = r["status"] == "ok"
@@ -1005,7 +1005,8 @@ def cmd_localize(args: argparse.Namespace) -> int:
             escape(r["spec_id"]),
             escape(r["backend"]),
             escape(kind if ok or kind == "output only" else f"{kind}: {str(r.get('reason', ''))[:60]}"),
-            escape((r.get("first_divergent_node") or "none below threshold") if ok else ""),
+            escape((r.get("first_divergent_node") or "none found") if ok else ""),
+            escape(str(r.get("rule") or "") if ok else ""),
             num("first_divergent_sqnr_db"),
             escape(r.get("largest_jump_node") or "" if ok else ""),
             num("largest_jump_db"),
@@ -1015,14 +1016,18 @@ def cmd_localize(args: argparse.Namespace) -> int:
     for _, r in run.summary[run.summary["status"] == "output_only"].iterrows():
         console.print(f"  output only: {r['backend']}: {r['reason']}", markup=False, highlight=False)
     if run.fallback is not None and not run.fallback.empty:
-        best = run.fallback[run.fallback["best"]]
-        for _, r in best.iterrows():
-            console.print(
-                f"  {r['backend']} {r['spec_id']} {r['model']}: keep {r['k']} layer(s) in float to recover "
-                f"{r['recovered_pp']:+.2f} pp agreement ({100 * r['agreement']:.2f}%): {r['nodes']}",
-                markup=False,
-                highlight=False,
-            )
+        from harness.localize.fallback import describe
+
+        # every backend × spec's verdict on the held-out split: confirmed, rejected or nothing found
+        for _, r in run.fallback[run.fallback["step"] == "confirm"].iterrows():
+            head = f"  {r['backend']} {r['spec_id']} {r['model']}: "
+            if bool(r.get("best")):
+                line = f"keep {r['k']} layer(s) in float {r['nodes']}: {r['verdict']}; {describe(r.to_dict())}"
+            elif int(r.get("k", 0) or 0):
+                line = f"no suggestion: keeping {r['nodes']} in float was {r['verdict']}"
+            else:
+                line = f"no suggestion: {r['verdict']}"
+            console.print(head + line, markup=False, highlight=False)
     console.print(f"results: {run.path}  (harness.load_localization)", highlight=False)
     for p in run.plots:
         console.print(f"plot:    {p}", highlight=False)
@@ -1041,7 +1046,12 @@ def _register_localize(sub: Any) -> None:
         "--backends", nargs="+", metavar="KEY", help="sweep labels/slugs, simnpu:PROFILE or SLUG:KEY=VALUE[,KEY=VALUE]"
     )
     g.add_argument("--samples", type=int, default=16, help="evaluation samples compared per layer (default 16)")
-    g.add_argument("--threshold-db", type=float, help="first-divergence threshold (default 20 dB; 10 dB at 4 bits)")
+    g.add_argument(
+        "--threshold-db",
+        type=float,
+        help="name the first layer below this SQNR instead of the default decision rule (the layer that adds the "
+        "most lost FP32 top-1 margin when spliced into the float model); faster, the rule of older versions",
+    )
     g.add_argument("--memory-mb", type=float, default=256, help="activations held per layer batch (default 256)")
     g.add_argument("--threads", type=int, default=1, help="threads of the FP32 reference session")
     g.add_argument("--fallback-search", action="store_true", help="find layers to keep in float (ort/openvino/simnpu)")

@@ -122,10 +122,23 @@ def connect(address: str | None) -> Any:
             raise ConfigError(
                 "run.fleet: no cluster address: pass --fleet ray://HEAD:10001 or set address: in the file"
             )
-        try:
-            ray.init(address=address, log_to_driver=False, logging_level="warning")
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise UserError(f"run.fleet: cannot reach the Ray cluster at {address}: {exc}") from None
+        from harness.errors import one_line
+
+        last: Exception | None = None
+        for attempt in range(3):  # Ray Client's proxy starts one server per client; on a loaded head that start
+            try:  # can fail once ("ZombieProcess" from its own bookkeeping) and succeed on the next connection
+                ray.init(address=address, log_to_driver=False, logging_level="warning")
+                return ray
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                last = exc
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+                time.sleep(2.0 * (attempt + 1))
+        raise UserError(
+            f"run.fleet: cannot reach the Ray cluster at {address} ({one_line(last)}): check that the head runs "
+            "(`ray status` on it), the address and port (--ray-client-server-port, default 10001), and that this "
+            "host has the cluster's Ray and Python versions"
+        ) from None
     return ray
 
 

@@ -319,3 +319,19 @@ def test_what_every_cell_would_fail_on_stops_before_compiling(tmp_path: Path, ba
     code, out = run_cli(capsys, "sweep", str(p))
     assert code == 2 and fragment in out and "nothing was compiled or written" in out, out
     assert not (tmp_path / "results").exists()
+
+
+def test_localize_option_labels_do_not_embed_paths():
+    """`SLUG:KEY=VALUE` targets name their rows; a path value gives its file name and a hash, never the path."""
+    from harness.config import parse_sweep
+    from harness.localize import parse_backends
+
+    sweep = parse_sweep({"name": "x", "models": [{"path": "m.onnx"}], "backends": ["ort"], "specs": ["fp32"]})
+    a, b, c = parse_backends(
+        ["tflite:converter_python=/home/alice/envs/tf/bin/python", "tflite:converter_python=/opt/tf/bin/python",
+         "simnpu:hailo8"],
+        sweep,
+    )  # fmt: skip
+    assert "/" not in a.key and "alice" not in a.key and a.key.startswith("tflite-python-")
+    assert a.key != b.key and c.key == "simnpu-hailo8"
+    assert a.options["converter_python"] == "/home/alice/envs/tf/bin/python"  # the option itself is kept whole

@@ -7,8 +7,22 @@ reference on a few evaluation samples, and compared:
 
 - ``sqnr_db`` = 10·log10(Σ ref² / Σ (ref − q)²) over the samples (the harness's definition, ``harness.metrics``),
   ``cosine`` = mean per-sample cosine of the flattened tensors, ``max_abs_err``.
-- **first divergent layer**: the first tensor in topological order below ``threshold_db`` — default 20 dB when
-  weights have ≥ 8 bits, :data:`INT4_THRESHOLD_DB` with 4-bit weights (see there why).
+- **divergent layer** (``first_divergent_*``), named by one of two rules; ``rule`` says which:
+
+  - ``decision`` (the default when the first output is N×C class scores and no ``threshold_db`` is given): each
+    compared tensor's *backend* value is spliced into the FP32 model in place of its float value and propagated in
+    float to the output, so ``decision_loss`` measures how much of FP32's top-1 decision the error carried by that
+    tensor already destroys (per sample the share of the top-1 margin lost, a flipped sample counting 1; mean over
+    samples) and ``spliced_agreement`` the top-1 agreement with FP32 it leaves. ``decision_added`` is the loss a
+    tensor adds over its inputs (graph-aware, like ``added_nsr``); the tensor that adds the most, when that is at
+    least :data:`DECISION_MIN_LOSS`, is named. An SQNR threshold judges signal power, which a decision need not
+    follow: an outlier channel keeps a tensor's SQNR high while the channels the classifier reads are crushed
+    (planted in tests/test_localize_rule.py: a residual add at 47–49 dB and a depthwise conv at 36 dB on openvino
+    flip 25–38 % of decisions; the first tensor below 20 dB comes a layer or more later).
+  - ``threshold``: the first tensor in topological order below ``threshold_db`` — default 20 dB when weights have
+    ≥ 8 bits, :data:`INT4_THRESHOLD_DB` with 4-bit weights (see there why). Used when ``threshold_db`` is given,
+    when the output is not class scores, or when no tensor adds :data:`DECISION_MIN_LOSS`. Its first crossing is
+    always stored (``threshold_node``) beside the decision rule's pick (``decision_node``).
 - **largest jump**: the tensor that adds the most noise relative to its signal, ``added_nsr`` = NSR(out) −
   max NSR(inputs) with NSR = 10^(−SQNR/10) (independent noise powers add; graph-aware, so a residual branch is not
   compared with its sibling). A dB ratio would rank a 54 → 24 dB step in a first layer above a 24 → 0 dB collapse
@@ -45,6 +59,12 @@ INT8_THRESHOLD_DB = 20.0
 INT4_THRESHOLD_DB = 10.0
 #: SQNR ceiling used only when computing jumps (an exact tensor has infinite SQNR)
 JUMP_CAP_DB = 60.0
+#: the decision rule names a tensor only when it adds at least this decision loss (1 % of FP32's top-1 margin on
+#: average, or one flip in 100 samples); below it no layer moves decisions and the threshold rule answers
+DECISION_MIN_LOSS = 0.01
+#: a sample whose FP32 top-1 margin is below this share of the median margin is a near-tie that any noise flips:
+#: its margin loss is taken relative to that floor, so it counts by how far the error moved it, not as a flip
+FRAGILE_MARGIN = 0.05
 LAYER_TABLES = ("layers", "summary", "fallback")
 
 #: backends whose runtime returns final outputs only, and why
@@ -110,6 +130,189 @@ class _Stats:
         return 10.0 * float(np.log10(self.signal / self.noise))
 
 
+def decision_margins(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(FP32 top-1 class, its margin over the runner-up) per sample of N×C scores."""
+    r = np.asarray(ref, np.float64).reshape(len(ref), -1)
+    cls = np.argmax(r, axis=1)
+    top = r[np.arange(len(r)), cls]
+    rest = r.copy()
+    rest[np.arange(len(r)), cls] = -np.inf
+    return cls, top - rest.max(axis=1)
+
+
+def decision_loss(ref: np.ndarray, q: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: the share of FP32's top-1 margin that ``q`` loses (1 for a flip; a near-tie below ``floor``
+    counts by the margin lost relative to ``floor``) and whether ``q``'s top-1 agrees with FP32's."""
+    cls, m_ref = decision_margins(ref)
+    z = np.asarray(q, np.float64).reshape(len(q), -1)
+    rows = np.arange(len(z))
+    other = z.copy()
+    other[rows, cls] = -np.inf
+    m_q = z[rows, cls] - other.max(axis=1)
+    agree = np.argmax(z, axis=1) == cls
+    denom = np.maximum(m_ref, floor)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loss = np.where(denom > 0, np.clip((m_ref - m_q) / denom, 0.0, 1.0), np.where(agree, 0.0, 1.0))
+    return loss, agree
+
+
+@dataclass
+class _Decision:
+    """Per-sample decision loss and agreement of one tensor spliced into the FP32 model (chunks appended)."""
+
+    loss: list[np.ndarray] = field(default_factory=list)
+    agree: list[np.ndarray] = field(default_factory=list)
+    error: str = ""
+    upstream: bool = True  # False: the tensor does not feed the first output
+
+    def add(self, loss: np.ndarray, agree: np.ndarray) -> None:
+        self.loss.append(loss)
+        self.agree.append(agree)
+
+    def mean_loss(self) -> float:
+        return float(np.mean(np.concatenate(self.loss))) if self.loss else float("nan")
+
+    def agreement(self) -> float:
+        return float(np.mean(np.concatenate(self.agree))) if self.agree else float("nan")
+
+
+class Splicer:
+    """The FP32 model with one tensor fed from outside: a backend's value of that tensor, propagated in float.
+
+    Splicing tensor t answers "how many FP32 decisions does the error this backend carries at t already
+    change?" with everything after t exact. Each spliced graph is cut to what the first output needs given t (a
+    residual branch that bypasses t stays), so a late tensor costs only the tail of the network. Sessions are
+    opened per tensor and kept, oldest dropped first, while their weights (:meth:`weight_bytes`) fit in
+    ``max_bytes``; :meth:`release` drops them all (a splice session is reused across the sample chunks of a layer
+    batch; re-opening one costs ~0.5 s on ResNet-50).
+    """
+
+    SUFFIX = "__qtbench_float"
+
+    def __init__(self, model_path: Path, threads: int = 1, max_bytes: float = float("inf")) -> None:
+        import onnx
+
+        from harness.localize import taps
+
+        self.proto = onnx.load(str(model_path))
+        g = self.proto.graph
+        self.output = g.output[0].name
+        self.producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
+        self.init_bytes = {i.name: _tensor_bytes(i) for i in g.initializer}
+        inits = set(self.init_bytes)
+        self.graph_inputs = [i for i in g.input if i.name not in inits]
+        self.subgraphs = any(a.type in (5, 10) for n in g.node for a in n.attribute)  # GRAPH / GRAPHS
+        light = taps.light_proto(model_path).graph
+        self.types = {
+            v.name: v.type.tensor_type.elem_type
+            for v in [*light.value_info, *light.input, *light.output]
+            if v.type.tensor_type.elem_type
+        }
+        self.threads = threads
+        self.max_bytes = max_bytes
+        self.sessions: dict[str, Any] = {}  # insertion order: the oldest first
+        self._nodes: dict[str, list[int] | None] = {}
+        self._bytes: dict[str, float] = {}
+
+    def nodes(self, name: str) -> list[int] | None:
+        """Indices of the nodes the first output needs once ``name`` is fed; None when ``name`` does not feed it."""
+        if name in self._nodes:
+            return self._nodes[name]
+        g = self.proto.graph
+        if self.subgraphs:  # implicit inputs of control flow: keep the whole graph
+            self._nodes[name] = list(range(len(g.node)))
+            return self._nodes[name]
+        need: set[int] = set()
+        seen: set[str] = set()
+        stack, reached = [self.output], False
+        while stack:
+            x = stack.pop()
+            if x in seen:
+                continue
+            seen.add(x)
+            if x == name:
+                reached = True
+                continue
+            i = self.producer.get(x)
+            if i is None or i in need:
+                continue
+            need.add(i)
+            stack += [y for y in g.node[i].input if y]
+        self._nodes[name] = sorted(need) if reached else None
+        return self._nodes[name]
+
+    def weight_bytes(self, name: str) -> float:
+        """Initializer bytes of ``name``'s spliced graph (×2: ONNX Runtime keeps prepacked copies)."""
+        if name not in self._bytes:
+            idx = self.nodes(name) if name != self.output else None
+            g = self.proto.graph
+            used = {x for i in idx or [] for x in g.node[i].input}
+            self._bytes[name] = 2.0 * sum(b for n, b in self.init_bytes.items() if n in used)
+        return self._bytes[name]
+
+    def _session(self, name: str) -> Any:
+        import onnxruntime as ort
+        from onnx import helper
+
+        if name in self.sessions:
+            return self.sessions[name]
+        need = self.weight_bytes(name)
+        while self.sessions and sum(map(self.weight_bytes, self.sessions)) + need > self.max_bytes:
+            del self.sessions[next(iter(self.sessions))]
+        g = self.proto.graph
+        idx = self.nodes(name) or []
+        nodes = []
+        for i in idx:
+            n = g.node[i]
+            if name in n.output:  # a multi-output producer whose other outputs are still needed
+                c = type(n)()
+                c.CopyFrom(n)
+                c.output[:] = [o + self.SUFFIX if o == name else o for o in n.output]
+                n = c
+            nodes.append(n)
+        used = {x for n in nodes for x in n.input}
+        inputs = [i for i in self.graph_inputs if i.name in used and i.name != name]
+        inputs.append(helper.make_tensor_value_info(name, self.types.get(name, 1), None))
+        graph = helper.make_graph(
+            nodes, g.name, inputs, [g.output[0]], [i for i in g.initializer if i.name in used and i.name != name]
+        )
+        model = helper.make_model(graph, opset_imports=list(self.proto.opset_import))
+        model.ir_version = self.proto.ir_version
+        blob = model.SerializeToString()
+        del model, graph  # the weights' copies go before ONNX Runtime makes its own
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        so.enable_cpu_mem_arena = False  # a session runs a few chunks: give its activations back after each
+        sess = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
+        del blob
+        self.sessions[name] = sess
+        return sess
+
+    def run(self, name: str, feeds: dict[str, np.ndarray], value: np.ndarray) -> np.ndarray | None:
+        """The first output with ``name`` set to ``value`` (None when ``name`` does not feed that output)."""
+        if name == self.output:
+            return np.asarray(value)
+        if self.nodes(name) is None:
+            return None
+        sess = self._session(name)
+        want = {i.name: i.type for i in sess.get_inputs()}
+        dtypes = {"tensor(float16)": np.float16, "tensor(double)": np.float64}
+        f = {k: v for k, v in feeds.items() if k in want and k != name}
+        f[name] = np.asarray(value, dtypes.get(want[name], np.float32))
+        return sess.run(None, f)[0]
+
+    def release(self) -> None:
+        self.sessions.clear()
+
+
+def _tensor_bytes(t: Any) -> int:
+    if t.raw_data:
+        return len(t.raw_data)
+    return 4 * int(np.prod(t.dims)) if t.dims else 4
+
+
 @dataclass
 class BackendTarget:
     """One backend to localise: the sweep entry (label, slug, options)."""
@@ -138,11 +341,29 @@ def parse_backends(names: list[str] | None, sweep: Any) -> list[BackendTarget]:
                 options = {k: yaml.safe_load(v) for k, v in pairs}
             else:
                 options = {"profile": rest}
-            label = f"{slug}-" + "-".join(str(v) for v in options.values())
-            out.append(BackendTarget(label, slug, options))
+            out.append(BackendTarget(_option_label(slug, options), slug, options))
         else:
             out.append(BackendTarget(n, n, {}))
     return out
+
+
+def _option_label(slug: str, options: dict[str, Any]) -> str:
+    """A short, file-safe label for ``SLUG:KEY=VALUE`` targets: a path value contributes its file name, not the
+    whole path (labels land in tables, reports and file names); a long label keeps 40 characters and a hash."""
+    import hashlib
+    import re
+
+    parts, shortened = [], False
+    for v in options.values():
+        text = str(v)
+        if "/" in text or "\\" in text:
+            text, shortened = Path(text).name or "path", True
+        parts.append(re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x")
+    label = f"{slug}-" + "-".join(parts)
+    if len(label) > 48 or shortened:  # two paths with one file name must not share a label
+        digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        label = f"{label[:40]}-{digest}"
+    return label
 
 
 def artifact_workdir(
@@ -213,8 +434,10 @@ def localize_cell(
     cache: Path,
     settings: LocalizeSettings,
     workdir: Path,
+    task: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Layer rows and summary rows for one model × spec over ``targets`` (each compiled like a sweep cell)."""
+    """Layer rows and summary rows for one model × spec over ``targets`` (each compiled like a sweep cell).
+    ``task``: the task that scores the first output (None: inferred, N×C scores are classification)."""
     import backends
     from backends.base import ModelInput
     from harness.cell import fp32_outputs, model_facts, run_batched
@@ -228,8 +451,23 @@ def localize_cell(
     chunk = max(1, settings.chunk) if facts.dynamic_batch else 1
     index = taps.index_graph(model_path)
     threshold = settings.threshold_db if settings.threshold_db is not None else default_threshold(spec)
+    explicit = settings.threshold_db is not None
     calib_sha = calib.head(spec.calib_samples).sha256 if calib is not None and spec.is_static else ""
     ref_out = fp32_outputs(model_path, data, 0, chunk)
+    # the decision rule needs class scores (N×C) and is the default only when no threshold is asked for
+    scores = ref_out.ndim == 2 and ref_out.shape[1] >= 2 and task in (None, "classification")
+    if explicit:
+        rule_note = f"--threshold-db {threshold:g} given: the first tensor below it"
+    elif task not in (None, "classification"):
+        rule_note = f"the first output is scored as {task}, not top-1 classes: the first tensor below {threshold:g} dB"
+    elif not scores:
+        rule_note = (
+            f"the first output ({list(ref_out.shape[1:])} per sample) is not class scores, so no decision to follow: "
+            f"the first tensor below {threshold:g} dB"
+        )
+    else:
+        rule_note = ""
+    floor = FRAGILE_MARGIN * float(np.median(decision_margins(ref_out)[1])) if scores else 0.0
     layers: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
     live: list[tuple[BackendTarget, Any, dict[str, Any], dict[str, Any]]] = []
@@ -309,8 +547,11 @@ def localize_cell(
     ]
     inputs_wanted = [n for n in index.inputs if any(m[n].status == "compared" for _, _, m, _ in live if n in m)]
     stats = {tg.key: {} for tg, _, _, _ in live}
+    decisions: dict[str, dict[str, _Decision]] = {tg.key: {} for tg, _, _, _ in live}
     t_cmp = time.perf_counter()
-    groups = _groups(index, inputs_wanted + wanted, settings.memory_mb * 2**20, chunk)
+    budget = settings.memory_mb * 2**20
+    splicer = Splicer(model_path, settings.threads, budget) if scores and not explicit and live else None
+    groups = _groups(index, inputs_wanted + wanted, budget, chunk)
     for group in groups:
         ref_names = [n for n in group if n not in index.inputs]
         ref_run = ref_tap.open([taps.Located(n) for n in ref_names]) if ref_names else None
@@ -338,16 +579,26 @@ def localize_cell(
                     continue
                 for n, loc in zip(names, locs, strict=True):
                     stats[tg.key].setdefault(n, _Stats()).add(ref[n], got[loc.name])
+                    if splicer is not None:
+                        _splice(
+                            splicer, decisions[tg.key], n, feeds, got[loc.name], ref_out[start : start + chunk], floor
+                        )
                 del got
             del ref
         del runners, ref_run
+        if splicer is not None:
+            splicer.release()
     compare_s = time.perf_counter() - t_cmp
 
     for tg, _tap, mapping, summary in live:
-        rows = _layer_rows(index, mapping, stats[tg.key], {**base, "backend": tg.key, "samples": len(data)})
-        _mark(rows, index, threshold)
+        rows = _layer_rows(
+            index, mapping, stats[tg.key], {**base, "backend": tg.key, "samples": len(data)}, decisions[tg.key]
+        )
+        rule, note = _mark(rows, index, threshold, use_decision=splicer is not None)
         layers += rows
         first = next((r for r in rows if r["first_divergent"]), None)
+        below = next((r for r in rows if r["below_threshold_first"]), None)
+        named = next((r for r in rows if r["decision_first"]), None)
         jump = next((r for r in rows if r["largest_jump"]), None)
         out_row = next((r for r in rows if r["tensor"] == index.outputs[0]), None)
         counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("compared", "fused", "absent", "failed")}
@@ -360,6 +611,15 @@ def localize_cell(
             first_divergent_tensor=first["tensor"] if first else "",
             first_divergent_node=first["layer"] if first else "",
             first_divergent_sqnr_db=first["sqnr_db"] if first else float("nan"),
+            rule=rule,
+            rule_note=rule_note or note,
+            decision_tensor=named["tensor"] if named else "",
+            decision_node=named["layer"] if named else "",
+            decision_added=named["decision_added"] if named else float("nan"),
+            decision_agreement=named["spliced_agreement"] if named else float("nan"),
+            threshold_tensor=below["tensor"] if below else "",
+            threshold_node=below["layer"] if below else "",
+            threshold_sqnr_db=below["sqnr_db"] if below else float("nan"),
             largest_jump_tensor=jump["tensor"] if jump else "",
             largest_jump_node=jump["layer"] if jump else "",
             largest_jump_db=jump["jump_db"] if jump else float("nan"),
@@ -381,8 +641,39 @@ def _gap_db(a: float, b: float) -> float:
     return 0.0 if a == b or (np.isinf(a) and np.isinf(b)) else abs(a - b)
 
 
-def _layer_rows(index: Any, mapping: dict[str, Any], stats: dict[str, _Stats], base: dict[str, Any]) -> list[dict]:
+def _splice(
+    splicer: Splicer,
+    into: dict[str, _Decision],
+    name: str,
+    feeds: dict[str, np.ndarray],
+    value: np.ndarray,
+    ref: np.ndarray,
+    floor: float,
+) -> None:
+    """Propagate a backend's value of ``name`` through the FP32 model and record the decisions it changes."""
+    d = into.setdefault(name, _Decision())
+    if d.error or not d.upstream:
+        return
+    try:
+        out = splicer.run(name, feeds, value)
+    except Exception as exc:  # noqa: BLE001 - this tensor gets no decision numbers; the others go on
+        d.error = f"splice failed: {type(exc).__name__}: {str(exc)[:200]}"
+        return
+    if out is None:
+        d.upstream = False
+        return
+    d.add(*decision_loss(ref, np.asarray(out).reshape(len(ref), -1), floor))
+
+
+def _layer_rows(
+    index: Any,
+    mapping: dict[str, Any],
+    stats: dict[str, _Stats],
+    base: dict[str, Any],
+    decisions: dict[str, _Decision] | None = None,
+) -> list[dict]:
     rows = []
+    decisions = decisions or {}
     for t in index.tensors:
         m = mapping[t.name]
         row = {
@@ -404,14 +695,22 @@ def _layer_rows(index: Any, mapping: dict[str, Any], stats: dict[str, _Stats], b
                 row.update(status="failed", note=(st.error if st else "no value read"))
             else:
                 row.update(sqnr_db=st.sqnr_db(), cosine=st.cos_sum / st.n, max_abs_err=st.max_abs)
+        d = decisions.get(t.name)
+        row["decision_loss"] = d.mean_loss() if d and row["status"] == "compared" else float("nan")
+        row["spliced_agreement"] = d.agreement() if d and row["status"] == "compared" else float("nan")
+        if d and d.error:
+            row["note"] = f"{row['note']}; {d.error}" if row["note"] else d.error
         rows.append(row)
     return rows
 
 
-def _mark(rows: list[dict[str, Any]], index: Any, threshold: float) -> None:
-    """First divergent tensor, per-tensor jump (added noise and dB drop against its inputs), largest jump."""
+def _mark(rows: list[dict[str, Any]], index: Any, threshold: float, use_decision: bool = False) -> tuple[str, str]:
+    """Per-tensor jumps (added noise and dB drop against its inputs) and added decision loss; marks the largest
+    jump, the first tensor below ``threshold`` and the decision rule's pick, and names the divergent layer
+    (``first_divergent``) by the decision rule when it finds one, else by the threshold. Returns (rule, note)."""
     eff: dict[str, float] = {}
     nsr: dict[str, float] = {}  # noise-to-signal power ratio, 10^(-SQNR/10)
+    dec: dict[str, float] = {}  # decision loss carried by a tensor's value (its inputs' when not compared)
     by = {r["tensor"]: r for r in rows}
     covers: dict[str, list[str]] = {}
     for t in index.tensors:
@@ -424,6 +723,7 @@ def _mark(rows: list[dict[str, Any]], index: Any, threshold: float) -> None:
         ins = [eff.get(x, JUMP_CAP_DB) for x in t.inputs]
         in_db = min(ins) if ins else JUMP_CAP_DB
         in_nsr = max([nsr.get(x, 0.0) for x in t.inputs], default=0.0)
+        in_dec = max([dec.get(x, 0.0) for x in t.inputs], default=0.0)
         r["input_sqnr_db"] = in_db
         if r["status"] == "compared":
             own = min(float(r["sqnr_db"]), JUMP_CAP_DB)
@@ -434,12 +734,38 @@ def _mark(rows: list[dict[str, Any]], index: Any, threshold: float) -> None:
         else:
             r["jump_db"] = r["added_nsr"] = float("nan")
             eff[t.name], nsr[t.name] = in_db, in_nsr
-    first = next((r for r in rows if r["status"] == "compared" and r["sqnr_db"] < threshold), None)
+        own_dec = float(r.get("decision_loss", float("nan")))
+        if r["status"] == "compared" and np.isfinite(own_dec):
+            r["decision_added"] = own_dec - in_dec
+            dec[t.name] = own_dec
+        else:
+            r["decision_added"] = float("nan")
+            dec[t.name] = in_dec
+    below = next((r for r in rows if r["status"] == "compared" and r["sqnr_db"] < threshold), None)
     comp = [r for r in rows if r["status"] == "compared" and np.isfinite(r["added_nsr"])]
     jump = max(comp, key=lambda r: r["added_nsr"]) if comp else None
+    scored = [r for r in rows if r["status"] == "compared" and np.isfinite(r["decision_added"])]
+    top = max(scored, key=lambda r: r["decision_added"]) if scored else None  # the first of equals wins
+    named = top if top is not None and top["decision_added"] >= DECISION_MIN_LOSS else None
     for r in rows:
-        r["first_divergent"] = r is first
         r["largest_jump"] = r is jump
+        r["below_threshold_first"] = r is below
+        r["decision_first"] = r is named
+        r["first_divergent"] = r is (named if named is not None else below)
+    if named is not None:
+        note = (
+            f"adds {named['decision_added']:.2f} decision loss (share of FP32's top-1 margin lost, a flip counting 1); "
+            f"spliced into FP32 alone it leaves {100 * named['spliced_agreement']:.0f}% top-1 agreement"
+        )
+        return "decision", note
+    if use_decision and top is not None:
+        return "threshold", (
+            f"no tensor adds {DECISION_MIN_LOSS:g} decision loss (largest {top['decision_added']:.3f}, at "
+            f"{top['layer']}): the first tensor below {threshold:g} dB"
+        )
+    if use_decision:
+        return "threshold", f"no tensor could be spliced into FP32: the first tensor below {threshold:g} dB"
+    return "threshold", ""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -499,11 +825,12 @@ def run_localization(
         else:
             raise ConfigError("localize needs `evaluation:` (or `calibration:`) data in the sweep file")
         data = evaluation.head(settings.samples)
+        task = _first_output_task(m, path)
         for spec in specs:
             if progress:
                 progress(f"{m.display_name} × {spec.id}: {len(targets)} backend(s)")
             lr, sr = localize_cell(
-                path, m.display_name, spec, targets, data, calib, sweep.cache_path, settings, out / "work"
+                path, m.display_name, spec, targets, data, calib, sweep.cache_path, settings, out / "work", task
             )
             layers += lr
             summaries += sr
@@ -555,6 +882,17 @@ def run_localization(
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     (out / "report.md").write_text(markdown(sdf, fdf, plots, suggestions))
     return LocalizationRun(out, ldf, sdf, fdf, plots)
+
+
+def _first_output_task(entry: Any, path: Path) -> str | None:
+    """The task a sweep scores the model's first output with (``task:`` or the model's metadata); None when it
+    would be inferred from the output's rank."""
+    from harness.cell import model_facts, onnx_graph
+    from harness.tasks import plan_outputs
+
+    meta = {p.key: p.value for p in onnx_graph(path).metadata_props}
+    plan = plan_outputs(entry.task, entry.output, model_facts(path).output_names, meta)
+    return next((t.name for _, i, t in plan.scored if i == 0 and t is not None), None)
 
 
 def load_localization(path: str | Path, table: str = "layers", latest: bool = True) -> Any:
@@ -659,7 +997,7 @@ def plot_run(layers: Any, summary: Any, out: Path) -> list[Path]:
                 ax.legend(fontsize=7)
         for row in axes:
             row[0].set_ylabel(f"SQNR vs FP32 (dB, capped at {PLOT_CEILING_DB:g})")
-        fig.suptitle(f"{spec_id}: per-layer SQNR (circle: first layer below threshold)", fontsize=10)
+        fig.suptitle(f"{spec_id}: per-layer SQNR (circle: the divergent layer named, rule in report.md)", fontsize=10)
         p = out / f"sqnr-{spec_id}.png"
         fig.savefig(p, dpi=110)
         plt.close(fig)
@@ -672,8 +1010,9 @@ def markdown(summary: Any, fallback: Any, plots: list[Path], suggestions: list[P
     if summary.empty:
         return "\n".join([*lines, "no backend ran", ""])
     lines += [
-        "| model | spec | backend | kind | first divergent (SQNR dB) | largest jump (dB drop) | output dB | note |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | spec | backend | kind | divergent layer (SQNR dB) | rule | largest jump (dB drop) | output dB "
+        "| note |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def text(v: Any) -> str:
@@ -689,23 +1028,52 @@ def markdown(summary: Any, fallback: Any, plots: list[Path], suggestions: list[P
         jump = jump + db(r.get("largest_jump_db")) if jump else "—"
         kind = r.get("kind") if isinstance(r.get("kind"), str) else r["status"]
         note = r["reason"] if r["status"] != "ok" else r.get("tap", "")
+        rule = text(r.get("rule"))
+        if rule and text(r.get("rule_note")):
+            rule = f"{rule}: {r['rule_note']}"
         out_db = r.get("output_sqnr_db", float("nan"))
         lines.append(
-            f"| {r['model']} | {r['spec_id']} | {r['backend']} | {kind} | {first} | {jump} | "
-            f"{out_db:.1f} | {str(note).replace('|', '/')} |"
+            f"| {r['model']} | {r['spec_id']} | {r['backend']} | {kind} | {first} | {rule.replace('|', '/')} | "
+            f"{jump} | {out_db:.1f} | {str(note).replace('|', '/')} |"
         )
     lines.append("")
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     if fallback is not None and not fallback.empty:
+        from harness.localize.fallback import describe
+
         lines += ["", "### Keep these layers in float", ""]
         lines += [
-            "| backend | spec | model | step | k | agreement | recovered pp | nodes |",
-            "|---|---|---|---|---|---|---|---|",
+            "Chosen on the search split; confirmed only when, on the held-out confirmation split, top-1 agreement "
+            "with FP32 rises with a 95 % paired interval above 0 (and the top-1 gap is not significantly wider).",
+            "",
         ]
+        for _, r in fallback[fallback["step"] == "confirm"].iterrows():
+            nodes = ", ".join(json.loads(r["nodes"])) or "—"
+            found = describe(r.to_dict()) if r["k"] and np.isfinite(r.get("agreement", np.nan)) else ""
+            lines.append(
+                f"- **{r['backend']} × {r['spec_id']} × {r['model']}**: {nodes}: {r['verdict']}"
+                + (f" ({found})" if found else "")
+            )
+        lines += [
+            "",
+            "| backend | spec | model | step | split | k | agreement | recovered pp | nodes |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+
+        def pct(v: Any) -> str:
+            return f"{100 * v:.2f}%" if isinstance(v, float) and np.isfinite(v) else "—"
+
+        def pp(r: Any) -> str:
+            v = r.get("recovered_pp", float("nan"))
+            if not (isinstance(v, float) and np.isfinite(v)):
+                return "—"
+            lo, hi = r.get("recovered_lo_pp", float("nan")), r.get("recovered_hi_pp", float("nan"))
+            return f"{v:+.2f}" + (f" [{lo:+.1f}, {hi:+.1f}]" if isinstance(lo, float) and np.isfinite(lo) else "")
+
         for _, r in fallback.iterrows():
             lines.append(
-                f"| {r['backend']} | {r['spec_id']} | {r['model']} | {r['step']} | {r['k']} | "
-                f"{100 * r['agreement']:.2f}% | {r['recovered_pp']:+.2f} | {', '.join(json.loads(r['nodes']))} |"
+                f"| {r['backend']} | {r['spec_id']} | {r['model']} | {r['step']} | {r.get('split', '')} | {r['k']} | "
+                f"{pct(r.get('agreement'))} | {pp(r)} | {', '.join(json.loads(r['nodes']))} |"
             )
         lines += ["", *[f"run it: `qtbench sweep {p}`" for p in suggestions]]
     return "\n".join(lines) + "\n"
