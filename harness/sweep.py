@@ -434,7 +434,7 @@ class LocalExecutor(Executor):
                     with lock:
                         busy[group(item[1])] -= 1
                 if self.compile_progress is not None:
-                    failed = sum(r.status != "ok" for r in list(results.values()))
+                    failed = sum(r.status in ("failed", "timeout") for r in list(results.values()))
                     self.compile_progress(len(results), len(jobs), failed)
 
         try:
