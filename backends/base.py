@@ -266,6 +266,10 @@ class Backend(abc.ABC):
     #: Whether an artifact built on one machine runs on another with the same SDK version (a fleet may then
     #: compile on a host and ship it to the board); False for artifacts bound to the building machine's device.
     artifact_portable: ClassVar[bool] = True
+    #: Whether builds and quality passes must have the device to themselves (a GPU: TensorRT picks kernels by timing
+    #: them while it builds, so a build beside another would cache an engine tuned under contention): the local
+    #: compile phase then runs this backend's cells one at a time while other backends' cells build alongside.
+    exclusive_device: ClassVar[bool] = False
     #: Whether the compiler needs every dimension static: the planner then hands it intake's static form of the
     #: model (non-batch dims fixed from the evaluation data, batch 1, shape subgraphs folded).
     static_shapes: ClassVar[bool] = False
@@ -281,6 +285,12 @@ class Backend(abc.ABC):
 
         check_options(self.slug, options, self.executable_options)
         self.options = {**self.option_defaults, **options}
+
+    def device_identity(self) -> str:
+        """What of this machine a non-portable artifact is bound to besides the SDK version (GPU model, compute
+        capability, driver): part of its artifact key, so an engine built on another GPU is never taken from a
+        shared cache. '' for portable artifacts (the default) or when the device cannot be read."""
+        return ""
 
     @abc.abstractmethod
     def availability(self) -> Availability:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once
-from harness.errors import BackendUnavailable
+from harness.errors import BackendUnavailable, CompileError
 from harness.spec import QuantSpec
 
 #: Bumped when the adapter changes what a cell computes (part of the cache key through the versions).
@@ -126,12 +126,27 @@ class TensorRtBackend(Backend):
     static_shapes = True  # its compiler takes static shapes only: intake fixes them from the data
     description = "NVIDIA TensorRT 10 (FP32/FP16/BF16, INT8 from explicit QDQ), CUDA-event device time"
     artifact_portable = False  # an engine plan is built for one GPU model and TensorRT version
+    exclusive_device = True  # it times kernels while building: one build (and quality pass) at a time per GPU
     option_defaults: ClassVar[dict[str, Any]] = {
         "workspace_mb": 1024,
         "max_batch": 256,  # optimisation-profile max for dynamic-batch models (evaluation batches)
         "builder_optimization_level": 3,
         "tf32": False,  # TensorRT enables TF32 for fp32 layers by default; off so an fp32 row is IEEE fp32
     }
+
+    def device_identity(self) -> str:
+        """GPU model, compute capability and driver of device 0 (what an engine plan is bound to besides the
+        TensorRT version, which the artifact key has already); '' when the device cannot be read."""
+        cuda, _why = _cuda()
+        if cuda is None:
+            return ""
+        try:
+            dev = cuda.Device(0)
+            cc = ".".join(str(v) for v in dev.compute_capability())
+            driver = cuda.get_driver_version()
+            return f"{dev.name()};sm_{cc};driver={driver}"
+        except Exception:  # noqa: BLE001 - pycuda's driver errors: an unreadable device keys as ""
+            return ""
 
     def availability(self) -> Availability:
         try:
@@ -183,10 +198,22 @@ class TensorRtBackend(Backend):
         plan = workdir / "engine.plan"
         t0 = time.perf_counter()
         tf32 = bool(self.options["tf32"])
-        notes, cache_hit = build_once(plan, lambda n: self._build(trt, logger, model, spec, calib, workdir, plan, n))
+        build = lambda n: self._build(trt, logger, model, spec, calib, workdir, plan, n)  # noqa: E731
+        notes, cache_hit = build_once(plan, build)
         engine = trt.Runtime(logger).deserialize_cuda_engine(plan.read_bytes())
+        if engine is None and cache_hit:
+            # a cached plan this GPU/driver cannot load (copied from another machine, an older key): a cache miss,
+            # rebuilt once here; we hold the entry's compile lock, so no other build is using it
+            plan.with_name("notes.json").unlink(missing_ok=True)
+            plan.unlink(missing_ok=True)
+            notes, cache_hit = build_once(plan, build)
+            notes = [*notes, "the cached engine could not be deserialized on this GPU: rebuilt"]
+            engine = trt.Runtime(logger).deserialize_cuda_engine(plan.read_bytes())
         if engine is None:
-            raise RuntimeError(f"TensorRT could not deserialize {plan} (built by another TensorRT version or GPU?)")
+            raise CompileError(
+                f"TensorRT could not deserialize the engine it just built ({plan}): a TensorRT/driver mismatch on "
+                "this machine? Check that the tensorrt wheel matches the installed CUDA driver"
+            )
         inspector = engine.create_engine_inspector()
         layers = engine.num_layers
         info = CompiledInfo(

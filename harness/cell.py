@@ -48,6 +48,8 @@ class CellJob:
     #: FP32 reference, metadata and files beside the model come from here, so intake cannot hide its own error
     source_path: str = ""
     source_sha256: str = ""
+    #: the backend needs the device to itself while building and scoring (Backend.exclusive_device)
+    exclusive: bool = False
 
     @property
     def reference_path(self) -> str:

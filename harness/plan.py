@@ -79,11 +79,13 @@ def artifact_key(
     options: dict[str, Any],
     calib_sha: str,
     side_files: dict[str, str] | None = None,
+    device: str = "",
 ) -> str:
     """The compiled-artifact cache key: what decides the artifact's bytes (not the timing protocol or device).
 
     The sweep and ``qtbench localize`` both call this, so a localisation reuses the sweep's compiled artifacts.
     ``side_files`` are files besides the model that decide the artifact (a pre-converted ``.tflite``), by hash.
+    ``device``: the machine identity a non-portable artifact is bound to (``Backend.device_identity``).
     """
     return cell_key(
         {
@@ -93,5 +95,6 @@ def artifact_key(
             "options": options,
             "calib": calib_sha if spec.is_static else "",
             **({"artifact_inputs": side_files} if side_files else {}),
+            **({"device": device} if device else {}),
         }
     )

@@ -192,9 +192,13 @@ def _probe(
         "version": "",
         "supports": {},
         "static_shapes": bool(backend.static_shapes),
+        "exclusive": bool(type(backend).exclusive_device),
+        "identity": "",
     }
     if av.available:
         out["version"] = ";".join(f"{k}={v}" for k, v in sorted(av.versions.items()))
+        if not type(backend).artifact_portable:
+            out["identity"] = backend.device_identity()
         out["supports"] = {s.id: backend.supports(s) for s in specs}
         out["build_groups"] = {s.id: backend.build_group(s) for s in specs if not out["supports"][s.id]}
         out["artifact_inputs"] = {}
@@ -409,6 +413,8 @@ class LocalExecutor(Executor):
         pending = list(jobs.items())
         busy: dict[tuple[str, str], int] = {}
         results: dict[int, CellResult] = {}
+        exclusive: set[str] = set()  # backends with an exclusive-device build running now
+        freed = threading.Condition(lock)
 
         def group(job: CellJob) -> tuple[str, str]:
             return job.model_path, job.backend
@@ -416,14 +422,20 @@ class LocalExecutor(Executor):
         def take() -> tuple[int, CellJob] | None:
             """The next cell in compile order whose (model, backend) has no cell building now, else the next one:
             cells of one model and backend share a calibration pass, so a second worker would wait on its lock
-            while other models' cells could be building (measured: ~10 s of one idle worker at paper scale)."""
-            with lock:
-                if not pending:
-                    return None
-                k = next((k for k, (_i, j) in enumerate(pending) if not busy.get(group(j))), 0)
-                item = pending.pop(k)
-                busy[group(item[1])] = busy.get(group(item[1]), 0) + 1
-                return item
+            while other models' cells could be building (measured: ~10 s of one idle worker at paper scale).
+            A cell of an exclusive-device backend (a GPU) waits while another of that backend builds."""
+            with freed:
+                while pending:
+                    free = [k for k, (_i, j) in enumerate(pending) if not (j.exclusive and j.backend in exclusive)]
+                    if free:
+                        k = next((k for k in free if not busy.get(group(pending[k][1]))), free[0])
+                        item = pending.pop(k)
+                        busy[group(item[1])] = busy.get(group(item[1]), 0) + 1
+                        if item[1].exclusive:
+                            exclusive.add(item[1].backend)
+                        return item
+                    freed.wait()  # only exclusive cells are left and their device is busy
+                return None
 
         def drain() -> None:
             while (item := take()) is not None:
@@ -431,8 +443,11 @@ class LocalExecutor(Executor):
                     i, value = one(item)
                     results[i] = value
                 finally:
-                    with lock:
+                    with freed:
                         busy[group(item[1])] -= 1
+                        if item[1].exclusive:
+                            exclusive.discard(item[1].backend)
+                        freed.notify_all()
                 if self.compile_progress is not None:
                     failed = sum(r.status in ("failed", "timeout") for r in list(results.values()))
                     self.compile_progress(len(results), len(jobs), failed)
@@ -831,7 +846,9 @@ def plan(run: SweepRun, probe_call: Callable[..., tuple[str, Any]] | None = None
             ca_src, ca_path = _data_path(sweep, m, "calibration")
             source_sha = _with_external(info["sha"], info.get("external", {}))
             model_sha = form.sha256 if rewritten else info["sha"]
-            artifact_key = plan_artifact_key(model_sha, s, probe["version"], b.options, info["calib_sha"], side_files)
+            artifact_key = plan_artifact_key(
+                model_sha, s, probe["version"], b.options, info["calib_sha"], side_files, probe.get("identity", "")
+            )
             cell.job = CellJob(
                 form.path if rewritten else str(sweep.resolve(m.path)),
                 form.sha256 if rewritten else source_sha,
@@ -852,6 +869,7 @@ def plan(run: SweepRun, probe_call: Callable[..., tuple[str, Any]] | None = None
                 task=m.task,
                 source_path=str(sweep.resolve(m.path)) if rewritten else "",
                 source_sha256=source_sha if rewritten else "",
+                exclusive=bool(probe.get("exclusive")),
             )
             group = probe.get("build_groups", {}).get(s.id)
             if group:

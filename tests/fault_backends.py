@@ -191,3 +191,31 @@ class FlakyBackend(OrtBackend):
         if self.options["fail"]:
             raise CompileError("flaky: the compiler rejected the model (set options.fail: false)")
         return super()._compile(model, spec, calib, workdir)
+
+
+class ExclusiveBackend(OrtBackend):
+    """ORT standing in for a GPU runtime: one device, builds must not overlap (``exclusive_device``); logs each
+    build's [start, end] to exclusive.log beside the model, and holds the device 0.6 s per build."""
+
+    slug = "exclusive"
+    exclusive_device = True
+
+    def _compile(self, model, spec, calib, workdir):
+        t0 = time.time()
+        time.sleep(0.6)
+        compiled = super()._compile(model, spec, calib, workdir)
+        with open(model.path.parent / "exclusive.log", "a") as f:
+            f.write(f"{t0} {time.time()}\n")
+        return compiled
+
+
+class BoundBackend(OrtBackend):
+    """ORT whose artifacts are bound to "the device" (``artifact_portable = False``): the identity is a class
+    attribute a test changes, as moving a cache to another GPU would."""
+
+    slug = "bound"
+    artifact_portable = False
+    IDENTITY = "gpu-a;sm_8.9;driver=1"
+
+    def device_identity(self):
+        return type(self).IDENTITY

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,41 @@ def test_scoring_in_the_compile_phase_gives_the_measure_phases_numbers(tmp_path:
     assert rows["compile"].notna().all().all() and rows["compile"].equals(rows["measure"])
     for a, b in zip(preds["compile"], preds["measure"], strict=True):
         assert len(a) == 64 and np.array_equal(a, b)
+
+
+def test_an_exclusive_device_builds_one_cell_at_a_time_while_others_build_alongside(tmp_path: Path, monkeypatch):
+    """Two compile workers, a GPU-like backend and ORT: the GPU-like backend's builds never overlap each other."""
+    monkeypatch.setitem(backends.BUILTIN, "exclusive", "fault_backends:ExclusiveBackend")
+    cfg = tiny_sweep(
+        tmp_path,
+        backends=["exclusive", {"name": "ort", "options": {"threads": 1}}],
+        specs=SPECS,
+        run={"results_dir": str(tmp_path / "r"), "compile_workers": 2},
+    )
+    df = run_sweep(cfg)
+    assert set(df["status"]) == {"ok"} and len(df) == 6
+    spans = sorted(tuple(map(float, line.split())) for line in (tmp_path / "exclusive.log").read_text().splitlines())
+    assert len(spans) >= 3  # the compile phase builds 3; the measure phase opens each entry again (cache hits)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans  # one at a time
+
+
+def test_a_device_bound_artifact_is_keyed_by_the_device(tmp_path: Path, monkeypatch):
+    """A cache shared by two machines (or a GPU swapped): another device identity is another artifact key, so
+    the engine built for the first device is never loaded on the second; back on the first, its entry is reused."""
+    from fault_backends import BoundBackend
+
+    monkeypatch.setitem(backends.BUILTIN, "bound", "fault_backends:BoundBackend")
+    cfg = tiny_sweep(
+        tmp_path,
+        backends=["bound"],
+        specs=["int8-static-pc-wsym-minmax"],
+        run={"results_dir": str(tmp_path / "r"), "isolate": False, "rerun": True},
+    )
+    first = run_sweep(cfg).iloc[-1]
+    monkeypatch.setattr(BoundBackend, "IDENTITY", "gpu-b;sm_9.0;driver=2")
+    second = run_sweep(cfg).iloc[-1]
+    monkeypatch.setattr(BoundBackend, "IDENTITY", "gpu-a;sm_8.9;driver=1")
+    third = run_sweep(cfg).iloc[-1]
+    assert not first["cache_hit"] and not second["cache_hit"] and third["cache_hit"]
+    entries = list((tmp_path / "r" / ".cache" / "artifacts" / "bound").iterdir())
+    assert len(entries) == 2  # one per device

@@ -383,3 +383,40 @@ def test_tensorrt_11_is_refused_with_the_pin(monkeypatch, fake_gpu):
     assert not av.available and "removed the precision builder flags" in av.reason and "<11" in av.reason
     text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     assert '"tensorrt>=10,<11"' in text
+
+
+def test_an_engine_this_gpu_cannot_load_is_rebuilt_once_then_a_clear_failure(fake_gpu, tiny):
+    """A cached plan from another GPU (same size, valid marker) fails to deserialize: the adapter drops it and
+    builds again, once; an engine that does not load even fresh is a one-line CompileError, not a crash."""
+    from backends.tensorrt import TensorRtBackend
+    from harness.errors import CompileError
+
+    model, _, tmp = tiny
+    work = tmp / "foreign"
+    with TensorRtBackend().compile(model, QuantSpec("fp32"), None, work):
+        pass
+    builds = len(fake_gpu.built)
+    (work / "engine.plan").write_bytes(b"alien-plan!")  # as long as b"fake-engine": the marker still matches
+    with TensorRtBackend().compile(model, QuantSpec("fp32"), None, work) as c:
+        assert len(fake_gpu.built) == builds + 1 and not c.info.cache_hit
+        assert any("could not be deserialized on this GPU: rebuilt" in n for n in c.info.notes)
+    with TensorRtBackend().compile(model, QuantSpec("fp32"), None, work) as c:  # the rebuilt entry is a cache hit
+        assert c.info.cache_hit and len(fake_gpu.built) == builds + 1
+    real_build = fake_gpu.Builder.build_serialized_network
+    fake_gpu.Builder.build_serialized_network = lambda self, n, cfg: (real_build(self, n, cfg), b"broken")[1]
+    with pytest.raises(CompileError, match="could not deserialize the engine it just built"):
+        TensorRtBackend().compile(model, QuantSpec("fp16"), None, tmp / "broken")
+
+
+def test_engines_are_keyed_by_the_gpu_and_built_one_at_a_time(fake_gpu, monkeypatch):
+    """The device identity (GPU, compute capability, driver) goes into the artifact key of this non-portable
+    backend, and it declares an exclusive device, so the compile phase never builds two engines at once."""
+    import pycuda.driver as drv
+
+    from backends.tensorrt import TensorRtBackend
+
+    assert TensorRtBackend.exclusive_device and not TensorRtBackend.artifact_portable
+    assert TensorRtBackend().device_identity() == ""  # the fake device cannot tell its compute capability
+    monkeypatch.setattr(drv.Device, "compute_capability", lambda self: (8, 9), raising=False)
+    monkeypatch.setattr(drv, "get_driver_version", lambda: 12040, raising=False)
+    assert TensorRtBackend().device_identity() == "Fake GPU;sm_8.9;driver=12040"
