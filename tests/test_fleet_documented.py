@@ -27,6 +27,8 @@ pytest.importorskip("grpc", reason="Ray Client needs ray[client] (the fleet extr
 
 HEAD, CLIENT = 6379, 10001  # the ports docs/fleet.md uses
 BOARDS = ("rk3588-01", "jetson-orin-01")
+#: what Ray's daemons and workers carry in their command lines (a repository path may contain "ray" anywhere)
+RAY_MARKS = ("ray::", "/ray/", "raylet", "gcs_server", "ray.util.client", "ray._private", "dashboard/agent")
 
 
 def _free(port: int) -> bool:
@@ -66,7 +68,8 @@ def documented_cluster(tmp_path_factory):
         for p in psutil.process_iter(["cmdline", "create_time"]):
             try:
                 cmd = " ".join(p.info["cmdline"] or [])
-                if p.pid not in before and p.info["create_time"] >= t0 - 1 and ("ray" in cmd or str(temp_dir) in cmd):
+                ours = str(temp_dir) in cmd or any(m in cmd for m in RAY_MARKS)
+                if p.pid not in before and p.info["create_time"] >= t0 - 1 and ours:
                     p.kill()
             except psutil.Error:
                 pass
