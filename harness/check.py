@@ -174,11 +174,14 @@ def block_lengths(runs: np.ndarray) -> np.ndarray:
         rho = acov[:, 1:] / var[:, None]
     crit = 2.0 * math.sqrt(math.log10(n) / n)
     insignificant = np.abs(rho) < crit
-    # the first m whose lags m+1 .. m+k_n are all insignificant; m_max - k_n when there is none
+    # m̂: the first lag of the first run of k_n insignificant autocorrelations, so m̂ ≥ 1; the bandwidth is
+    # M = min(2 m̂, m_max), and m_max when there is no such run. As arch's optimal_block_length (the reference
+    # implementation): flooring M at 1 instead of 2 zeroed the lag window and gave block 1 for 65 % of
+    # AR(1) runs at n = 200, ρ = 0.2, against arch's 4 %
     csum = np.concatenate([np.zeros((c, 1), np.int64), np.cumsum(insignificant, axis=1)], axis=1)
     runs_ok = (csum[:, k_n:] - csum[:, : m_max - k_n + 1]) == k_n
-    m_hat = np.where(runs_ok.any(axis=1), runs_ok.argmax(axis=1), m_max - k_n)
-    big_m = np.maximum(1, np.minimum(2 * m_hat, m_max))
+    m_hat = runs_ok.argmax(axis=1) + 1
+    big_m = np.where(runs_ok.any(axis=1), np.minimum(2 * m_hat, m_max), m_max)
     k = np.arange(1, m_max + 1)
     t = k[None, :] / big_m[:, None]
     lam = np.where(k[None, :] <= big_m[:, None], np.where(t <= 0.5, 1.0, 2.0 * (1.0 - t)), 0.0)
