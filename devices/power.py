@@ -299,11 +299,24 @@ class JtopMeter(PowerMeter):
 
     name = "jtop"
 
-    def __init__(self, module: Any = None) -> None:
+    def __init__(self, module: Any = None, root: str = "/") -> None:
         self._mod = module
+        self._root = Path(root)  # where /etc/nv_tegra_release and the device tree are read (tests: a fake root)
         self.jetson = None
 
+    def is_jetson(self) -> bool:
+        """An NVIDIA Jetson module: L4T's release file, or a device-tree model that names one."""
+        if (self._root / "etc" / "nv_tegra_release").is_file():
+            return True
+        try:
+            model = (self._root / "proc" / "device-tree" / "model").read_text(errors="replace")
+        except OSError:
+            return False
+        return "jetson" in model.lower() or "nvidia" in model.lower()
+
     def probe(self) -> tuple[bool, str]:
+        if not self.is_jetson():  # one reason, not a fix for a package or a service this machine cannot use
+            return False, "this is not a Jetson (no /etc/nv_tegra_release): jtop reads Jetson power rails only"
         try:
             mod = self._mod or __import__("jtop")
         except ImportError:

@@ -216,13 +216,32 @@ def test_nvml_counter_and_absence():
     assert not ok and "Shared Library" in why
 
 
-def test_jtop_missing_service_is_explained():
+def test_jtop_missing_service_is_explained(tmp_path: Path):
     class NoService:
         def jtop(self):
             raise ConnectionError("jtop.service is not active")
 
-    ok, why = JtopMeter(module=NoService()).probe()
+    jetson = tmp_path / "jetson"
+    (jetson / "etc").mkdir(parents=True)
+    (jetson / "etc" / "nv_tegra_release").write_text("# R36 (release), REVISION: 4.3")
+    ok, why = JtopMeter(module=NoService(), root=str(jetson)).probe()
     assert not ok and "systemctl restart jtop.service" in why
+
+
+def test_jtop_on_a_machine_that_is_not_a_jetson_says_so_once(tmp_path: Path):
+    """jetson-stats installed on a desktop: one reason (not a Jetson), not a package or service fix."""
+
+    class Installed:
+        def jtop(self):
+            raise AssertionError("jtop must not be started off a Jetson")
+
+    pc = tmp_path / "pc"
+    (pc / "proc" / "device-tree").mkdir(parents=True)
+    (pc / "proc" / "device-tree" / "model").write_text("Raspberry Pi 5 Model B Rev 1.0")
+    ok, why = JtopMeter(module=Installed(), root=str(pc)).probe()
+    assert not ok and why.startswith("this is not a Jetson") and "systemctl" not in why and "pip" not in why
+    ok, why = JtopMeter(module=Installed(), root=str(tmp_path / "empty")).probe()
+    assert not ok and why.startswith("this is not a Jetson")
 
 
 def test_auto_choice_is_the_first_available_meter_and_never_silent():
