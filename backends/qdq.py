@@ -412,13 +412,10 @@ def calibration_stats(model: ModelInput, data: Any, workdir: Path) -> tuple[dict
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     from harness import calibration
+    from harness.intake import file_sha256
 
-    h = hashlib.sha256()
-    with open(model.path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
     key = hashlib.sha256(
-        f"{h.hexdigest()}|{data.sha256}|{calibration.DEFAULT_NUM_BINS}|{ort.__version__}|{STATS_VERSION}".encode()
+        f"{file_sha256(model.path)}|{data.sha256}|{calibration.DEFAULT_NUM_BINS}|{ort.__version__}|{STATS_VERSION}".encode()
     ).hexdigest()[:24]
     artifacts = workdir.parent.parent
     root = artifacts.parent / "calibration" if artifacts.name == "artifacts" else workdir / "calibration"

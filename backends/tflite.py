@@ -31,6 +31,7 @@ import numpy as np
 
 from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, quiet
 from harness.errors import BackendUnavailable, ConfigError, UnsupportedSpec
+from harness.intake import file_sha256
 from harness.spec import QuantSpec
 
 CONVERTER = Path(__file__).resolve().parents[1] / "scripts" / "convert_tflite.py"
@@ -77,16 +78,6 @@ def pre_converted(model_path: Path, spec: QuantSpec, suffix: str = "") -> Path |
         return None
     beside = model_path.with_name(f"{model_path.stem}.{variant}{suffix}.tflite")
     return beside if beside.is_file() else None
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class TfliteCompiled(Compiled):
@@ -168,7 +159,7 @@ class TfliteBackend(Backend):
     def artifact_inputs(self, model_path: Path, spec: QuantSpec) -> dict[str, str]:
         """The pre-converted .tflite this cell would run, by sha256: replacing the file must change the cell key."""
         beside = pre_converted(model_path, spec, str(self.options["variant_suffix"] or ""))
-        return {beside.name: _sha256(beside)} if beside else {}
+        return {beside.name: file_sha256(beside)} if beside else {}
 
     def supports(self, spec: QuantSpec) -> str | None:
         if variant_for(spec) is None:
@@ -243,7 +234,7 @@ class TfliteBackend(Backend):
                 "threads": self.options["threads"],
                 "layout": "NHWC" if any(nhwc.values()) else "as-is",
                 "ops": sorted(set(ops)),
-                "tflite_sha256": _sha256(path),
+                "tflite_sha256": file_sha256(path),
                 "executed_precision": "+".join(executed) or "unknown",
                 "calibration": (
                     "external (pre-converted file)"

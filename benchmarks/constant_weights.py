@@ -41,8 +41,8 @@ def main() -> None:
     from harness import intake, zoo
     from harness.cell import model_facts
     from harness.data import load_dataset
+    from harness.intake import file_sha256
     from harness.spec import QuantSpec
-    from harness.sweep import file_sha256
 
     work = Path(tempfile.mkdtemp(prefix="qtbench-constw-"))
     init_path = zoo.build(args.model, work / "initializers.onnx", input_size=args.size)

@@ -81,7 +81,9 @@ class IntakeResult:
         return cls(d["source"], d["source_sha256"], Variant(**d["dynamic"]), Variant(**d["static"]), d["version"])
 
 
-def _sha(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks (models and data files can be large). The one definition: the
+    sweep, localize, simgap and the backends' artifact inputs use it."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -157,7 +159,7 @@ def _write(proto: Any, dst: Path, notes: list[str], original: Variant, static: b
     big = proto.ByteSize() > 1.8e9  # protobuf's 2 GB limit: large models keep their weights beside the graph
     onnx.save(proto, str(tmp), save_as_external_data=big, location=dst.name + ".data" if big else None)
     os.replace(tmp, dst)
-    return Variant(str(dst), _sha(dst), list(notes), static=static)
+    return Variant(str(dst), file_sha256(dst), list(notes), static=static)
 
 
 def normalise_proto(proto: Any, again: bool = False) -> list[str]:

@@ -70,7 +70,7 @@ def run_gap(
     from backends.base import ModelInput
     from harness.cell import fp32_outputs, model_facts, run_batched
     from harness.errors import BackendUnavailable, UnsupportedSpec
-    from harness.sweep import file_sha256
+    from harness.intake import file_sha256
 
     facts = model_facts(model_path)
     model = ModelInput(model_path, file_sha256(model_path), facts.input_names, facts.output_names, facts.dynamic_batch)

@@ -29,7 +29,7 @@ from harness.cell import (
 )
 from harness.config import DataSource, ModelEntry, Sweep, load_sweep, parse_sweep
 from harness.errors import ConfigError, DataError, QtbenchError, ResultsError, UserError
-from harness.intake import IntakeResult, Variant
+from harness.intake import IntakeResult, Variant, file_sha256
 from harness.plan import artifact_key as plan_artifact_key
 from harness.plan import cell_key, expand
 from harness.records import Record
@@ -130,14 +130,6 @@ def run_is_alive(entry: dict[str, Any]) -> bool:
         return abs(psutil.Process(int(entry["pid"])).create_time() - float(entry.get("pid_started", 0))) < 1.0
     except (psutil.Error, ValueError):
         return False
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _with_external(sha: str, external: dict[str, str]) -> str:

@@ -19,7 +19,7 @@ ort = pytest.importorskip("onnxruntime")
 
 
 def _sha(p: Path) -> str:
-    return intake._sha(p)
+    return intake.file_sha256(p)
 
 
 def _sample(data: Path, n: int = 2) -> dict[str, np.ndarray]:

@@ -442,8 +442,8 @@ def localize_cell(
     from backends.base import ModelInput
     from harness.cell import fp32_outputs, model_facts, run_batched
     from harness.errors import QtbenchError
+    from harness.intake import file_sha256
     from harness.localize import taps
-    from harness.sweep import file_sha256
 
     facts = model_facts(model_path)
     sha = file_sha256(model_path)

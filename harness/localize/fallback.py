@@ -210,8 +210,8 @@ def search(
     import backends
     from backends.base import ModelInput
     from harness.cell import fp32_outputs, model_facts, run_batched
+    from harness.intake import file_sha256
     from harness.localize import artifact_workdir
-    from harness.sweep import file_sha256
 
     if target.slug not in SUPPORTED or spec.is_float:
         return None
