@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/export_forms.py: exporters' forms
 
 
 def main() -> None:
@@ -34,7 +36,7 @@ def main() -> None:
 
     import numpy as np
     import onnx
-    from onnx import helper
+    from export_forms import as_constant_nodes
 
     import backends
     from backends.base import ModelInput
@@ -46,13 +48,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="qtbench-constw-"))
     init_path = zoo.build(args.model, work / "initializers.onnx", input_size=args.size)
-    proto = onnx.load(str(init_path))
-    g = proto.graph
-    consts = [helper.make_node("Constant", [], [i.name], value=i, name=f"const/{i.name}") for i in g.initializer]
-    nodes = consts + list(g.node)
-    del g.node[:]
-    g.node.extend(nodes)
-    del g.initializer[:]
+    proto = as_constant_nodes(onnx.load(str(init_path)))  # the test corpus's Paddle2ONNX form, not a second copy
+    consts = [n for n in proto.graph.node if n.op_type == "Constant"]
     const_path = work / "constant.onnx"
     onnx.save(proto, str(const_path))
     calib_path = zoo.synthetic_inputs(work / "calib.npz", args.calib, args.size, seed=1)
