@@ -111,6 +111,17 @@ def test_t_quantile_matches_scipy():
         assert t_quantile(0.975, df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-4)
 
 
+def _simulated_breaks(rng: np.random.Generator, n: int, k: int, rate: dict[str, float], mult: np.ndarray) -> np.ndarray:
+    """(group fp/qt, seed, cell, image): whether a quantized cell breaks an image FP32 got right. Images differ in
+    fragility (shared by every cell), seeds shift each group's break rate, cells scale it by ``mult``."""
+    fragility = rng.uniform(0, 2, n)
+    fp_correct = rng.random((2, k, 1, n)) < 0.88
+    shift = rng.normal(0, 0.006, (2, k, 1, 1))
+    base = np.array([rate["fp"], rate["qt"]])[:, None, None, None]
+    p = np.clip(fragility * (base + shift) * mult[None, None, :, None], 0, 1)
+    return fp_correct & (rng.random((2, k, len(mult), n)) < p)
+
+
 def test_interval_covers_the_true_difference_in_95_percent_of_simulated_studies():
     """200 studies: seed effects, image fragility and per-image outcomes all redrawn; the interval is computed by
     the same code path as `compare` (Study → compare_study) and must cover the population difference."""
@@ -133,12 +144,7 @@ def test_interval_covers_the_true_difference_in_95_percent_of_simulated_studies(
     ).assign(kl_fp=0.0, ece_change=0.0)
     covered = 0
     for study_i in range(200):
-        fragility = rng.uniform(0, 2, n)
-        fp_correct = rng.random((2, k, 1, n)) < 0.88
-        shift = rng.normal(0, 0.006, (2, k, 1, 1))
-        base = np.array([rate["fp"], rate["qt"]])[:, None, None, None]
-        p = np.clip(fragility * (base + shift) * mult[None, None, :, None], 0, 1)
-        broken = fp_correct & (rng.random((2, k, cells_per_group, n)) < p)
+        broken = _simulated_breaks(rng, n, k, rate, mult)
         gap = -broken.reshape(-1, n).astype(np.float32)
         study = Study(meta, gap, 1 - broken.reshape(-1, n).astype(np.float32))
         df = compare_study(study, "fp", "qt", n_boot=300, seed=study_i, by=())
@@ -285,13 +291,7 @@ def test_duplicated_backends_do_not_narrow_the_interval_in_simulation():
     covered = {"distinct": 0, "as_independent": 0}
     estimates: dict[str, list[float]] = {"distinct": [], "as_independent": []}
     for study_i in range(200):
-        fragility = rng.uniform(0, 2, n)
-        fp_correct = rng.random((2, k, 1, n)) < 0.88
-        shift = rng.normal(0, 0.006, (2, k, 1, 1))
-        base = np.array([rate["fp"], rate["qt"]])[:, None, None, None]
-        p = np.clip(fragility * (base + shift) * mult[None, None, :, None], 0, 1)
-        broken3 = fp_correct & (rng.random((2, k, len(mult), n)) < p)
-        broken = broken3[:, :, copies, :]  # the copies are the same draws: identical outputs
+        broken = _simulated_breaks(rng, n, k, rate, mult)[:, :, copies, :]  # copies: the same draws, identical
         gap = -broken.reshape(-1, n).astype(np.float32)
         ids = [f"{g}{s}-p{copies[c]}" for g in range(2) for s in range(k) for c in range(len(copies))]
         for name, numerics in (("distinct", ids), ("as_independent", [f"u{i}" for i in range(len(ids))])):
