@@ -133,7 +133,8 @@ def connect(address: str | None) -> Any:
                 last = exc
                 with contextlib.suppress(Exception):
                     ray.shutdown()
-                time.sleep(2.0 * (attempt + 1))
+                if attempt < 2:  # no wait after the last try
+                    time.sleep(2.0 * (attempt + 1))
         raise UserError(
             f"run.fleet: cannot reach the Ray cluster at {address} ({one_line(last)}): check that the head runs "
             "(`ray status` on it), the address and port (--ray-client-server-port, default 10001), and that this "

@@ -405,6 +405,7 @@ class LocalExecutor(Executor):
         pending = list(jobs.items())
         busy: dict[tuple[str, str], int] = {}
         results: dict[int, CellResult] = {}
+        failed = [0]  # builds that failed or timed out so far (for compile_progress)
         exclusive: set[str] = set()  # backends with an exclusive-device build running now
         freed = threading.Condition(lock)
 
@@ -439,10 +440,11 @@ class LocalExecutor(Executor):
                         busy[group(item[1])] -= 1
                         if item[1].exclusive:
                             exclusive.discard(item[1].backend)
+                        failed[0] += item[0] in results and results[item[0]].status in ("failed", "timeout")
+                        built = len(results)
                         freed.notify_all()
                 if self.compile_progress is not None:
-                    failed = sum(r.status in ("failed", "timeout") for r in list(results.values()))
-                    self.compile_progress(len(results), len(jobs), failed)
+                    self.compile_progress(built, len(jobs), failed[0])
 
         try:
             with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
