@@ -76,9 +76,7 @@ def check_writable_dir(path: Path, what: str, flag: str) -> None:
     if not here.is_dir():
         raise ResultsError(f"{what} {path}: {here} is a file, not a folder: remove it or pass {flag}")
     if not os.access(here, os.W_OK | os.X_OK):
-        import errno as _errno
-
-        code = _errno.EROFS if _read_only(here) else _errno.EACCES
+        code = errno.EROFS if _read_only(here) else errno.EACCES
         exc = OSError(code, os.strerror(code), str(here))
         raise ResultsError(os_error_message(exc, f"cannot write the {what}", flag))
 
