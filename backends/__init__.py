@@ -11,25 +11,26 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import ConfigError
+from qtbench.harness.core.errors import ConfigError
+from qtbench.harness.core.isolate import call_isolated
 
 if TYPE_CHECKING:
-    from backends.base import Availability, Backend
+    from qtbench.backends.base import Availability, Backend
 
 ENTRY_POINT_GROUP = "qtbench.backends"
 
 BUILTIN: dict[str, str] = {
-    "ort": "backends.ort:OrtBackend",
-    "openvino": "backends.openvino:OpenVinoBackend",
-    "tflite": "backends.tflite:TfliteBackend",
-    "tensorrt": "backends.tensorrt:TensorRtBackend",
-    "qnn": "backends.qnn:QnnBackend",
-    "simnpu": "backends.simnpu:SimNpuBackend",
-    "vela": "backends.vela:VelaBackend",
-    "rknn": "backends.rknn:RknnBackend",
-    "hailo": "backends.vendors:HailoBackend",
-    "nxp": "backends.vendors:NxpBackend",
-    "edgetpu": "backends.vendors:EdgeTpuBackend",
+    "ort": "qtbench.backends.ort:OrtBackend",
+    "openvino": "qtbench.backends.openvino:OpenVinoBackend",
+    "tflite": "qtbench.backends.tflite:TfliteBackend",
+    "tensorrt": "qtbench.backends.tensorrt:TensorRtBackend",
+    "qnn": "qtbench.backends.qnn:QnnBackend",
+    "simnpu": "qtbench.backends.simnpu:SimNpuBackend",
+    "vela": "qtbench.backends.vela:VelaBackend",
+    "rknn": "qtbench.backends.rknn:RknnBackend",
+    "hailo": "qtbench.backends.vendors:HailoBackend",
+    "nxp": "qtbench.backends.vendors:NxpBackend",
+    "edgetpu": "qtbench.backends.vendors:EdgeTpuBackend",
 }
 
 
@@ -119,8 +120,6 @@ def list_backends(timeout_s: float | None = PROBE_TIMEOUT_S) -> list[BackendStat
     if timeout_s is None:
         return [probe(slug, target, origin) for slug, (target, origin) in reg]
     from concurrent.futures import ThreadPoolExecutor
-
-    from harness.isolate import call_isolated
 
     def one(item: tuple[str, tuple[str, str]]) -> BackendStatus:
         slug, (target, origin) = item

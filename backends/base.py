@@ -1,7 +1,7 @@
 """The backend contract (interface version ``BACKEND_API_VERSION``).
 
-A backend compiles one float ONNX model under a :class:`~harness.spec.QuantSpec` into a :class:`Compiled`
-object that runs inference. It never times itself: the harness does (``harness.measure``). An adapter fills in
+A backend compiles one float ONNX model under a :class:`~qtbench.harness.core.spec.QuantSpec` into a :class:`Compiled`
+object that runs inference. It never times itself: the harness does (``qtbench.harness.run.measure``). An adapter fills in
 the abstract hooks; an incomplete adapter fails when it is constructed, not halfway through a sweep.
 
 Lifecycle, as the harness drives it in a child process per cell::
@@ -27,7 +27,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from harness.errors import ConfigError
+from qtbench.harness.core.audit import audit_onnx
+from qtbench.harness.core.errors import ConfigError, UnsupportedSpec
+from qtbench.harness.core.trust import check_options
 
 BACKEND_API_VERSION = 1
 NUMBERS = ("measured", "simulated", "estimated")
@@ -261,7 +263,7 @@ class Backend(abc.ABC):
     #: Options the adapter accepts, with defaults; unknown options are rejected with this list.
     option_defaults: ClassVar[Mapping[str, Any]] = {}
     #: Options whose value names a program to run or a library to load: refused from untrusted sweep files
-    #: (see :mod:`harness.trust`).
+    #: (see :mod:`qtbench.harness.core.trust`).
     executable_options: ClassVar[tuple[str, ...]] = ()
     #: Whether an artifact built on one machine runs on another with the same SDK version (a fleet may then
     #: compile on a host and ship it to the board); False for artifacts bound to the building machine's device.
@@ -281,7 +283,6 @@ class Backend(abc.ABC):
         if unknown:
             allowed = ", ".join(self.option_defaults) or "none"
             raise ConfigError(f"backends.{self.slug}.options.{unknown[0]}: unknown option; allowed: {allowed}")
-        from harness.trust import check_options
 
         check_options(self.slug, options, self.executable_options)
         self.options = {**self.option_defaults, **options}
@@ -311,7 +312,6 @@ class Backend(abc.ABC):
         the sweep in the same :meth:`build_group`: an adapter may build their artifacts in the same pass
         (``self.siblings`` during the call), each claimed with :func:`claim_entry`; others ignore them.
         """
-        from harness.errors import UnsupportedSpec
 
         reason = self.supports(spec)
         if reason:
@@ -351,11 +351,10 @@ class Backend(abc.ABC):
         return ";".join(f"{k}={self.options[k]}" for k in sorted(self.options))
 
     def audit(self, compiled: Compiled, spec: Any) -> Any:
-        """Read back what ``compiled`` holds for :mod:`harness.audit`: an :class:`~harness.audit.ArtifactFacts`
+        """Read back what ``compiled`` holds for :mod:`qtbench.harness.core.audit`: an :class:`~qtbench.harness.core.audit.ArtifactFacts`
         (each compute node's weight bits, granularity, symmetry, activation quantization), or a string saying why
         this artifact cannot be read. Default: ONNX artifacts are read as QDQ/QOperator graphs; an adapter whose
         artifact is something else overrides this with its SDK's reader (layer precisions, tensor types)."""
-        from harness.audit import audit_onnx
 
         path = compiled.info.artifact_path
         if path is not None and path.suffix == ".onnx" and path.is_file():

@@ -24,7 +24,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backends.base import (
+from qtbench.backends import qdq as qdq_build
+from qtbench.backends.base import (
     Availability,
     Backend,
     Compiled,
@@ -35,9 +36,9 @@ from backends.base import (
     commit_entry,
     quiet,
 )
-from harness.audit import MIN_SHARE
-from harness.errors import ConfigError
-from harness.spec import QuantSpec
+from qtbench.harness.core.audit import MIN_SHARE, ArtifactFacts, WeightFact
+from qtbench.harness.core.errors import ConfigError, UnsupportedSpec
+from qtbench.harness.core.spec import QuantSpec
 
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
@@ -222,8 +223,6 @@ class OpenVinoBackend(Backend):
             exec_types[prec] = exec_types.get(prec, 0) + 1
         wanted = config["INFERENCE_PRECISION_HINT"]
         if actual.lower() != wanted and wanted in ("f16", "bf16"):
-            from harness.errors import UnsupportedSpec
-
             # the row would be an f32 run under an fp16 label: skip it, saying why
             raise UnsupportedSpec(
                 f"OpenVINO {self.options['device']} runs {spec.precision} as {actual} on this host (no native "
@@ -267,8 +266,6 @@ class OpenVinoBackend(Backend):
             bits = weight_bits(core.read_model(str(xml)))
             low = sum(v["share"] for m, v in bits["by_mode"].items() if m.startswith(f"int{spec.weight_bits}"))
             if spec.weight_bits == 4 and low < MIN_SHARE:
-                from harness.errors import UnsupportedSpec
-
                 # NNCF keeps convolution weights at 8 bit by design: a CNN's row would be an INT8 model
                 raise UnsupportedSpec(
                     f"NNCF compresses only MatMul/Gemm (and embedding) weights to 4 bit and keeps convolutions at "
@@ -318,8 +315,6 @@ class OpenVinoBackend(Backend):
         if spec.is_float:
             return core.read_model(str(model.path))
         if self.options["quantizer"] == "ort":
-            from backends import qdq as qdq_build
-
             qdq = workdir / "ort_qdq.onnx"
             qdq_build.build(model, spec, calib, workdir, qdq, notes, exclude_nodes=self.options["exclude_nodes"])
             notes.append("QDQ graph made by onnxruntime.quantization, executed by OpenVINO")
@@ -410,7 +405,7 @@ class OpenVinoBackend(Backend):
         return f"nncf-ptq:{spec.calib_samples}"
 
     def audit(self, compiled: Compiled, spec: QuantSpec) -> Any:
-        """Read the saved IR back for :mod:`harness.audit` (see :func:`audit_ir`); float weights count at the
+        """Read the saved IR back for :mod:`qtbench.harness.core.audit` (see :func:`audit_ir`); float weights count at the
         precision the device runs their layer in (the compiled model's runtime graph, when it is still open)."""
         import openvino as ov
 
@@ -854,7 +849,7 @@ def _ov_channels(op: Any, shape: list[int], port: int) -> int:
 def audit_ir(
     ov_model: Any, runtime: Any = None, inference_precision: str = "", spec: Any = None, reader: str = "openvino"
 ) -> Any:
-    """Read an OpenVINO IR for :mod:`harness.audit`: for every Convolution/GroupConvolution/ConvolutionBackpropData/
+    """Read an OpenVINO IR for :mod:`qtbench.harness.core.audit`: for every Convolution/GroupConvolution/ConvolutionBackpropData/
     MatMul with a constant weight, the weight's storage (NNCF's compressed int8/int4 Constant → Convert → [Subtract
     zero point] → Multiply scale, a FakeQuantize on a float Constant: levels 256 → 8 bits, 16 → 4; or a float
     Constant), its granularity (scale or FakeQuantize range with more than one element) and symmetry (no or zero
@@ -865,7 +860,6 @@ def audit_ir(
     (``runtime``: the compiled model's runtime graph, else ``inference_precision``): the IR keeps f32 weights and
     INFERENCE_PRECISION_HINT decides, so an fp16 row on a CPU without f16 arithmetic reads as f32.
     """
-    from harness.audit import ArtifactFacts, WeightFact
 
     run_prec: dict[str, str] = {}
     if runtime is not None:

@@ -15,10 +15,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backends import qdq
-from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once
-from harness.errors import ConfigError
-from harness.spec import QuantSpec
+from qtbench.backends import qdq
+from qtbench.backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once
+from qtbench.harness.core.errors import ConfigError
+from qtbench.harness.core.spec import QuantSpec
 
 AUTO_PROVIDERS = (
     "TensorrtExecutionProvider",

@@ -6,7 +6,7 @@
 statistics — collected once per (model file, calibration set) by :func:`calibration_stats` and cached by content
 hash — feed every range method, spec, granularity and backend, and a gap between two of these backends is the
 vendor stack's, not a calibration difference. Entropy, MSE and percentile ranges come from
-:mod:`harness.calibration` (see there why not ORT's own).
+:mod:`qtbench.harness.core.calibration` (see there why not ORT's own).
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import ModelInput
-from harness.errors import ConfigError, UnsupportedSpec
-from harness.spec import QuantSpec
+from qtbench.backends.base import ModelInput
+from qtbench.harness.core import calibration
+from qtbench.harness.core.errors import ConfigError, UnsupportedSpec
+from qtbench.harness.core.intake import file_sha256
+from qtbench.harness.core.spec import QuantSpec
 
 CALIB_BATCH = 64
 
@@ -340,11 +342,9 @@ def static_ranges(model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path,
     Returns the cache and the CalibrationMethod it is tagged with (``quantize_static`` insists they match).
     Every adapter that quantizes through ``onnxruntime.quantization`` (ort, qnn) reads the same ranges, so a gap
     between them is the vendor stack's, not a calibration difference. Entropy and MSE ranges come from
-    :mod:`harness.calibration` (ORT's entropy is ~30x slower and has no MSE).
+    :mod:`qtbench.harness.core.calibration` (ORT's entropy is ~30x slower and has no MSE).
     """
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
-
-    from harness import calibration
 
     if calib is None:
         raise ConfigError("static quantization needs calibration data: set `calibration:` in the sweep file")
@@ -410,9 +410,6 @@ def calibration_stats(model: ModelInput, data: Any, workdir: Path) -> tuple[dict
 
     import onnxruntime as ort
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
-
-    from harness import calibration
-    from harness.intake import file_sha256
 
     key = hashlib.sha256(
         f"{file_sha256(model.path)}|{data.sha256}|{calibration.DEFAULT_NUM_BINS}|{ort.__version__}|{STATS_VERSION}".encode()

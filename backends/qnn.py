@@ -31,11 +31,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backends._graph import fix_batch, per_sample
-from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once, quiet
-from backends.ort import OrtCompiled
-from harness.errors import BackendUnavailable, ConfigError
-from harness.spec import QuantSpec
+from qtbench.backends._graph import fix_batch, per_sample
+from qtbench.backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once, quiet
+from qtbench.backends.ort import OrtCompiled
+from qtbench.backends.qdq import static_ranges, weight_type
+from qtbench.harness.core.audit import audit_onnx
+from qtbench.harness.core.errors import BackendUnavailable, ConfigError
+from qtbench.harness.core.spec import QuantSpec
 
 EP = "QNNExecutionProvider"
 BACKEND_TYPES = ("htp", "cpu")
@@ -148,7 +150,6 @@ class QnnBackend(Backend):
         EPContext model the cell ships wraps an HTP context binary no public reader opens. A float graph on the
         HTP runs in fp16 (``enable_htp_fp16_precision``, set by this adapter for float graphs): its fp32 weights
         count as 16-bit, with a note saying so."""
-        from harness.audit import audit_onnx
 
         shipped = compiled.info.artifact_path
         qdq = shipped.with_name("model.onnx") if shipped is not None else None
@@ -242,8 +243,6 @@ class QnnBackend(Backend):
     ) -> None:
         import onnxruntime.quantization as q
         from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
-
-        from backends.qdq import static_ranges, weight_type
 
         logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer warns about pre-processing on every call
         fixed_model = ModelInput(fixed, model.sha256, model.input_names, model.output_names, dynamic_batch=False)

@@ -5,7 +5,7 @@ that crash the interpreter), so it runs in its own virtual environment (``qtbenc
 ``options.python`` or ``QTBENCH_RKNN_PYTHON``) as ``backends/rknn_worker.py``, driven over stdin/fd JSON lines
 with arrays in .npy files. A crash in the worker fails one cell, never the sweep; a build the toolkit rejects is a
 ``failed`` cell with its message. Probing reads the env's installed packages and never starts its interpreter
-(``options.python`` is refused from untrusted sweep files, see :mod:`harness.trust`).
+(``options.python`` is refused from untrusted sweep files, see :mod:`qtbench.harness.core.trust`).
 
 Specs: int8 static → ``w8a8`` with ``quantized_method`` channel/layer (granularity) and ``quantized_algorithm``
 normal (minmax) / kl_divergence (entropy) / mmse (mse); fp16 → no quantization (the NPU's float path). The
@@ -32,10 +32,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backends._graph import per_sample
-from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput
-from harness.errors import BackendUnavailable, CompileError, ConfigError
-from harness.spec import QuantSpec
+from qtbench.backends._graph import per_sample
+from qtbench.backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput
+from qtbench.harness.core.errors import BackendUnavailable, CompileError, ConfigError
+from qtbench.harness.core.spec import QuantSpec
+from qtbench.harness.core.trust import ENVS_ROOT
 
 WORKER = Path(__file__).with_name("rknn_worker.py")
 PLATFORMS = ("rk3588", "rk3576", "rk3568", "rk3566", "rk3562", "rv1106", "rv1103", "rk2118")
@@ -43,7 +44,7 @@ ALGORITHMS = {"minmax": "normal", "entropy": "kl_divergence", "mse": "mmse"}
 MAX_OPSET = 19  # rknn-toolkit2 2.x refuses newer ONNX opsets ("Unsupport onnx opset 20, need <= 19")
 #: Bumped when the adapter changes what a cell computes (part of the cache key through the versions).
 ADAPTER_VERSION = 2
-DEFAULT_ENV = Path.home() / ".cache" / "qtbench" / "envs" / "rknn"
+DEFAULT_ENV = ENVS_ROOT / "rknn"
 
 
 def worker_python(option: str | None) -> Path:

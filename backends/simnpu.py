@@ -37,9 +37,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once
-from backends.ort import OrtCompiled
-from harness.spec import QuantSpec
+from qtbench.backends._graph import fix_batch
+from qtbench.backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once
+from qtbench.backends.ort import OrtCompiled
+from qtbench.backends.qdq import static_ranges
+from qtbench.backends.tflite import audit_tflite
+from qtbench.devices.profiles import get_profile, roofline_peak
+from qtbench.harness.core.audit import ArtifactFacts, WeightFact, _channels, audit_onnx
+from qtbench.harness.core.intake import fold_constants
+from qtbench.harness.core.spec import QuantSpec
 
 #: op → (weight input index, output-channel axis of that weight)
 WEIGHTED = {"Conv": (1, 0), "ConvTranspose": (1, 1), "Gemm": (1, 0), "MatMul": (1, -1)}
@@ -455,7 +461,6 @@ def estimate_latency(
 
     ``split`` is ``partition(proto, profile.ops)`` when the caller already has it.
     """
-    from devices.profiles import roofline_peak
 
     npu, switches = split or partition(proto, profile.ops)
     tops, bw, src = roofline_peak(profile)
@@ -532,7 +537,6 @@ class SimNpuBackend(Backend):
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)
-        from devices.profiles import get_profile
 
         self.profile = get_profile(str(self.options["profile"]), self.options["profile_file"])
 
@@ -611,12 +615,9 @@ class SimNpuBackend(Backend):
         :func:`audit_grids`): the artifact's weights are fake-quantized floats, so the ONNX reader would call them
         float. fp16 artifacts are float16 graphs (no grids): the ONNX reader reads them. A vendor stub that ran
         the vendor's real runtime has that runtime's artifact: a .tflite is read by the tflite reader."""
-        from harness.audit import audit_onnx
 
         path = compiled.info.artifact_path
         if path is not None and path.suffix == ".tflite" and path.is_file():
-            from backends.tflite import audit_tflite
-
             return audit_tflite(path, self.slug)
         if path is None or path.suffix != ".onnx" or not path.is_file():
             return f"{self.slug} has no reader for its artifact ({path.name if path else 'none'})"
@@ -629,9 +630,6 @@ class SimNpuBackend(Backend):
 
     def _build(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path, out: Path) -> dict[str, Any]:
         import onnx
-
-        from backends._graph import fix_batch
-        from harness.intake import fold_constants  # intake folded the sweep's models; localize/simgap's may not be
 
         p = self.profile
         notes: list[str] = []
@@ -698,8 +696,6 @@ class SimNpuBackend(Backend):
     ) -> dict[str, tuple[float, float]]:
         from onnxruntime.quantization.calibrate import load_tensors_data
 
-        from backends.qdq import static_ranges
-
         pm = ModelInput(prepared, model.sha256, model.input_names, model.output_names, model.dynamic_batch)
         cache, _ = static_ranges(pm, spec, calib, workdir, notes)
         data = load_tensors_data(cache)
@@ -721,7 +717,7 @@ class SimNpuBackend(Backend):
 # The artifact audit
 # ---------------------------------------------------------------------------------------------------------
 def audit_grids(path: Path, grids: Mapping[str, Any], reader: str = "simnpu") -> Any:
-    """Facts for :mod:`harness.audit` from the rewritten graph ``path`` and the grids its rewrite recorded.
+    """Facts for :mod:`qtbench.harness.core.audit` from the rewritten graph ``path`` and the grids its rewrite recorded.
 
     Each weighted node (Conv/ConvTranspose/Gemm/MatMul with an initializer weight) in ``grids["weights"]`` is
     quantized: bits = log2(qmax − qmin + 1), per-channel when the grid has an axis, symmetric when every zero point
@@ -730,8 +726,6 @@ def audit_grids(path: Path, grids: Mapping[str, Any], reader: str = "simnpu") ->
     range). Weighted nodes without a grid stayed on the host in float (bits 32, or 16 for a float16 initializer).
     """
     import onnx
-
-    from harness.audit import ArtifactFacts, WeightFact, _channels
 
     proto = onnx.load(str(path), load_external_data=False)
     g = proto.graph

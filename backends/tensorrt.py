@@ -25,9 +25,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once
-from harness.errors import BackendUnavailable, CompileError
-from harness.spec import QuantSpec
+from qtbench.backends import qdq
+from qtbench.backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once
+from qtbench.harness.core.errors import BackendUnavailable, CompileError
+from qtbench.harness.core.spec import QuantSpec
 
 #: Bumped when the adapter changes what a cell computes (part of the cache key through the versions).
 ADAPTER_VERSION = 2
@@ -251,8 +252,6 @@ class TensorRtBackend(Backend):
         """Parse ONNX (a QDQ graph for INT8), set precision flags, build and write the serialized engine."""
         onnx_path = model.path
         if spec.precision == "int8":
-            from backends import qdq
-
             onnx_path = workdir / "qdq.onnx"
             # biases stay float: TensorRT's parser rejects ORT's int32 bias DequantizeLinear (onnx-tensorrt#850)
             # and quantizes biases itself from the input and weight scales

@@ -29,10 +29,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, quiet
-from harness.errors import BackendUnavailable, ConfigError, UnsupportedSpec
-from harness.intake import file_sha256
-from harness.spec import QuantSpec
+from qtbench.backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, quiet
+from qtbench.harness.core.audit import ArtifactFacts, WeightFact
+from qtbench.harness.core.errors import BackendUnavailable, ConfigError, UnsupportedSpec
+from qtbench.harness.core.intake import file_sha256
+from qtbench.harness.core.spec import QuantSpec
+from qtbench.harness.core.trust import ENVS_ROOT
 
 CONVERTER = Path(__file__).resolve().parents[1] / "scripts" / "convert_tflite.py"
 
@@ -173,7 +175,7 @@ class TfliteBackend(Backend):
         return None
 
     def audit(self, compiled: Compiled, spec: QuantSpec) -> Any:
-        """Read the .tflite back for :mod:`harness.audit` (see :func:`audit_tflite`)."""
+        """Read the .tflite back for :mod:`qtbench.harness.core.audit` (see :func:`audit_tflite`)."""
         path = compiled.info.artifact_path
         if path is None or path.suffix != ".tflite" or not path.is_file():
             return f"tflite: no .tflite to read ({path.name if path else 'none'})"
@@ -303,7 +305,7 @@ class TfliteBackend(Backend):
 
 
 #: where `qtbench env create tflite` builds the converter environment ($QTBENCH_TFLITE_ENV moves it)
-CONVERTER_ENV = Path(os.environ.get("QTBENCH_TFLITE_ENV") or Path.home() / ".cache" / "qtbench" / "envs" / "tflite")
+CONVERTER_ENV = Path(os.environ.get("QTBENCH_TFLITE_ENV") or ENVS_ROOT / "tflite")
 
 
 def converter_python(option: str | None) -> str | None:
@@ -376,14 +378,13 @@ def _flatbuffer_types(path: Path) -> dict[int, int]:
 
 
 def audit_tflite(path: Path, reader: str = "tflite") -> Any:
-    """Read a .tflite for :mod:`harness.audit` with the LiteRT interpreter (no delegate): for each CONV_2D,
+    """Read a .tflite for :mod:`qtbench.harness.core.audit` with the LiteRT interpreter (no delegate): for each CONV_2D,
     DEPTHWISE_CONV_2D, FULLY_CONNECTED, TRANSPOSE_CONV, BATCH_MATMUL (CONV_3D) with a constant weight, the weight's
     storage type (int8 → 8, int4 → 4, float16 → 16, float32 → 32; a float32 weight made by a DEQUANTIZE op from an
     int8/float16 constant counts as that type), per-channel when its quantization has more than one scale,
     symmetric when its zero points are 0 (uint8: the midpoint), and the activation: "static" when the op reads an
     integer tensor, "dynamic" when it reads float32 with integer weights (dynamic-range "hybrid" kernels), "float"
     otherwise (also for weights a DEQUANTIZE op expands to float32 at load: the kernel computes in float)."""
-    from harness.audit import ArtifactFacts, WeightFact
 
     mod = _interpreter_module()
     kwargs: dict[str, Any] = {"model_path": str(path)}

@@ -26,9 +26,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from backends.base import Availability, Backend, Compiled, ModelInput
-from harness.errors import CompileError, ConfigError
-from harness.spec import QuantSpec
+from qtbench.backends.base import Availability, Backend, Compiled, ModelInput
+from qtbench.backends.tflite import TfliteBackend
+from qtbench.harness.core.errors import CompileError, ConfigError
+from qtbench.harness.core.spec import QuantSpec
 
 ACCELERATORS = (
     "ethos-u55-32",
@@ -113,7 +114,6 @@ class VelaBackend(Backend):
                 vela_version = version("ethos-u-vela")
             except ImportError as exc:
                 return Availability(False, f"ethos-u-vela is not importable ({exc}): pip install 'qtbench[vela]'")
-        from backends.tflite import TfliteBackend
 
         tfl = TfliteBackend({"threads": self.options["threads"]}).availability()
         if not tfl.available:
@@ -121,19 +121,16 @@ class VelaBackend(Backend):
         return Availability(True, "", {"ethos-u-vela": vela_version, **tfl.versions}, ("estimated",))
 
     def artifact_inputs(self, model_path: Path, spec: QuantSpec) -> dict[str, str]:
-        from backends.tflite import TfliteBackend
 
         return TfliteBackend().artifact_inputs(model_path, spec)
 
     def supports(self, spec: QuantSpec) -> str | None:
         if spec.precision != "int8" or not spec.is_static:
             return "Ethos-U runs full-integer int8 (or int16x8) graphs only; use an int8 static spec"
-        from backends.tflite import TfliteBackend
 
         return TfliteBackend().supports(spec)
 
     def _compile(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path) -> Compiled:
-        from backends.tflite import TfliteBackend
 
         t0 = time.perf_counter()
         tfl = TfliteBackend(

@@ -21,9 +21,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backends.base import Availability, Compiled, CompiledInfo, ModelInput
-from backends.simnpu import SimNpuBackend
-from harness.spec import QuantSpec
+from qtbench.backends.base import Availability, Compiled, CompiledInfo, ModelInput
+from qtbench.backends.simnpu import SimNpuBackend
+from qtbench.backends.tflite import TfliteBackend, _interpreter_module
+from qtbench.harness.core.spec import QuantSpec
 
 
 class _VendorStub(SimNpuBackend):
@@ -86,8 +87,6 @@ class _DelegateStub(_VendorStub):
         if lib is None:
             return False, f"no delegate library ({', '.join(self.delegate_candidates)}) on this host"
         try:
-            from backends.tflite import _interpreter_module
-
             _interpreter_module().load_delegate(lib)
         except ImportError as exc:
             return False, f"delegate {lib} found but no TFLite runtime ({exc}): pip install 'qtbench[tflite]'"
@@ -96,7 +95,6 @@ class _DelegateStub(_VendorStub):
         return True, f"TFLite delegate {lib}"
 
     def _compile_real(self, model: ModelInput, spec: QuantSpec, calib: Any, workdir: Path) -> Compiled:
-        from backends.tflite import TfliteBackend
 
         tfl = TfliteBackend(
             {"threads": self.options["threads"], "xnnpack": False, "variant_suffix": self.variant_suffix}

@@ -31,7 +31,7 @@ GRID = [f"int8-static-{g}-wsym-{c}" for c in ("minmax", "percentile", "entropy",
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="resnet50", help="harness.zoo model name")
+    ap.add_argument("--model", default="resnet50", help="qtbench.harness.core.zoo model name")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--calib", type=int, default=32, help="calibration images")
     ap.add_argument("--rounds", type=int, default=1)
@@ -41,12 +41,12 @@ def main() -> None:
 
     import onnxruntime.quantization as q
 
-    from backends import qdq
-    from backends.base import ModelInput
-    from harness import zoo
-    from harness.cell import model_facts
-    from harness.data import load_dataset
-    from harness.spec import QuantSpec
+    from qtbench.backends import qdq
+    from qtbench.backends.base import ModelInput
+    from qtbench.harness.core import zoo
+    from qtbench.harness.core.data import load_dataset
+    from qtbench.harness.core.onnxfacts import model_facts
+    from qtbench.harness.core.spec import QuantSpec
 
     work = Path(tempfile.mkdtemp(prefix="qtbench-calgrid-"))
     path = zoo.build(args.model, work / f"{args.model}.onnx", input_size=args.size)
@@ -146,8 +146,8 @@ def main() -> None:
 
 
 def _build(model: object, sid: str, calib: object, workdir: Path) -> None:
-    from backends import qdq
-    from harness.spec import QuantSpec
+    from qtbench.backends import qdq
+    from qtbench.harness.core.spec import QuantSpec
 
     workdir.mkdir(parents=True, exist_ok=True)
     qdq.build(model, QuantSpec.parse(sid), calib, workdir, workdir / "model.onnx", [])

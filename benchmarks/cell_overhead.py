@@ -31,7 +31,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def sweep_dict(root: Path, cells: int, warm: bool, tag: str) -> dict:
-    from harness.demo import DEMO_DIR
+    from qtbench.harness.demo import DEMO_DIR
 
     models = sorted(p for p in DEMO_DIR.glob("fashion14_resnet_*.onnx"))
     specs = ["fp32", "int8-static-pt-wsym-minmax"]
@@ -61,7 +61,7 @@ def sweep_dict(root: Path, cells: int, warm: bool, tag: str) -> dict:
 
 
 def one(root: Path, cells: int, warm: bool, tag: str) -> dict[str, float]:
-    from harness.sweep import run_sweep
+    from qtbench.harness.run.sweep import run_sweep
 
     stamps: list[tuple[float, object]] = []
     t0 = time.perf_counter()

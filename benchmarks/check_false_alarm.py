@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.check import Gate, compare, mann_whitney_p
-from harness.demo import DEMO_DIR
-from harness.store import load_results, stores_under
-from harness.sweep import run_sweep
+from qtbench.harness.analysis.check import Gate, compare, mann_whitney_p
+from qtbench.harness.demo import DEMO_DIR
+from qtbench.harness.run.store import load_results, stores_under
+from qtbench.harness.run.sweep import run_sweep
 
 GATES = [Gate.parse("latency_ms_p50", "+5%"), Gate.parse("latency_ms_p99", "+10%"), Gate.parse("top1", "-0.5pp")]
 

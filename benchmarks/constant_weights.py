@@ -6,7 +6,7 @@ with initializers, before and after intake — latency ratios measured interleav
 Three INT8 artifacts (``int8-static-pc-wsym-minmax``, built by qtbench's ORT adapter) and their FP32 models:
 ``initializers`` (the zoo export), ``constant/as-given`` (every initializer turned into a Constant node and
 quantized as it comes: what qtbench did before intake — ORT's quantizer takes those weights for activations and
-re-quantizes them on every call) and ``constant/intake`` (the same file through ``harness.intake`` first). Each
+re-quantizes them on every call) and ``constant/intake`` (the same file through ``qtbench.harness.core.intake`` first). Each
 round times every model ``--iters`` calls in turn (batch 1, one thread), so machine drift hits all of them; the
 medians are printed with the ratios to the initializer model. Target: constant/intake INT8 ÷ initializers INT8
 ≈ 1.0 (within noise).
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="resnet50", help="harness.zoo model name")
+    ap.add_argument("--model", default="resnet50", help="qtbench.harness.core.zoo model name")
     ap.add_argument("--size", type=int, default=112)
     ap.add_argument("--calib", type=int, default=16, help="calibration images")
     ap.add_argument("--iters", type=int, default=30, help="timed calls per model per round")
@@ -38,13 +38,13 @@ def main() -> None:
     import onnx
     from export_forms import as_constant_nodes
 
-    import backends
-    from backends.base import ModelInput
-    from harness import intake, zoo
-    from harness.cell import model_facts
-    from harness.data import load_dataset
-    from harness.intake import file_sha256
-    from harness.spec import QuantSpec
+    from qtbench import backends
+    from qtbench.backends.base import ModelInput
+    from qtbench.harness.core import intake, zoo
+    from qtbench.harness.core.data import load_dataset
+    from qtbench.harness.core.intake import file_sha256
+    from qtbench.harness.core.onnxfacts import model_facts
+    from qtbench.harness.core.spec import QuantSpec
 
     work = Path(tempfile.mkdtemp(prefix="qtbench-constw-"))
     init_path = zoo.build(args.model, work / "initializers.onnx", input_size=args.size)
@@ -79,7 +79,7 @@ def main() -> None:
             t0 = time.perf_counter()
             compiled = ort_backend.compile(model, spec, calib, wd)
             audit = ort_backend.audit(compiled, spec)
-            from harness.audit import judge
+            from qtbench.harness.core.audit import judge
 
             verdict = judge(spec, audit).label() if not isinstance(audit, str) else audit
             print(f"  built {name:18s} {spec.id:28s} in {time.perf_counter() - t0:5.1f} s; audit: {verdict}")

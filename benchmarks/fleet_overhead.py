@@ -24,8 +24,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 def demo_cells(results: Path) -> dict:
     """The bundled demo restricted to its timed seed-0 models on ONNX Runtime (every spec of the demo)."""
-    from harness.config import load_sweep
-    from harness.demo import demo_config_path
+    from qtbench.harness.core.config import load_sweep
+    from qtbench.harness.demo import demo_config_path
 
     cfg = load_sweep(demo_config_path()).to_dict()
     base = cfg.pop("base_dir")
@@ -49,8 +49,8 @@ def main() -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from harness.fleet import Board, Fleet, RayExecutor
-    from harness.sweep import run_sweep
+    from qtbench.harness.run.fleet import Board, Fleet, RayExecutor
+    from qtbench.harness.run.sweep import run_sweep
 
     boards = ("a", "b", "c")
     out: dict = {"simulated": "3 Ray nodes on one machine", "cpus": os.cpu_count()}

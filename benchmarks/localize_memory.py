@@ -7,7 +7,7 @@ Each measurement runs in its own child process so its peak RSS (``ru_maxrss``) i
     python benchmarks/localize_memory.py --baseline              # + ORT's qdq_loss_debug on the same graphs
     python benchmarks/localize_memory.py --model vit_s14 --backends ort simnpu:hailo8
 
-The model comes from ``harness.zoo`` (needs ``qtbench[train]`` for torch); inputs are seeded N(0, 1) images.
+The model comes from ``qtbench.harness.core.zoo`` (needs ``qtbench[train]`` for torch); inputs are seeded N(0, 1) images.
 Numbers are this host's; the JSON line per run is what the note quotes.
 """
 
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def child_localize(args: argparse.Namespace) -> dict:
     import yaml
 
-    from harness.localize import LocalizeSettings, localize
+    from qtbench.harness.analysis.localize import LocalizeSettings, localize
 
     cfg = yaml.safe_load(Path(args.sweep).read_text())
     t0 = time.perf_counter()
@@ -108,7 +108,7 @@ def child_baseline(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet50", help="harness.zoo model (resnet50, vit_s14)")
+    p.add_argument("--model", default="resnet50", help="qtbench.harness.core.zoo model (resnet50, vit_s14)")
     p.add_argument("--spec", default="int8-static-pt-wsym-minmax")
     p.add_argument("--backends", nargs="+", default=["ort"])
     p.add_argument("--samples", type=int, default=8)
@@ -126,7 +126,7 @@ def main() -> None:
 
     import yaml
 
-    from harness import zoo
+    from qtbench.harness.core import zoo
 
     work = Path(args.work)
     onnx_path = work / f"{args.model}.onnx"

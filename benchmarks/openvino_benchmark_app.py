@@ -29,14 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import ModelInput
-from backends.openvino import OpenVinoBackend
-from harness.cell import model_facts
-from harness.config import MeasureSettings
-from harness.data import load_dataset
-from harness.demo import DEMO_DIR
-from harness.measure import time_inference
-from harness.spec import QuantSpec
+from qtbench.backends.base import ModelInput
+from qtbench.backends.openvino import OpenVinoBackend
+from qtbench.harness.core.config import MeasureSettings
+from qtbench.harness.core.data import load_dataset
+from qtbench.harness.core.onnxfacts import model_facts
+from qtbench.harness.core.spec import QuantSpec
+from qtbench.harness.demo import DEMO_DIR
+from qtbench.harness.run.measure import time_inference
 
 
 def benchmark_app_median_ms(tool: str, xml: Path, npy: Path, shape: tuple[int, ...], seconds: int) -> float:

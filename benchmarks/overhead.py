@@ -1,4 +1,4 @@
-"""Harness overhead: median latency through harness.measure vs a bare `sess.run` loop, same session, interleaved.
+"""Harness overhead: median latency through qtbench.harness.run.measure vs a bare `sess.run` loop, same session, interleaved.
 
     python benchmarks/overhead.py [--rounds 15] [--iterations 200]
 
@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.base import ModelInput
-from backends.ort import OrtBackend
-from devices.power import PowerSession, choose_meter
-from harness.cell import model_facts
-from harness.config import MeasureSettings
-from harness.data import load_dataset
-from harness.demo import DEMO_DIR
-from harness.measure import time_inference
-from harness.spec import QuantSpec
+from qtbench.backends.base import ModelInput
+from qtbench.backends.ort import OrtBackend
+from qtbench.devices.power import PowerSession, choose_meter
+from qtbench.harness.core.config import MeasureSettings
+from qtbench.harness.core.data import load_dataset
+from qtbench.harness.core.onnxfacts import model_facts
+from qtbench.harness.core.spec import QuantSpec
+from qtbench.harness.demo import DEMO_DIR
+from qtbench.harness.run.measure import time_inference
 
 
 def bare_loop(sess, names, feeds, n: int) -> np.ndarray:

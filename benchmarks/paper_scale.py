@@ -4,7 +4,7 @@
     python benchmarks/paper_scale.py --old /tmp/oldmain              # 224×224, 32 calibration images: the real run
     python benchmarks/paper_scale.py --old /tmp/oldmain --size 32 --calib 4 --eval 8 --iterations 20   # a smoke run
 
-Builds both models offline with ``harness.zoo`` (random weights, seeded; re-used when already built), seeded N(0, 1)
+Builds both models offline with ``qtbench.harness.core.zoo`` (random weights, seeded; re-used when already built), seeded N(0, 1)
 calibration and evaluation sets as .npz, and one sweep YAML of 24 cells (2 models × 2 backends × 6 specs; the
 specs OpenVINO/NNCF cannot run — entropy, W4A8 — are `skipped` rows in both versions and cost nothing). The YAML
 uses only keys both checkouts parse (checked before timing). Then it times ``python -m harness.cli sweep`` of the
@@ -39,7 +39,7 @@ MODELS = ("resnet50", "vit_s14")
 
 def build_inputs(work: Path, size: int, calib: int, evaluation: int) -> list[dict[str, object]]:
     """Zoo models and their data sets under ``work`` (kept between runs: building ViT-S/14 takes a while)."""
-    from harness import zoo
+    from qtbench.harness.core import zoo
 
     models = []
     for name in MODELS:
@@ -84,7 +84,7 @@ def _env(checkout: Path) -> dict[str, str]:
 def check_parses(checkout: Path, config: Path) -> None:
     """The sweep file loads in ``checkout`` (its own harness, not this one's) and plans 24 cells."""
     code = (
-        "import harness, sys; from harness.config import load_sweep; s = load_sweep(sys.argv[1]); "
+        "import harness, sys; from qtbench.harness.core.config import load_sweep; s = load_sweep(sys.argv[1]); "
         "print(harness.__file__, len(s.models) * len(s.backends) * len(s.specs))"
     )
     out = subprocess.run(
@@ -102,7 +102,7 @@ def time_sweep(checkout: Path, config: Path, out: Path, report: bool) -> float:
     """Wall seconds of one `sweep` of ``checkout`` into a fresh ``out`` (results, cache and report inside)."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(config), "--results-dir", str(out / "results")]
+    cmd = [sys.executable, "-m", "qtbench", "sweep", str(config), "--results-dir", str(out / "results")]
     cmd += ["--report-dir", str(out / "report")] if report else ["--no-report"]
     t0 = time.perf_counter()
     with (out / "sweep.log").open("w") as log:
@@ -116,7 +116,7 @@ def time_sweep(checkout: Path, config: Path, out: Path, report: bool) -> float:
 
 def statuses(checkout: Path, results: Path) -> dict[str, int]:
     """Row status counts, read by ``checkout``'s own `show` (the row formats of the two versions differ)."""
-    cmd = [sys.executable, "-m", "harness.cli", "show", str(results / "paper_scale"), "--format", "json"]
+    cmd = [sys.executable, "-m", "qtbench", "show", str(results / "paper_scale"), "--format", "json"]
     out = subprocess.run(cmd, cwd=checkout, env=_env(checkout), capture_output=True, text=True)
     if out.returncode:
         return {f"show failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}": 1}

@@ -23,11 +23,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from make_demo import DEMO_QUANTTRIM
 
-from harness.demo import DEMO_DIR
-from harness.sweep import run_sweep
-from quanttrim.data import load_fashion_mnist
-from quanttrim.export import export_onnx
-from quanttrim.train import TrainConfig, train
+from qtbench.harness.demo import DEMO_DIR
+from qtbench.harness.run.sweep import run_sweep
+from qtbench.quanttrim.data import load_fashion_mnist
+from qtbench.quanttrim.export import export_onnx
+from qtbench.quanttrim.train import TrainConfig, train
 
 
 def step_time_ratio(rounds: int = 7, steps: int = 40, batch: int = 128) -> tuple[float, list[float]]:
@@ -36,8 +36,8 @@ def step_time_ratio(rounds: int = 7, steps: int = 40, batch: int = 128) -> tuple
     Epoch wall times on a shared 2-core machine swing ±30 % with background load; interleaving short rounds puts
     the same noise on both sides, so the median ratio is the overhead.
     """
-    from quanttrim.core import QuantTrimConfig, prepare
-    from quanttrim.models import build_model
+    from qtbench.quanttrim.core import QuantTrimConfig, prepare
+    from qtbench.quanttrim.models import build_model
 
     torch.set_num_threads(1)
     x, y = torch.randn(batch, 1, 14, 14), torch.randint(0, 10, (batch,))

@@ -17,10 +17,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from harness.measure import latency_stats
-from harness.records import Record
-from harness.report import build_report
-from harness.store import ResultsStore
+from qtbench.harness.analysis.report import build_report
+from qtbench.harness.core.records import Record
+from qtbench.harness.run.measure import latency_stats
+from qtbench.harness.run.store import ResultsStore
 
 from models import make_record
 

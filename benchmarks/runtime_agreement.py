@@ -2,7 +2,7 @@
 
     python benchmarks/runtime_agreement.py [--rounds 5] [--seconds 2] [--only openvino,ort,tflite]
 
-Rounds alternate between the harness loop (``harness.measure.time_inference`` on the adapter's ``infer``) and
+Rounds alternate between the harness loop (``qtbench.harness.run.measure.time_inference`` on the adapter's ``infer``) and
 the runtime's tool; every figure is a median over rounds of per-round ratios.
 
 - openvino: `benchmark_app -api sync -nstreams 1 -nthreads 1` (see ``openvino_benchmark_app.py``): the device
@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from backends.base import ModelInput
-from harness.cell import model_facts
-from harness.config import MeasureSettings
-from harness.data import load_dataset
-from harness.demo import DEMO_DIR
-from harness.measure import time_inference
-from harness.spec import QuantSpec
+from qtbench.backends.base import ModelInput
+from qtbench.harness.core.config import MeasureSettings
+from qtbench.harness.core.data import load_dataset
+from qtbench.harness.core.onnxfacts import model_facts
+from qtbench.harness.core.spec import QuantSpec
+from qtbench.harness.demo import DEMO_DIR
+from qtbench.harness.run.measure import time_inference
 
 MODEL = DEMO_DIR / "fashion14_resnet_fp.onnx"
 DATA = DEMO_DIR / "fashion14_eval.npz"
@@ -66,7 +66,7 @@ def _loop_ms(fn: Any, seconds: float) -> float:
 
 
 def ort_rounds(rounds: int, seconds: float) -> None:
-    from backends.ort import OrtBackend
+    from qtbench.backends.ort import OrtBackend
 
     model, feeds = _model()
     tool = shutil.which("onnxruntime_perf_test")
@@ -111,7 +111,7 @@ def _perf_test_ms(tool: str, path: Path, seconds: float) -> float:
 
 
 def tflite_rounds(rounds: int, seconds: float) -> None:
-    from backends.tflite import TfliteBackend
+    from qtbench.backends.tflite import TfliteBackend
 
     model, feeds = _model()
     tflite = MODEL.with_name(f"{MODEL.stem}.float32.tflite")

@@ -11,7 +11,7 @@ real sweeps or, for `views`, through the real store API (``ResultsStore.write_ce
 
 `views` writes 10k cells one by one as a sweep does (~25-100 ms a cell here, then the run's consolidation): pass
 ``--keep DIR`` to reuse the folders; check's candidate is a copy of the baseline unless ``--write-candidate``.
-`memory` builds ResNet-50 from harness.zoo with random weights at 64×64 (not 224: the same layers and weights, a
+`memory` builds ResNet-50 from qtbench.harness.core.zoo with random weights at 64×64 (not 224: the same layers and weights, a
 smaller activation footprint) and samples each process's RSS every 50 ms (psutil), so very short peaks can hide.
 """
 
@@ -58,7 +58,7 @@ FAST = {"warmup": 2, "iterations": 10, "min_duration_s": 0.0}
 def qtbench(*args: str, out: Any = subprocess.DEVNULL) -> float:
     """Run ``qtbench ARGS`` in a fresh interpreter (as a user would); its wall seconds. Fails loudly."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, stdout=out, stderr=subprocess.PIPE)
+    proc = subprocess.run([sys.executable, "-m", "qtbench", *args], cwd=REPO, stdout=out, stderr=subprocess.PIPE)
     wall = time.perf_counter() - t0
     if proc.returncode not in (0, 1):  # check exits 1 on a regression: that is a result, not an error
         raise SystemExit(f"qtbench {' '.join(args)} exited {proc.returncode}: {proc.stderr.decode()[-2000:]}")
@@ -74,7 +74,7 @@ def folder_size(root: Path) -> tuple[int, int]:
 # -- data and models ------------------------------------------------------------------------------------------
 def small_data(tmp: Path, n_eval: int = 64, n_calib: int = 32) -> tuple[Path, Path]:
     """The demo's evaluation and calibration sets cut to ``n_eval`` / ``n_calib`` images (a fast protocol)."""
-    from harness.demo import DEMO_DIR
+    from qtbench.harness.demo import DEMO_DIR
 
     ev, cal = np.load(DEMO_DIR / "fashion14_eval.npz"), np.load(DEMO_DIR / "fashion14_calib.npz")
     np.savez(tmp / "eval.npz", **{k: ev[k][:n_eval] for k in ev.files})
@@ -87,7 +87,7 @@ def demo_models(tmp: Path, n: int) -> list[Path]:
     has its own sha256 (its own cells, calibration statistics and artifacts: no cache shared across copies)."""
     import onnx
 
-    from harness.demo import DEMO_DIR
+    from qtbench.harness.demo import DEMO_DIR
 
     base = sorted(DEMO_DIR.glob("fashion14_resnet_*.onnx"))
     out = []
@@ -128,7 +128,7 @@ def sweep_file(tmp: Path, name: str, models: list[Path], **extra: Any) -> Path:
 def bench_cells(sizes: list[int]) -> dict[str, Any]:
     import pandas as pd
 
-    from harness.store import load_results
+    from qtbench.harness.run.store import load_results
 
     per_model = len(BACKENDS) * len(SPECS)
     rows = []
@@ -177,7 +177,7 @@ def bench_cells(sizes: list[int]) -> dict[str, Any]:
 def bench_store(reruns: int) -> dict[str, Any]:
     import pandas as pd
 
-    from harness.store import load_results
+    from qtbench.harness.run.store import load_results
 
     with tempfile.TemporaryDirectory(prefix="qtbench-scale-") as d:
         tmp = Path(d)
@@ -219,9 +219,9 @@ def synth_rows(root: Path, n: int, seed: int, n_pred: int = 1000, n_lat: int = 2
     """``n`` cells written through ``ResultsStore.write_cell`` like a sweep writes them (then consolidated):
     50 checkpoints (2 groups × 25 seeds) × 4 backends × n/200 specs, 200 raw latencies (the paper's protocol) and
     ``n_pred`` per-sample predictions each; 2 % skipped with a reason, every 7th simnpu cell simulated."""
-    from harness.measure import latency_stats
-    from harness.records import Record
-    from harness.store import ResultsStore
+    from qtbench.harness.core.records import Record
+    from qtbench.harness.run.measure import latency_stats
+    from qtbench.harness.run.store import ResultsStore
 
     from models import make_record
 
@@ -362,7 +362,7 @@ def watch_tree(proc: subprocess.Popen, period_s: float = 0.05) -> dict[int, dict
 
 
 def bench_memory(input_size: int) -> dict[str, Any]:
-    from harness.zoo import build
+    from qtbench.harness.core.zoo import build
 
     with tempfile.TemporaryDirectory(prefix="qtbench-scale-") as d:
         tmp = Path(d)
@@ -386,7 +386,7 @@ def bench_memory(input_size: int) -> dict[str, Any]:
         (tmp / "mem.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.cli", "sweep", str(tmp / "mem.yaml"), "--no-report", "-q"],
+            [sys.executable, "-m", "qtbench", "sweep", str(tmp / "mem.yaml"), "--no-report", "-q"],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -399,7 +399,7 @@ def bench_memory(input_size: int) -> dict[str, Any]:
         wall = time.perf_counter() - t0
         if proc.returncode:
             raise SystemExit(f"sweep exited {proc.returncode}: {b''.join(err).decode()[-2000:]}")
-        from harness.store import load_results
+        from qtbench.harness.run.store import load_results
 
         df = load_results(tmp / "results" / "mem")
     parent = peaks.pop(proc.pid)

@@ -21,15 +21,19 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qtbench.devices.catalog import cost_per_million, load_catalog, match_board
+from qtbench.devices.host import host_info
+from qtbench.devices.power import PowerSession, choose_meter, energy_fields
+from qtbench.devices.thermal import snapshot, throttled
+
 if TYPE_CHECKING:  # the harness's settings type; devices does not import the harness at run time
-    from harness.config import DeviceSettings
+    from qtbench.harness.core.config import DeviceSettings
 
 
 class LoopProbe:
     """Meter + idle baseline + thermal snapshots + cost around the timed loops of one cell."""
 
     def __init__(self, settings: DeviceSettings, execution_device: str | None = "cpu", root: str | Path = "/") -> None:
-        from devices.power import PowerSession, choose_meter
 
         self.settings = settings
         self.root = root
@@ -49,7 +53,6 @@ class LoopProbe:
 
     def before(self) -> dict[str, Any]:
         """Thermal snapshot and, for measuring meters, the idle baseline; returns the 'before' row columns."""
-        from devices.thermal import snapshot
 
         self.thermal0 = snapshot(self.root)
         if self.session and self.meter.kind == "measured" and self.settings.idle_s > 0:
@@ -80,10 +83,6 @@ class LoopProbe:
 
     def after(self, iterations: list[int], fps: float) -> dict[str, Any]:
         """Energy, power, thermal and cost columns for the row."""
-        from devices.catalog import cost_per_million, load_catalog, match_board
-        from devices.host import host_info
-        from devices.power import energy_fields
-        from devices.thermal import snapshot, throttled
 
         t1 = snapshot(self.root)
         hot, why = throttled(self.thermal0, t1)

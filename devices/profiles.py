@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ConfigError
+from qtbench.devices.catalog import load_catalog
+from qtbench.harness.core.errors import ConfigError
 
 PROFILES = Path(__file__).with_name("npu_profiles.yaml")
 ROUNDING = ("half_even", "half_away", "floor")
@@ -223,7 +224,6 @@ def get_profile(pid: str, path: str | None = None) -> NpuProfile:
 
 def roofline_peak(profile: NpuProfile) -> tuple[float, float | None, str]:
     """(peak INT8 TOPS, memory GB/s or None for on-chip-only parts, where the figures come from)."""
-    from devices.catalog import load_catalog
 
     board = load_catalog().get(profile.board or "", {}) if profile.board else {}
     tops = profile.cost.get("peak_tops", board.get("int8_tops"))

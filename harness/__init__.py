@@ -1,36 +1,16 @@
-"""qtbench's harness: sweep configuration, planning, measurement, metrics, records and the CLI.
+"""qtbench's harness, in layers a newcomer reads in the order a sweep runs:
 
-Importing ``harness`` is cheap: the public names below load on first use, and nothing here imports an inference
-runtime, torch or a vendor SDK (a test guards this).
+- :mod:`qtbench.harness.core` — specs, errors, data, ONNX facts, intake, calibration, metrics, tasks, records and
+  the artifact audit; imports nothing above it.
+- :mod:`qtbench.backends` and :mod:`qtbench.devices` (beside this folder) — the adapters and the telemetry; they
+  import the core only.
+- :mod:`qtbench.harness.run` — planner, orchestrator, executors, cell, store.
+- :mod:`qtbench.harness.analysis` — gates, studies, reports, localisation; they read results through the store.
+- :mod:`qtbench.harness.cli` — one module per command.
+
+A test (tests/test_layers.py) holds every import to that order and refuses cycles.
 """
 
-from __future__ import annotations
+from qtbench.harness.core.version import __version__
 
-import importlib
-from typing import Any
-
-__version__ = "0.1.0"
-
-_LAZY = {
-    "run_sweep": "harness.sweep",
-    "load_results": "harness.store",
-    "load_sweep": "harness.config",
-    "parse_sweep": "harness.config",
-    "Sweep": "harness.config",
-    "QuantSpec": "harness.spec",
-    "Record": "harness.records",
-    "demo_config_path": "harness.demo",
-    "load_localization": "harness.localize",
-    "localize": "harness.localize",
-    "compare": "harness.compare",  # a callable module: harness.compare(results, "fp", "quanttrim") -> DataFrame
-}
-
-__all__ = [*_LAZY, "__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "compare":  # the module is callable (and becomes this attribute once imported)
-        return importlib.import_module(_LAZY[name])
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'harness' has no attribute {name!r}")
+__all__ = ["__version__"]

@@ -1,5 +1,5 @@
 """``python -m qtbench``: the same command line as ``qtbench``."""
 
-from harness.cli import entry
+from qtbench.harness.cli import entry
 
 entry()

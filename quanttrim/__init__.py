@@ -4,7 +4,7 @@ Needs torch (``pip install 'qtbench[train]'``). The harness never imports this p
 when it runs. See :mod:`quanttrim.core` for the method and its defaults.
 """
 
-from quanttrim.core import QuantTrimConfig, lambda_at, percentile_at, posthoc_clip, prepare
-from quanttrim.export import export_onnx
+from qtbench.quanttrim.core import QuantTrimConfig, lambda_at, percentile_at, posthoc_clip, prepare
+from qtbench.quanttrim.export import export_onnx
 
 __all__ = ["QuantTrimConfig", "export_onnx", "lambda_at", "percentile_at", "posthoc_clip", "prepare"]

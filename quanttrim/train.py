@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from quanttrim.data import ImageSplits
-from quanttrim.models import build_model
+from qtbench.quanttrim.core import QuantTrimConfig, prepare
+from qtbench.quanttrim.data import ImageSplits
+from qtbench.quanttrim.models import build_model
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,6 @@ def train(
     total_steps = steps_per_epoch * config.epochs
     controller = None
     if config.method == "quanttrim":
-        from quanttrim.core import QuantTrimConfig, prepare
-
         qt_cfg = QuantTrimConfig(**config.quanttrim)
         model = prepare(model, qt_cfg, total_steps=total_steps)
         controller = model.quanttrim

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quanttrim.data import load_fashion_mnist
-from quanttrim.export import export_onnx
-from quanttrim.train import TrainConfig, train
+from qtbench.quanttrim.data import load_fashion_mnist
+from qtbench.quanttrim.export import export_onnx
+from qtbench.quanttrim.train import TrainConfig, train
 
 DEMO = Path(__file__).resolve().parents[1] / "harness" / "demo"
 # INT4 per-tensor target with λ capped at 0.5: the setting the notes found best for INT4 without hurting FP/INT8.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness import zoo
+from qtbench.harness.core import zoo
 
 
 def main() -> None:

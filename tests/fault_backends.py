@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backends.ort import OrtBackend
+from qtbench.backends.ort import OrtBackend
 
 
 class CrashingBackend(OrtBackend):
@@ -63,7 +63,7 @@ class MissingSdkBackend(OrtBackend):
     slug = "nosdk"
 
     def availability(self):
-        from backends.base import Availability
+        from qtbench.backends.base import Availability
 
         return Availability(False, "vendor SDK 'acme_npu' not importable: pip install acme-npu")
 
@@ -144,7 +144,7 @@ class InferCrashBackend(LoggingBackend):
         return compiled
 
 
-# callables for harness.isolate.Worker tests (module level: the child imports them by name)
+# callables for qtbench.harness.core.isolate.Worker tests (module level: the child imports them by name)
 def whoami(x: int = 0) -> tuple[int, int]:
     return os.getpid(), x
 
@@ -171,7 +171,7 @@ class LyingBackend(OrtBackend):
         return None
 
     def _compile(self, model, spec, calib, workdir):
-        from harness.spec import QuantSpec
+        from qtbench.harness.core.spec import QuantSpec
 
         if spec.precision == "int4":
             spec = QuantSpec.parse(spec.id.replace("int4", "int8", 1))
@@ -186,7 +186,7 @@ class FlakyBackend(OrtBackend):
     option_defaults: ClassVar[dict[str, Any]] = {**OrtBackend.option_defaults, "fail": False}
 
     def _compile(self, model, spec, calib, workdir):
-        from harness.errors import CompileError
+        from qtbench.harness.core.errors import CompileError
 
         if self.options["fail"]:
             raise CompileError("flaky: the compiler rejected the model (set options.fail: false)")

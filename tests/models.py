@@ -104,7 +104,7 @@ def tiny_sweep(tmp: Path, **overrides) -> dict:
 
 def make_record(**fields):
     """A Record with every required field filled with a neutral value; ``fields`` override any of them."""
-    from harness.records import Record
+    from qtbench.harness.core.records import Record
 
     base = {
         "record_id": "r0",
@@ -142,9 +142,9 @@ def synthetic_results(
     ece: float = 0.03,
 ) -> Path:
     """A results folder written through the real store: lognormal latency samples and per-sample correctness."""
-    from harness.measure import latency_stats
-    from harness.records import Record
-    from harness.store import ResultsStore
+    from qtbench.harness.core.records import Record
+    from qtbench.harness.run.measure import latency_stats
+    from qtbench.harness.run.store import ResultsStore
 
     rng = np.random.default_rng(seed)
     store = ResultsStore(root / sweep)
@@ -185,7 +185,7 @@ def synthetic_results(
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
     """``qtbench ARGV`` in this process: (exit code, stdout + stderr), asserting no traceback reached the user."""
-    from harness.cli import main
+    from qtbench.harness.cli import main
 
     code = main(list(argv))
     out, err = capsys.readouterr()

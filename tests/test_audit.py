@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.audit import ArtifactFacts, WeightFact, audit_onnx, cached, judge
-from harness.spec import QuantSpec
+from qtbench.harness.core.audit import ArtifactFacts, WeightFact, audit_onnx, cached, judge
+from qtbench.harness.core.spec import QuantSpec
 
 ort = pytest.importorskip("onnxruntime")
 from export_forms import build  # noqa: E402
@@ -134,7 +134,7 @@ def test_audit_is_cached_beside_the_artifact_and_unreadable_is_not_audited(tmp_p
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def liar(monkeypatch: pytest.MonkeyPatch) -> None:
-    import backends
+    from qtbench import backends
 
     monkeypatch.setitem(backends.BUILTIN, "liar", "fault_backends:LyingBackend")
 
@@ -152,12 +152,12 @@ def _cfg(tmp_path: Path, backend: str, name: str) -> dict:
 def test_lying_backend_is_flagged_everywhere(tmp_path: Path, liar: None, capsys: pytest.CaptureFixture) -> None:
     import yaml
 
-    from harness.check import compare, load_gates
-    from harness.cli import main
-    from harness.compare import build_study, load_study
-    from harness.report import build_report
-    from harness.sweep import run_sweep
-    from harness.tables import mismatched
+    from qtbench.harness.analysis.check import compare, load_gates
+    from qtbench.harness.analysis.compare import build_study, load_study
+    from qtbench.harness.analysis.report import build_report
+    from qtbench.harness.cli import main
+    from qtbench.harness.core.tables import mismatched
+    from qtbench.harness.run.sweep import run_sweep
 
     cfg = _cfg(tmp_path, "liar", "cand")
     path = tmp_path / "cand.yaml"
@@ -167,7 +167,7 @@ def test_lying_backend_is_flagged_everywhere(tmp_path: Path, liar: None, capsys:
     assert code == 0
     assert "✗spec" in out and "spec not honoured" in out
     res = tmp_path / "results" / "cand"
-    from harness.store import load_results
+    from qtbench.harness.run.store import load_results
 
     df = load_results(res)
     row = df[df["spec_id"] == "int4-static-pc-wsym-minmax"].iloc[0]

@@ -1,5 +1,5 @@
 """The adapters' artifact readers (``Backend.audit``) on real artifacts compiled through each adapter: the facts
-they read back and the verdict :func:`harness.audit.judge` gives, including artifacts that do not honour a spec."""
+they read back and the verdict :func:`qtbench.harness.core.audit.judge` gives, including artifacts that do not honour a spec."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import backends
-from backends.base import CompiledInfo, ModelInput
-from harness.audit import ArtifactFacts, audit_onnx, judge
-from harness.cell import model_facts
-from harness.data import load_dataset
-from harness.spec import QuantSpec
+from qtbench import backends
+from qtbench.backends.base import CompiledInfo, ModelInput
+from qtbench.harness.core.audit import ArtifactFacts, audit_onnx, judge
+from qtbench.harness.core.data import load_dataset
+from qtbench.harness.core.onnxfacts import model_facts
+from qtbench.harness.core.spec import QuantSpec
 
 from models import tiny_cnn, tiny_data
 
@@ -85,7 +85,7 @@ def test_openvino_reads_float_irs_at_the_precision_the_device_runs(openvino, tin
     assert judge(S("int8-static-pc-wsym-minmax"), facts).reasons[0].startswith("no 8-bit weight")
     # fp16: the IR keeps f32 weights and INFERENCE_PRECISION_HINT decides; a CPU without f16 arithmetic runs f32,
     # so the adapter skips the cell (an f32 run under an fp16 label) instead of writing a row the audit contradicts
-    from harness.errors import UnsupportedSpec
+    from qtbench.harness.core.errors import UnsupportedSpec
 
     try:
         facts, verdict, info = _audit(openvino, tiny, "fp16")
@@ -101,7 +101,7 @@ def test_openvino_int4_weight_compression_reads_as_what_nncf_applied(openvino, t
     audit honours the label, and the adapter's own summary (``weight_compression``) agrees layer by layer. On a
     CNN NNCF keeps the convolutions at int8, so the adapter skips the spec instead of writing an INT8 model
     under an INT4 label."""
-    from harness.errors import UnsupportedSpec
+    from qtbench.harness.core.errors import UnsupportedSpec
 
     from models import tiny_mlp
 
@@ -137,7 +137,7 @@ def test_openvino_reads_fake_quantized_weights():
     ov = pytest.importorskip("openvino", reason="needs OpenVINO: pip install 'qtbench[openvino]'")
     from openvino import opset13 as ops
 
-    from backends.openvino import audit_ir
+    from qtbench.backends.openvino import audit_ir
 
     w = np.random.default_rng(0).normal(size=(6, 4, 3, 3)).astype(np.float32)
 
@@ -257,7 +257,7 @@ def test_simnpu_asymmetric_grids_excluded_nodes_and_edited_grids(tiny):
         .startswith("100% of 8-bit weight parameters are asymmetric, with a non-zero zero point (")
     )
     # a grids.json edited to 4-bit grids: the reader believes the record, the audit follows it
-    from backends.simnpu import audit_grids
+    from qtbench.backends.simnpu import audit_grids
 
     work = info.artifact_path.parent
     grids = json.loads((work / "grids.json").read_text())
@@ -298,7 +298,7 @@ def test_qnn_reads_the_qdq_graph_behind_the_context_binary(qnn, tiny):
 def test_qnn_per_channel_weights_are_symmetric_whatever_the_spec_asks(qnn, tiny):
     """get_qnn_qdq_config quantizes per-channel weights symmetrically (uint8, zero point 128) even when asked for
     asymmetric ones: the reader sees it, so the adapter refuses pc-asym specs up front instead of mislabelling."""
-    from harness.errors import UnsupportedSpec
+    from qtbench.harness.core.errors import UnsupportedSpec
 
     assert "symmetrically" in qnn.supports(S("int8-static-pc-asym-minmax"))
     with pytest.raises(UnsupportedSpec, match="per-channel weights symmetrically"):

@@ -19,10 +19,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from backends.base import ModelInput
-from harness.cell import model_facts
-from harness.data import load_dataset
-from harness.spec import QuantSpec
+from qtbench.backends.base import ModelInput
+from qtbench.harness.core.data import load_dataset
+from qtbench.harness.core.onnxfacts import model_facts
+from qtbench.harness.core.spec import QuantSpec
 
 from models import tiny_data
 
@@ -76,7 +76,7 @@ def read_only_dir(path: Path):
 
 # -- item 6: ORT quantizes a copy in the cell's workdir -----------------------------------------------------------
 def test_ort_int8_works_with_a_read_only_model_folder(tmp_path: Path, tiny_model: Path):
-    from backends.ort import OrtBackend
+    from qtbench.backends.ort import OrtBackend
 
     models = tmp_path / "models"
     models.mkdir()
@@ -97,7 +97,7 @@ def test_ort_int8_works_with_a_read_only_model_folder(tmp_path: Path, tiny_model
 
 # -- item 2: INT4 weight-only says which grouping ran ------------------------------------------------------------
 def test_ort_int4_weightonly_is_per_channel_by_default_and_records_groups(tmp_path: Path):
-    from backends.ort import OrtBackend
+    from qtbench.backends.ort import OrtBackend
 
     model = _input(matmul_model(tmp_path / "mm.onnx", k=24, n=6))
     x = {"x": np.random.default_rng(1).random((4, 24), dtype=np.float32)}
@@ -113,7 +113,7 @@ def test_ort_int4_weightonly_is_per_channel_by_default_and_records_groups(tmp_pa
         assert c.info.extra["int4_grouping"] == "group-16" and c.info.extra["int4_block_size"] == 16
         assert any("not per output channel" in n for n in c.info.notes)
     assert "not per tensor" in OrtBackend().supports(QuantSpec.parse("int4-weightonly-pt-sym"))
-    from harness.errors import ConfigError
+    from qtbench.harness.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="int4_block_size"):
         OrtBackend({"int4_block_size": 24})
@@ -158,7 +158,7 @@ def depthwise_model(path: Path, constants: bool) -> Path:
 
 
 def test_simnpu_does_not_count_constant_nodes_as_host_fallbacks(tmp_path: Path):
-    from backends.simnpu import SimNpuBackend
+    from qtbench.backends.simnpu import SimNpuBackend
 
     rng = np.random.default_rng(6)
     np.savez(tmp_path / "c.npz", x=rng.random((16, 4, 8, 8), dtype=np.float32))
@@ -180,7 +180,7 @@ def test_simnpu_does_not_count_constant_nodes_as_host_fallbacks(tmp_path: Path):
 
 # -- item 2: simnpu's size is an estimate, kept out of the measured column ---------------------------------------
 def test_simnpu_artifact_size_is_labelled_as_an_estimate(tmp_path: Path, tiny_model: Path):
-    from backends.simnpu import SimNpuBackend
+    from qtbench.backends.simnpu import SimNpuBackend
 
     calib = load_dataset(tiny_data(tmp_path / "c.npz", 16, seed=2, labels=False), ["input"], None)
     spec = QuantSpec.parse("int8-static-pc-wsym-minmax")
@@ -204,7 +204,7 @@ def _tflite_setup(tmp_path: Path) -> tuple[ModelInput, Path]:
 
 
 def test_tflite_fp16_row_records_fp32_compute_and_sha(tmp_path: Path):
-    from backends.tflite import TfliteBackend
+    from qtbench.backends.tflite import TfliteBackend
 
     model, d = _tflite_setup(tmp_path)
     with TfliteBackend().compile(model, QuantSpec("fp16"), None, tmp_path / "fp16") as c:
@@ -221,9 +221,9 @@ def test_tflite_fp16_row_records_fp32_compute_and_sha(tmp_path: Path):
 
 # -- item 4: a pre-converted .tflite runs for its one canonical spec ----------------------------------------------
 def test_pre_converted_tflite_refuses_specs_it_cannot_honour(tmp_path: Path):
-    from backends.tflite import CANONICAL, TfliteBackend
-    from backends.vela import VelaBackend
-    from harness.errors import UnsupportedSpec
+    from qtbench.backends.tflite import CANONICAL, TfliteBackend
+    from qtbench.backends.vela import VelaBackend
+    from qtbench.harness.core.errors import UnsupportedSpec
 
     model, d = _tflite_setup(tmp_path)
     n64 = QuantSpec.parse("int8-static-pc-wsym-minmax-n64")
@@ -244,7 +244,7 @@ def test_pre_converted_tflite_refuses_specs_it_cannot_honour(tmp_path: Path):
 def test_tflite_unavailable_reason_names_ai_edge_litert(monkeypatch):
     import sys
 
-    from backends.tflite import TfliteBackend
+    from qtbench.backends.tflite import TfliteBackend
 
     monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
     monkeypatch.setitem(sys.modules, "tflite_runtime", None)
@@ -256,8 +256,8 @@ def test_tflite_unavailable_reason_names_ai_edge_litert(monkeypatch):
 
 # -- item 5: compiler failures are failed cells with the compiler's message ---------------------------------------
 def test_compile_error_is_a_failed_cell_not_unavailable(monkeypatch):
-    import harness.cell as cell
-    from harness.errors import BackendUnavailable, CompileError
+    import qtbench.harness.run.cell as cell
+    from qtbench.harness.core.errors import BackendUnavailable, CompileError
 
     assert not issubclass(CompileError, BackendUnavailable)
 
@@ -271,8 +271,8 @@ def test_compile_error_is_a_failed_cell_not_unavailable(monkeypatch):
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("ethosu") is None, reason="ethos-u-vela not installed")
 def test_vela_rejecting_a_file_raises_compile_error(tmp_path: Path):
-    from backends.vela import VelaBackend
-    from harness.errors import CompileError
+    from qtbench.backends.vela import VelaBackend
+    from qtbench.harness.core.errors import CompileError
 
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"not a flatbuffer")
@@ -307,8 +307,8 @@ def _fake_rknn_python(tmp_path: Path, build_reply: dict) -> Path:
 
 
 def test_rknn_build_failure_is_a_compile_error_with_the_toolkit_message(tmp_path: Path, tiny_model: Path):
-    from backends.rknn import RknnBackend
-    from harness.errors import CompileError
+    from qtbench.backends.rknn import RknnBackend
+    from qtbench.harness.core.errors import CompileError
 
     py = _fake_rknn_python(tmp_path, {"ok": False, "error": "RuntimeError: rknn.build failed (-1)"})
     with pytest.raises(CompileError, match=r"rknn-toolkit2 build failed: rknn build: RuntimeError: rknn\.build"):
@@ -320,8 +320,8 @@ def test_rknn_build_failure_is_a_compile_error_with_the_toolkit_message(tmp_path
     __import__("importlib").util.find_spec("nncf") is None, reason="needs NNCF: pip install 'qtbench[openvino]'"
 )
 def test_openvino_int4_weightonly_records_per_layer_bit_widths(tmp_path: Path):
-    from backends.openvino import OpenVinoBackend
-    from harness.errors import UnsupportedSpec
+    from qtbench.backends.openvino import OpenVinoBackend
+    from qtbench.harness.core.errors import UnsupportedSpec
 
     from models import tiny_mlp
 
@@ -345,9 +345,9 @@ import os, sys, shutil
 from pathlib import Path
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
 import numpy as np
-from backends.base import quiet, ModelInput
-from harness.cell import model_facts
-from harness.spec import QuantSpec
+from qtbench.backends.base import quiet, ModelInput
+from qtbench.harness.core.onnxfacts import model_facts
+from qtbench.harness.core.spec import QuantSpec
 work = Path({work!r})
 with quiet(work / "q.log"):
     os.write(1, b"c-level stdout\n"); os.write(2, b"c-level stderr\n"); print("python print")
@@ -357,18 +357,18 @@ def inp(p):
     return ModelInput(p, "sha", f.input_names, f.output_names, f.dynamic_batch)
 x = {{"input": np.zeros((3, 1, 8, 8), np.float32)}}
 if {tflite}:
-    from backends.tflite import TfliteBackend
+    from qtbench.backends.tflite import TfliteBackend
     with TfliteBackend().compile(inp(Path({fix!r}) / "tiny.onnx"), QuantSpec("fp32"), None, work / "t") as c:
         c.infer(x)
 if {nncf}:
-    from backends.openvino import OpenVinoBackend
+    from qtbench.backends.openvino import OpenVinoBackend
     from models import tiny_mlp
     m = tiny_mlp(work / "tiny.onnx")
     with OpenVinoBackend().compile(inp(m), QuantSpec.parse("int4-weightonly-pc-sym"), None, work / "ov") as c:
         c.infer(x)
 if {qnn}:
-    from backends.qnn import QnnBackend
-    from harness.data import load_dataset
+    from qtbench.backends.qnn import QnnBackend
+    from qtbench.harness.core.data import load_dataset
     from models import tiny_data
     calib = load_dataset(tiny_data(work / "c.npz", 8, labels=False), ["input"], None)
     spec = QuantSpec.parse("int8-static-pc-wsym-minmax")
@@ -421,8 +421,8 @@ def test_sdk_chatter_is_captured_into_the_workdir_log(tmp_path: Path):
     ],
 )
 def test_untrusted_sweep_files_cannot_name_executables(monkeypatch, tmp_path: Path, slug, key):
-    import backends
-    from harness.errors import ConfigError
+    from qtbench import backends
+    from qtbench.harness.core.errors import ConfigError
 
     exe = tmp_path / "bin" / "tool"
     monkeypatch.delenv("QTBENCH_TRUSTED", raising=False)
@@ -453,7 +453,7 @@ def test_cli_untrusted_flag_refuses_the_key_in_one_line(tmp_path: Path):
     cfg = tiny_sweep(tmp_path, backends=[{"name": "tflite", "options": {"converter_python": str(tool)}}])
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
     env = {k: v for k, v in os.environ.items() if not k.startswith("QTBENCH_")} | {"OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(tmp_path / "s.yaml"), "--untrusted", "--no-report", "-q"]
+    cmd = [sys.executable, "-m", "qtbench", "sweep", str(tmp_path / "s.yaml"), "--untrusted", "--no-report", "-q"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).parents[1])
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     err = proc.stderr.strip().splitlines()
@@ -462,7 +462,7 @@ def test_cli_untrusted_flag_refuses_the_key_in_one_line(tmp_path: Path):
 
 
 def test_rknn_probe_never_runs_the_worker_interpreter(monkeypatch, tmp_path: Path):
-    from backends.rknn import RknnBackend
+    from qtbench.backends.rknn import RknnBackend
 
     marker = tmp_path / "ran"
     env = tmp_path / "env"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from harness.store import load_results
+from qtbench.harness.run.store import load_results
 
 from models import run_cli, tiny_cnn, tiny_data, tiny_sweep
 
@@ -262,7 +262,7 @@ def test_named_labels_key_that_is_absent_fails(tmp_path: Path, base: dict, capsy
 
 
 def test_unlabelled_evaluation_runs_and_says_so(tmp_path: Path, base: dict, capsys):
-    from harness.data import load_dataset
+    from qtbench.harness.core.data import load_dataset
 
     ev = tiny_data(tmp_path / "ev.npz", 16, labels=False)
     ds = load_dataset(ev, ["x"], None)
@@ -344,13 +344,14 @@ def test_bad_gates_file(done: Path, tmp_path: Path, capsys, content: bytes, frag
 
 
 def test_internal_error_is_one_line_exit_70(monkeypatch, tmp_path: Path, capsys):
-    import harness.cli as cli
+    from qtbench.harness import cli
+    from qtbench.harness.cli import schema
 
     def boom(_args):
         raise ZeroDivisionError("planted")
 
     monkeypatch.setenv("QTBENCH_CRASH_DIR", str(tmp_path / "crashes"))
-    monkeypatch.setattr(cli, "cmd_schema", boom)  # the parser binds the command when main() builds it
+    monkeypatch.setattr(schema, "cmd_schema", boom)  # the parser binds the command when main() builds it
     code = cli.main(["schema"])
     err = capsys.readouterr().err
     assert code == cli.EXIT_INTERNAL and err.count("\n") == 1 and "ZeroDivisionError: planted" in err

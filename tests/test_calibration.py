@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.calibration import entropy_range, mse_range
+from qtbench.harness.core.calibration import entropy_range, mse_range
 
 
 def _hist(x, bins=2048):
@@ -50,7 +50,7 @@ def test_mse_keeps_uniform_range_and_clips_outliers():
 
 @pytest.mark.parametrize("p", [99.0, 99.9, 99.999])
 def test_percentile_range_matches_numpy_on_signed_data(p):
-    from harness.calibration import percentile_range
+    from qtbench.harness.core.calibration import percentile_range
 
     rng = np.random.default_rng(7)
     x = np.concatenate([rng.standard_normal(200_000) * 2 - 1.0, rng.standard_t(2, 2_000) * 5])  # heavy tails
@@ -73,11 +73,11 @@ def test_shared_statistics_give_ort_minmax_ranges_exactly(tmp_path, symmetric):
 
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
-    from backends.base import ModelInput
-    from backends.qdq import CalibrationReader, static_ranges
-    from harness.cell import model_facts
-    from harness.data import load_dataset
-    from harness.spec import QuantSpec
+    from qtbench.backends.base import ModelInput
+    from qtbench.backends.qdq import CalibrationReader, static_ranges
+    from qtbench.harness.core.data import load_dataset
+    from qtbench.harness.core.onnxfacts import model_facts
+    from qtbench.harness.core.spec import QuantSpec
 
     from models import tiny_cnn, tiny_data
 
@@ -126,9 +126,9 @@ def test_own_histogram_collector_matches_ort_histograms(tmp_path, monkeypatch):
 
     from onnxruntime.quantization.calibrate import CalibrationMethod, HistogramCollector, create_calibrator
 
-    import backends.qdq as qdq
-    from backends.qdq import CalibrationReader, _collect
-    from harness.data import load_dataset
+    import qtbench.backends.qdq as qdq
+    from qtbench.backends.qdq import CalibrationReader, _collect
+    from qtbench.harness.core.data import load_dataset
 
     from models import tiny_cnn, tiny_data
 
@@ -176,7 +176,7 @@ def test_own_histogram_collector_matches_ort_histograms(tmp_path, monkeypatch):
 def test_vectorised_entropy_equals_per_candidate_reference(seed):
     """The prefix-sum KL search picks the same window as the per-candidate loop on awkward histograms: ReLU
     tails, sparse integer-valued data, a lone outlier, a constant tensor, bins odd and even, every candidate."""
-    from harness.calibration import _entropy_range_loop
+    from qtbench.harness.core.calibration import _entropy_range_loop
 
     rng = np.random.default_rng(seed)
     xs = [

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.check import (
+from qtbench.harness.analysis.check import (
     Gate,
     compare,
     decide,
@@ -24,8 +24,8 @@ from harness.check import (
     resample_runs,
     trinomial_sum_pmf,
 )
-from harness.cli import main
-from harness.errors import UserError
+from qtbench.harness.cli import main
+from qtbench.harness.core.errors import UserError
 
 from models import make_record
 
@@ -225,9 +225,9 @@ def write_results(
     root: Path, samples: list[np.ndarray], *, backend_options: dict | None = None, numbers: str = "measured"
 ) -> Path:
     """One ort fp32 cell whose raw samples are ``samples`` (one array per repeat)."""
-    from harness.measure import latency_stats
-    from harness.records import Record
-    from harness.store import ResultsStore
+    from qtbench.harness.core.records import Record
+    from qtbench.harness.run.measure import latency_stats
+    from qtbench.harness.run.store import ResultsStore
 
     store = ResultsStore(root / "s")
     store.record_run({"run_id": "r1"})
@@ -317,7 +317,7 @@ def test_an_oversubscribed_machine_makes_a_latency_fail_inconclusive(tmp_path: P
 def test_rank_path_and_batched_screening_equal_the_value_path_bit_for_bit():
     """Percentile replicates from radix-sorted ranks, and the batched screening of many cells at once, give
     exactly what the plain statistic of the gathered values gives, cell by cell (ties, repeats and NaN too)."""
-    from harness.check import _screen_latency, block_lengths
+    from qtbench.harness.analysis.check import _screen_latency, block_lengths
 
     rng = np.random.default_rng(3)
     cells = {f"r{i}": [np.round(rng.lognormal(13, 0.1, 60)), np.round(rng.lognormal(13.1, 0.1, 60))] for i in range(7)}
@@ -344,7 +344,7 @@ def test_order_statistic_band_equals_sorting_every_resample(band_sds: float, mon
     """The band (position counts, one matrix product below it, rank-by-rank sums inside) gives the sorted
     resample's order statistics exactly, for every percentile, block length, repeat layout, ties and NaN; the
     resamples that cross outside it are sorted, so a narrow band costs time, never a different replicate."""
-    import harness.check as hc
+    import qtbench.harness.analysis.check as hc
 
     monkeypatch.setattr(hc, "BAND_SDS", band_sds)
     rng = np.random.default_rng(21)
@@ -369,7 +369,7 @@ def test_order_statistic_band_equals_sorting_every_resample(band_sds: float, mon
 def test_batched_screening_with_the_band_equals_resampling_cell_by_cell():
     """A check's screening of many cells per protocol (the band path) gives what :func:`resample_runs` gives
     each cell alone, for percentile gates, FPS and the mean."""
-    from harness.check import _screen_latency
+    from qtbench.harness.analysis.check import _screen_latency
 
     rng = np.random.default_rng(8)
     cells = {f"a{i}": [np.round(rng.lognormal(13, 0.1, 200))] for i in range(40)}
@@ -389,7 +389,7 @@ def test_batched_screening_with_the_band_equals_resampling_cell_by_cell():
 
 def test_settled_rows_is_settled_row_by_row():
     """The vectorised screening judgement equals :func:`settled` pair by pair, NaN, inf, zeros and no spread too."""
-    from harness.check import settled, settled_rows
+    from qtbench.harness.analysis.check import settled, settled_rows
 
     rng = np.random.default_rng(2)
     for gate in (Gate.parse("latency_ms_p50", "+5%"), Gate.parse("fps", "-3%"), Gate.parse("latency_ms_p99", "<= 1.2")):
@@ -408,7 +408,7 @@ def test_block_length_follows_the_reference_rule_on_mildly_correlated_runs():
     about 3 and picks 1 in ~4 % of runs; a bandwidth floored at 1 instead of 2 picked 1 in ~65 %. White noise
     mostly gets blocks of 1, strong correlation long blocks. (Checked against arch 8.0 on 300 runs per ρ: the
     rounded block lengths agree in 92–100 % of runs for ρ = 0, 0.2, 0.5, 0.8.)"""
-    from harness.check import block_lengths
+    from qtbench.harness.analysis.check import block_lengths
 
     rng = np.random.default_rng(0)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
+from qtbench.harness.cli import main
 
 from models import tiny_sweep
 
@@ -18,13 +18,13 @@ HEAVY = ("onnxruntime", "torch", "openvino", "tensorflow", "pandas", "pyarrow")
 
 def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "qtbench", *args], capture_output=True, text=True, cwd=cwd, timeout=300
     )
 
 
 def test_help_and_import_load_no_heavy_module():
     code = (
-        "import sys, harness, backends, devices, harness.cli as c\n"
+        "import sys, qtbench, qtbench.harness, qtbench.backends, qtbench.devices, qtbench.harness.cli as c\n"
         "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
         f"print([m for m in {HEAVY!r} if m in sys.modules])"
     )

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import store as store_mod
-from harness.cli import main
-from harness.store import COMPACTED, ResultsStore, compact, load_results
-from harness.sweep import _process_identity
+from qtbench.harness.cli import main
+from qtbench.harness.run import store as store_mod
+from qtbench.harness.run.manifest import _process_identity
+from qtbench.harness.run.store import COMPACTED, ResultsStore, compact, load_results
 
 from models import make_record
 
@@ -213,7 +213,7 @@ def test_failure_mid_compact_leaves_a_loadable_store(
 CRASHER = """
 import os, sys, time
 from pathlib import Path
-from harness import store as s
+from qtbench.harness.run import store as s
 real = s._fsync_dir
 def slow(path):
     real(path)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.compare import Study, combine, compare, headlines, t_quantile, to_markdown
-from harness.store import ResultsStore
+from qtbench.harness.analysis.compare import Study, combine, compare, headlines, t_quantile, to_markdown
+from qtbench.harness.run.store import ResultsStore
 
 from models import make_record
 
@@ -99,7 +99,7 @@ def test_one_seed_says_seed_noise_not_estimable_and_groups_are_checked(tmp_path:
     assert df.attrs["baseline"] == "fp" and df.attrs["candidate"] == "qt"
     assert _row(df, "int4")["interval_covers"].startswith("samples only (1 seed")
     assert math.isnan(_row(df, "int4", "kl_x1e3")["ci_lo"])
-    from harness.errors import UserError
+    from qtbench.harness.core.errors import UserError
 
     with pytest.raises(UserError, match="--candidate-group 'nope' is not a group"):
         compare(path, "fp", "nope")
@@ -127,7 +127,7 @@ def test_interval_covers_the_true_difference_in_95_percent_of_simulated_studies(
     the same code path as `compare` (Study → compare_study) and must cover the population difference."""
     import pandas as pd
 
-    from harness.compare import compare_study
+    from qtbench.harness.analysis.compare import compare_study
 
     rng = np.random.default_rng(7)
     n, k, cells_per_group = 400, 3, 4
@@ -164,7 +164,7 @@ def test_combine_paired_and_unpaired():
 
 
 def test_compare_cli_prints_headlines_and_writes_markdown(tmp_path: Path, capsys):
-    from harness.cli import main
+    from qtbench.harness.cli import main
 
     flip = {("fp", "int8"): 0.005, ("qt", "int8"): 0.005, ("fp", "int4"): 0.05, ("qt", "int4"): 0.01}
     path = write_study(tmp_path, flip, n=500)
@@ -180,7 +180,7 @@ def test_compare_cli_prints_headlines_and_writes_markdown(tmp_path: Path, capsys
 def test_sweep_of_a_two_group_study_prints_the_comparison(tmp_path: Path, capsys):
     import yaml
 
-    from harness.cli import main
+    from qtbench.harness.cli import main
 
     from models import tiny_cnn, tiny_sweep
 
@@ -209,7 +209,7 @@ def test_md_escape_neutralises_markdown_and_html_and_leaves_plain_text_alone():
     import random
     import re
 
-    from harness.compare import md_escape
+    from qtbench.harness.analysis.compare import md_escape
 
     def full(text):
         text = re.sub(r"([\\`*_{}|#~])", r"\\\1", html.escape(str(text), quote=False))
@@ -229,8 +229,8 @@ def test_backends_with_bit_identical_outputs_count_once(tmp_path: Path, capsys):
     third differs (openvino): rows carry a digest of their outputs, compare counts the pair once and says so."""
     import yaml
 
-    from harness.cli import main
-    from harness.store import load_results
+    from qtbench.harness.cli import main
+    from qtbench.harness.run.store import load_results
 
     from models import tiny_cnn, tiny_sweep
 
@@ -271,7 +271,7 @@ def test_duplicated_backends_do_not_narrow_the_interval_in_simulation():
     copied pipeline four times and the estimate is biased towards it."""
     import pandas as pd
 
-    from harness.compare import compare_study
+    from qtbench.harness.analysis.compare import compare_study
 
     rng = np.random.default_rng(11)
     n, k = 400, 3

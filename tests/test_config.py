@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import json_schema, load_sweep, parse_sweep
-from harness.demo import demo_config_path
-from harness.errors import ConfigError
-from harness.plan import expand
+from qtbench.harness.core.config import json_schema, load_sweep, parse_sweep
+from qtbench.harness.core.errors import ConfigError
+from qtbench.harness.demo import demo_config_path
+from qtbench.harness.run.plan import expand
 
 BASE = {"name": "s", "models": [{"path": "m.onnx"}], "backends": ["ort"], "specs": ["fp32", "int8"]}
 

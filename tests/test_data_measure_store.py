@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.config import MeasureSettings
-from harness.data import load_dataset
-from harness.errors import DataError, ResultsError
-from harness.measure import latency_stats, time_inference
-from harness.records import SCHEMA_VERSION, Record
-from harness.store import ResultsStore, load_results
+from qtbench.harness.core.config import MeasureSettings
+from qtbench.harness.core.data import load_dataset
+from qtbench.harness.core.errors import DataError, ResultsError
+from qtbench.harness.core.records import SCHEMA_VERSION, Record
+from qtbench.harness.run.measure import latency_stats, time_inference
+from qtbench.harness.run.store import ResultsStore, load_results
 
 from models import make_record
 
@@ -139,7 +139,7 @@ def test_record_arrays_deduplicate_and_order_like_the_readers(tmp_path: Path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from harness.store import record_arrays
+    from qtbench.harness.run.store import record_arrays
 
     store = ResultsStore(tmp_path / "s")
     store.record_run({"run_id": "run1"})

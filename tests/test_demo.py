@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import load_sweep
-from harness.demo import demo_config_path
-from harness.spec import QuantSpec
-from harness.sweep import run_sweep
+from qtbench.harness.core.config import load_sweep
+from qtbench.harness.core.spec import QuantSpec
+from qtbench.harness.demo import demo_config_path
+from qtbench.harness.run.sweep import run_sweep
 
 SPECS = ["fp32", "int8-static-pc-wsym-minmax", "int8-dynamic-pc-wsym", "int4-static-pt-wsym-minmax"]
 
@@ -68,7 +68,7 @@ def test_demo_int8_is_near_fp32_int4_is_lower_and_replicas_are_fidelity_only(tmp
             assert ok["latency_ms_p50"].isna().all() and (ok["iterations"] == 0).all()
             assert (ok["timing_boundary"] == "none (fidelity only)").all() and not math.isnan(ok["top1"].max())
     assert set(df["group"]) == {"fp", "quanttrim"} and set(df["seed"]) == {0, 1}
-    from harness.compare import compare
+    from qtbench.harness.analysis.compare import compare
 
     cmp = compare(sweep.results_path, "fp", "quanttrim", n_boot=200)
     row = cmp[(cmp.precision == "int4") & (cmp.slice == "all") & (cmp.metric == "mean_gap_pp")].iloc[0]

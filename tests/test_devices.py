@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from devices.catalog import cost_per_million, load_catalog, match_board
-from devices.power import (
+from qtbench.devices.catalog import cost_per_million, load_catalog, match_board
+from qtbench.devices.power import (
     EstimatedMeter,
     ExternalLogMeter,
     HwmonMeter,
@@ -24,7 +24,7 @@ from devices.power import (
     energy_fields,
     survey,
 )
-from devices.thermal import snapshot, throttled
+from qtbench.devices.thermal import snapshot, throttled
 
 
 def _write(p: Path, text: str) -> None:
@@ -153,7 +153,7 @@ def test_external_log_window_and_trapezoid(tmp_path: Path):
 def test_energy_fields_total_above_idle_and_whiskers():
     idle = PowerTrace(np.linspace(0, 1, 11), np.full(11, 1.0))
     loops = [PowerTrace(np.linspace(0, 2, 21), np.full(21, w), window_s=2.0) for w in (3.0, 3.0, 5.0)]
-    from devices.power import HwmonMeter as M
+    from qtbench.devices.power import HwmonMeter as M
 
     f = energy_fields(loops, idle, [100, 100, 100], M(), 0.1)
     assert f["energy_mj_per_inf"] == pytest.approx(1000 * np.mean([6, 6, 10]) / 100)
@@ -278,8 +278,8 @@ def test_meter_follows_the_cells_execution_device(tmp_path: Path, monkeypatch):
 
 def test_probe_estimates_from_the_loops_own_cpu_time(tmp_path: Path):
     """The estimate is W/core × the CPU seconds the harness measured around the loop, not the sampler window."""
-    from devices.probe import LoopProbe
-    from harness.config import DeviceSettings
+    from qtbench.devices.probe import LoopProbe
+    from qtbench.harness.core.config import DeviceSettings
 
     probe = LoopProbe(DeviceSettings(meter="estimate", idle_s=0), "cpu", root=tmp_path)
     before = probe.before()
@@ -300,8 +300,8 @@ def test_probe_estimates_from_the_loops_own_cpu_time(tmp_path: Path):
 
 
 def test_sweep_energy_is_the_loop_cpu_estimate_and_is_marked(tmp_path: Path):
-    from harness.cli import results_table
-    from harness.sweep import run_sweep
+    from qtbench.harness.cli.common import results_table
+    from qtbench.harness.run.sweep import run_sweep
 
     from models import tiny_sweep
 
@@ -319,8 +319,8 @@ def test_sweep_energy_is_the_loop_cpu_estimate_and_is_marked(tmp_path: Path):
 
 
 def test_devices_cli_says_no_sensor_instead_of_nan(capsys):
-    from devices.thermal import describe
-    from harness.cli import main
+    from qtbench.devices.thermal import describe
+    from qtbench.harness.cli import main
 
     nan = float("nan")
     text = describe({"temp_c_max": nan, "cpu_mhz_mean": nan, "throttle_count": 0, "sensors": 0})

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from export_forms import FORMS, TASKS, build, ocr_data, real_exports, torch_dynamo
 
-from harness.sweep import run_sweep
+from qtbench.harness.run.sweep import run_sweep
 
 pytest.importorskip("onnxruntime")
 SPECS = ["fp32", "int8-static-pc-wsym-minmax", "int4-static-pc-wsym-minmax"]

@@ -18,7 +18,7 @@ def _confirm_rows(fallback: object) -> object:
 
 
 def test_paired_change_is_the_exact_paired_bootstrap_interval() -> None:
-    from harness.localize.fallback import paired_change
+    from qtbench.harness.analysis.localize.fallback import paired_change
 
     base = np.zeros(100, bool)
     new = base.copy()
@@ -42,8 +42,8 @@ def test_paired_change_is_the_exact_paired_bootstrap_interval() -> None:
 
 
 def test_split_is_seeded_disjoint_and_complete() -> None:
-    from harness.errors import ConfigError
-    from harness.localize.fallback import split_samples
+    from qtbench.harness.analysis.localize.fallback import split_samples
+    from qtbench.harness.core.errors import ConfigError
 
     s, c = split_samples(101, 0.5, 3)
     assert len(c) == 50 and len(s) == 51 and not set(s) & set(c) and set(s) | set(c) == set(range(101))
@@ -53,7 +53,7 @@ def test_split_is_seeded_disjoint_and_complete() -> None:
 
 
 def test_confirm_verdicts() -> None:
-    from harness.localize.fallback import _Outcome, confirm
+    from qtbench.harness.analysis.localize.fallback import _Outcome, confirm
 
     n = 200
     idx = np.arange(100, 200)  # the confirmation half
@@ -80,8 +80,8 @@ def test_fallback_confirms_the_planted_depthwise_layer(tmp_path: Path) -> None:
     on the held-out half with a paired interval above 0; the sweep file states that effect."""
     import yaml
 
-    from harness.localize import LocalizeSettings, localize
-    from harness.localize.fallback import FallbackSettings
+    from qtbench.harness.analysis.localize import LocalizeSettings, localize
+    from qtbench.harness.analysis.localize.fallback import FallbackSettings
 
     cfg = planted_sweep(tmp_path, "depthwise")
     fb = FallbackSettings(budget_s=120, max_candidates=2, max_k=1, samples=300)
@@ -111,8 +111,8 @@ def test_fallback_confirms_the_planted_depthwise_layer(tmp_path: Path) -> None:
 def test_a_choice_that_only_helps_the_search_split_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Force a candidate (pwconv, which does not fix the depthwise model) and put every sample it happens to fix into
     the search split: the search picks it, the confirmation split shows no gain, and no sweep file is written."""
-    from harness.localize import LocalizeSettings, localize
-    from harness.localize import fallback as fbm
+    from qtbench.harness.analysis.localize import LocalizeSettings, localize
+    from qtbench.harness.analysis.localize import fallback as fbm
 
     cfg = planted_sweep(tmp_path, "depthwise", backends=[SIMNPU])
     fb = fbm.FallbackSettings(budget_s=120, max_candidates=1, max_k=1, samples=300)
@@ -147,8 +147,8 @@ def test_a_choice_that_only_helps_the_search_split_is_rejected(tmp_path: Path, m
 
 
 def test_nothing_found_and_too_few_samples_say_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness.localize import LocalizeSettings, localize
-    from harness.localize import fallback as fbm
+    from qtbench.harness.analysis.localize import LocalizeSettings, localize
+    from qtbench.harness.analysis.localize import fallback as fbm
 
     cfg = planted_sweep(tmp_path, "depthwise", backends=[SIMNPU])
     monkeypatch.setattr(fbm, "candidates", lambda rows, limit: [("flatten", 1.0)])  # float already: no change

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-import backends
-from harness.cli import main
-from harness.store import load_results
+from qtbench import backends
+from qtbench.harness.cli import main
+from qtbench.harness.run.store import load_results
 
 from models import tiny_cnn, tiny_data, tiny_sweep
 
@@ -114,12 +114,12 @@ MISTAKES = [
 
 @pytest.mark.parametrize("case", MISTAKES)
 def test_newcomer_mistake_is_one_line_exit_2_before_any_compile(tmp_path: Path, capsys, monkeypatch, case):
-    import harness.cell
+    import qtbench.harness.run.cell
 
     def no_compile(*a, **k):
         raise AssertionError("a cell was compiled")
 
-    monkeypatch.setattr(harness.cell, "compile_cell", no_compile)
+    monkeypatch.setattr(qtbench.harness.run.cell, "compile_cell", no_compile)
     cfg, fragment = _mistake(tmp_path, case)
     code, _out, err = _cli(capsys, "sweep", _write(tmp_path, cfg), "-q", "--no-report")
     lines = err.strip().splitlines()
@@ -198,7 +198,7 @@ def test_results_forget_failed_hides_them_from_views_only(tmp_path: Path, capsys
 
 def test_tiny_data_fixture_matches_the_tiny_model(tmp_path: Path):
     """The mistakes above are mistakes only against a model whose input is float32 (N, 1, 8, 8)."""
-    from harness.cell import model_facts
+    from qtbench.harness.core.onnxfacts import model_facts
 
     facts = model_facts(tiny_cnn(tmp_path / "m.onnx"))
     assert facts.input_names == ["input"]
@@ -248,7 +248,7 @@ def test_terminal_tables_fit_without_cutting_a_number(tmp_path: Path, capsys, mo
 
 
 def test_wrapped_text_breaks_at_separators_and_keeps_every_character():
-    from harness.cli import _wrap_words
+    from qtbench.harness.cli.common import _wrap_words
 
     assert _wrap_words("int4-static-pc-wsym-minmax", 14) == "int4-static-\npc-wsym-minmax"
     assert _wrap_words("short", 14) == "short"
@@ -262,7 +262,7 @@ def test_import_qtbench_is_the_python_api_and_stays_light():
     import sys
 
     code = (
-        "import sys, qtbench, harness.sweep as s; assert qtbench.run_sweep is s.run_sweep; "
+        "import sys, qtbench, qtbench.harness.run.sweep as s; assert qtbench.run_sweep is s.run_sweep; "
         "assert 'load_results' in dir(qtbench); "
         "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'openvino', 'tensorflow', 'onnxruntime')]; "
         "print(heavy)"

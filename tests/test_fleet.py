@@ -20,13 +20,15 @@ import numpy as np
 import pytest
 import yaml
 
-from harness.cli import main
-from harness.config import parse_sweep
-from harness.errors import ConfigError
-from harness.fleet import RayExecutor, _evict, fleet_status, host_dir, load_fleet
-from harness.merge import merge
-from harness.store import load_results
-from harness.sweep import open_run, plan, run_sweep
+from qtbench.harness.cli import main
+from qtbench.harness.core.config import parse_sweep
+from qtbench.harness.core.errors import ConfigError
+from qtbench.harness.run.fleet import RayExecutor, _evict, fleet_status, host_dir, load_fleet
+from qtbench.harness.run.manifest import open_run
+from qtbench.harness.run.merge import merge
+from qtbench.harness.run.plan import plan
+from qtbench.harness.run.store import load_results
+from qtbench.harness.run.sweep import run_sweep
 
 from models import tiny_sweep
 
@@ -36,7 +38,7 @@ BACKENDS = [{"name": "ort", "options": {"threads": 1}}, {"name": "ort", "label":
 
 
 def test_harness_does_not_import_ray():
-    code = "import sys, harness.cli, harness.sweep, harness.merge; sys.exit('ray' in sys.modules)"
+    code = "import sys, qtbench.harness.cli, qtbench.harness.run.sweep, qtbench.harness.run.merge; sys.exit('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import yaml
 
-from harness.store import load_results
+from qtbench.harness.run.store import load_results
 
 from models import tiny_sweep
 
@@ -80,7 +80,7 @@ def documented_cluster(tmp_path_factory):
 
 def _qtbench(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=400
+        [sys.executable, "-m", "qtbench", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=400
     )
 
 

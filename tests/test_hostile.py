@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.cli import main
+from qtbench.harness.cli import main
 
 from models import run_cli, tiny_sweep
 
@@ -36,7 +36,7 @@ def test_billion_laughs_is_refused_in_a_real_process_fast(tmp_path: Path, base: 
     p.write_text(billion_laughs() + good)
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "sweep", str(p), "--results-dir", str(tmp_path / "r")],
+        [sys.executable, "-m", "qtbench", "sweep", str(p), "--results-dir", str(tmp_path / "r")],
         capture_output=True,
         text=True,
         timeout=60,
@@ -94,8 +94,8 @@ def test_a_huge_bad_value_is_not_echoed_whole(tmp_path: Path, base: dict, capsys
 
 
 def test_gates_file_with_aliases_bomb_and_duplicates(tmp_path: Path):
-    from harness.check import load_gates
-    from harness.errors import ConfigError
+    from qtbench.harness.analysis.check import load_gates
+    from qtbench.harness.core.errors import ConfigError
 
     bomb = tmp_path / "g1.yaml"
     bomb.write_text(billion_laughs() + "top1: -0.5pp\n")
@@ -127,7 +127,7 @@ def test_escape_sequences_in_stored_results_are_shown_not_obeyed(tmp_path: Path,
     visibly escaped."""
     import numpy as np
 
-    from harness.store import ResultsStore
+    from qtbench.harness.run.store import ResultsStore
 
     from models import make_record
 
@@ -157,7 +157,7 @@ def test_escape_sequences_in_stored_results_are_shown_not_obeyed(tmp_path: Path,
 def test_foreign_parquet_in_a_results_folder_is_ignored_with_one_warning(tmp_path: Path, base: dict, capsys):
     import pandas as pd
 
-    from harness.store import load_results
+    from qtbench.harness.run.store import load_results
 
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump(base))
@@ -189,7 +189,7 @@ def test_foreign_parquet_in_a_results_folder_is_ignored_with_one_warning(tmp_pat
 
 # -- probes: a hanging plugin costs its own line and the probe's limit ------------------------------------------------
 def test_backends_listing_survives_a_probe_that_hangs(monkeypatch, capsys):
-    import backends
+    from qtbench import backends
 
     monkeypatch.setitem(backends.BUILTIN, "hangprobe", "fault_backends:HangingProbeBackend")
     monkeypatch.setenv("COLUMNS", "200")
@@ -208,7 +208,7 @@ def _cli_process(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("QTBENCH_")} | {"OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *args],
+        [sys.executable, "-m", "qtbench", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -246,7 +246,7 @@ def test_the_python_api_is_the_callers_consent(tmp_path: Path, monkeypatch):
     """run_sweep from the user's own code is trusted by default; main() leaves no policy behind it."""
     import os
 
-    from harness.trust import TRUST_ENV, trusted
+    from qtbench.harness.core.trust import TRUST_ENV, trusted
 
     monkeypatch.delenv(TRUST_ENV, raising=False)
     assert trusted()
@@ -256,7 +256,7 @@ def test_the_python_api_is_the_callers_consent(tmp_path: Path, monkeypatch):
 
 # -- check against a baseline that has nothing to judge with ------------------------------------------------------
 def test_check_against_an_all_failed_baseline_says_so(tmp_path: Path, base: dict, capsys, monkeypatch):
-    import backends
+    from qtbench import backends
 
     monkeypatch.setitem(backends.BUILTIN, "flaky", "fault_backends:FlakyBackend")
     for name, fail in (("bad", True), ("good", False)):
@@ -323,8 +323,8 @@ def test_what_every_cell_would_fail_on_stops_before_compiling(tmp_path: Path, ba
 
 def test_localize_option_labels_do_not_embed_paths():
     """`SLUG:KEY=VALUE` targets name their rows; a path value gives its file name and a hash, never the path."""
-    from harness.config import parse_sweep
-    from harness.localize import parse_backends
+    from qtbench.harness.analysis.localize.targets import parse_backends
+    from qtbench.harness.core.config import parse_sweep
 
     sweep = parse_sweep({"name": "x", "models": [{"path": "m.onnx"}], "backends": ["ort"], "specs": ["fp32"]})
     a, b, c = parse_backends(

@@ -12,8 +12,8 @@ import pytest
 from export_forms import build
 from onnx import TensorProto, helper, numpy_helper
 
-from harness import intake
-from harness.intake import compare_outputs, fold_constants, normalise, normalise_many
+from qtbench.harness.core import intake
+from qtbench.harness.core.intake import compare_outputs, fold_constants, normalise, normalise_many
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -179,7 +179,7 @@ def test_sweep_compiles_intake_form_and_row_says_so(tmp_path: Path) -> None:
     """End to end: a Constant-weight model's INT4 cell runs on the folded graph (so its weights really are 4-bit
     per-channel), the row names intake's notes and the sha of what was compiled, the FP32 reference stays the
     original's."""
-    from harness.sweep import run_sweep
+    from qtbench.harness.run.sweep import run_sweep
 
     model, data = build("constant_weights", tmp_path / "m")
     cfg = tmp_path / "c.yaml"

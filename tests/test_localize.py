@@ -85,7 +85,7 @@ def planted(tmp_path: Path) -> dict:
 
 
 def test_planted_layer_is_named_first_on_ort_and_simnpu(planted: dict) -> None:
-    from harness.localize import LocalizeSettings, localize
+    from qtbench.harness.analysis.localize import LocalizeSettings, localize
 
     run = localize(planted, specs=[SPEC, "int8-static-pt-wsym-minmax-qoperator"], settings=LocalizeSettings(8))
     s = run.summary.set_index(["backend", "spec_id"])
@@ -116,10 +116,10 @@ def test_planted_layer_is_named_first_on_ort_and_simnpu(planted: dict) -> None:
 
 
 def test_fallback_keeps_the_planted_layer_in_float_and_sweep_runs_it(planted: dict) -> None:
-    from harness import run_sweep
-    from harness.config import load_sweep
-    from harness.localize import LocalizeSettings, localize
-    from harness.localize.fallback import FallbackSettings
+    from qtbench import run_sweep
+    from qtbench.harness.analysis.localize import LocalizeSettings, localize
+    from qtbench.harness.analysis.localize.fallback import FallbackSettings
+    from qtbench.harness.core.config import load_sweep
 
     fb = FallbackSettings(budget_s=60, max_candidates=3, max_k=2, samples=200, target_agreement=0.99)
     run = localize(planted, specs=[SPEC], settings=LocalizeSettings(8), fallback=fb)
@@ -143,11 +143,11 @@ def test_fallback_keeps_the_planted_layer_in_float_and_sweep_runs_it(planted: di
 
 
 def test_output_only_backends_say_why(planted: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    import backends
-    from harness import localize as loc
+    from qtbench import backends
+    from qtbench.harness.analysis import localize as loc
 
     monkeypatch.setitem(backends.BUILTIN, "opaque", "fault_backends:MissingSdkBackend")
-    monkeypatch.setitem(backends.BUILTIN, "blackbox", "backends.ort:OrtBackend")
+    monkeypatch.setitem(backends.BUILTIN, "blackbox", "qtbench.backends.ort:OrtBackend")
     monkeypatch.setitem(loc.OUTPUT_ONLY, "blackbox", "a compiled blob: outputs only")
     run = loc.localize(planted, specs=[SPEC], backends=["blackbox", "opaque"], settings=loc.LocalizeSettings(8))
     s = run.summary.set_index("backend")
@@ -162,7 +162,7 @@ def test_output_only_backends_say_why(planted: dict, monkeypatch: pytest.MonkeyP
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime_qnn") is None, reason="onnxruntime-qnn not installed")
 def test_qnn_is_output_only(planted: dict) -> None:
-    from harness.localize import LocalizeSettings, localize
+    from qtbench.harness.analysis.localize import LocalizeSettings, localize
 
     run = localize(planted, specs=[SPEC], backends=["qnn"], settings=LocalizeSettings(4))
     row = run.summary.iloc[0]
@@ -173,7 +173,7 @@ def test_qnn_is_output_only(planted: dict) -> None:
 
 def test_tflite_names_map_through_onnx2tf(tmp_path: Path) -> None:
     pytest.importorskip("ai_edge_litert")
-    from harness.localize import LocalizeSettings, localize
+    from qtbench.harness.analysis.localize import LocalizeSettings, localize
 
     for f in FIXTURES.glob("tiny.*"):
         shutil.copy(f, tmp_path / f.name)
@@ -188,9 +188,9 @@ def test_tflite_names_map_through_onnx2tf(tmp_path: Path) -> None:
 
 
 def test_load_localization_round_trip(planted: dict) -> None:
-    from harness import load_localization
-    from harness.errors import ConfigError
-    from harness.localize import LocalizeSettings, localize
+    from qtbench import load_localization
+    from qtbench.harness.analysis.localize import LocalizeSettings, localize
+    from qtbench.harness.core.errors import ConfigError
 
     run = localize(planted, specs=[SPEC], backends=["ort"], settings=LocalizeSettings(4))
     results = Path(planted["run"]["results_dir"]) / "loc"
@@ -209,7 +209,7 @@ def test_load_localization_round_trip(planted: dict) -> None:
 def test_cli_localize(planted: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import yaml
 
-    from harness.cli import main
+    from qtbench.harness.cli import main
 
     cfg = tmp_path / "loc.yaml"
     cfg.write_text(yaml.safe_dump(planted))

@@ -212,7 +212,7 @@ def _ran(summary: object) -> list[str]:
 
 @pytest.mark.parametrize("name", list(PLANTED))
 def test_default_rule_names_the_planted_layer(tmp_path: Path, name: str) -> None:
-    from harness.localize import LocalizeSettings, localize
+    from qtbench.harness.analysis.localize import LocalizeSettings, localize
 
     _, _, node, tensor = PLANTED[name]
     run = localize(planted_sweep(tmp_path, name), specs=[SPEC], settings=LocalizeSettings())  # 16 samples
@@ -238,7 +238,7 @@ def test_default_rule_names_the_planted_layer(tmp_path: Path, name: str) -> None
 
 
 def test_explicit_threshold_keeps_the_threshold_rule(tmp_path: Path) -> None:
-    from harness.localize import LocalizeSettings, localize
+    from qtbench.harness.analysis.localize import LocalizeSettings, localize
 
     cfg = planted_sweep(tmp_path, "residual", backends=["ort"])
     run = localize(cfg, specs=[SPEC], settings=LocalizeSettings(16, threshold_db=30.0))
@@ -251,7 +251,7 @@ def test_explicit_threshold_keeps_the_threshold_rule(tmp_path: Path) -> None:
 
 def test_non_class_output_uses_the_threshold(tmp_path: Path) -> None:
     """A feature-map output (N×C×H×W) has no top-1 decision: the threshold answers, and the note says why."""
-    from harness.localize import LocalizeSettings, localize
+    from qtbench.harness.analysis.localize import LocalizeSettings, localize
 
     model = onnx.load(str(outlier_cnn(tmp_path / "o.onnx")))
     keep = [n for n in model.graph.node if n.name in ("conv1", "relu1", "conv2", "relu2")]
@@ -281,7 +281,7 @@ def test_non_class_output_uses_the_threshold(tmp_path: Path) -> None:
 def test_splicer_reproduces_fp32_and_skips_side_branches(tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from harness.localize import Splicer
+    from qtbench.harness.analysis.localize import Splicer
 
     path = residual_cnn(tmp_path / "r.onnx")
     x = inputs(6, 3, [3, 8, 8])
@@ -303,7 +303,7 @@ def test_splicer_reproduces_fp32_and_skips_side_branches(tmp_path: Path) -> None
 
 
 def test_decision_loss_counts_margin_lost_and_flips() -> None:
-    from harness.localize import decision_loss
+    from qtbench.harness.analysis.localize import decision_loss
 
     ref = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 0.0], [1.0, 0.99, 0.0]])
     q = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0], [0.98, 0.99, 0.0]])
@@ -324,7 +324,7 @@ def test_default_rule_names_the_planted_layer_on_tflite(tmp_path: Path, name: st
     47 dB), and the rule names conv_a, where they are lost on TFLite; onnx2tf cannot convert the attention model."""
     import os
 
-    from harness.localize import LocalizeSettings, localize
+    from qtbench.harness.analysis.localize import LocalizeSettings, localize
 
     py = os.environ.get("QTBENCH_TF_PYTHON")
     if not py:

@@ -171,7 +171,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _localize(folder: Path, name: str) -> dict[str, dict]:
     """Layer rows of ``name`` on tflite at fp32 and INT8, as {spec: {tensor: row}}."""
-    from harness.localize import LocalizeSettings, localize
+    from qtbench.harness.analysis.localize import LocalizeSettings, localize
 
     cfg = {
         "name": f"taps-{name}",

@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.cli import main
-from harness.errors import ResultsError
-from harness.merge import merge
-from harness.store import ResultsStore, load_results
-from harness.sweep import run_sweep
+from qtbench.harness.cli import main
+from qtbench.harness.core.errors import ResultsError
+from qtbench.harness.run.merge import merge
+from qtbench.harness.run.store import ResultsStore, load_results
+from qtbench.harness.run.sweep import run_sweep
 
 from models import tiny_sweep
 

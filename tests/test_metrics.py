@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from harness import metrics as M
+from qtbench.harness.core import metrics as M
 
 
 def test_topk_with_ties_prefers_lower_index():

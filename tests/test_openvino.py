@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends.base import ModelInput
-from harness.cell import model_facts
-from harness.data import load_dataset
-from harness.spec import QuantSpec
+from qtbench.backends.base import ModelInput
+from qtbench.harness.core.data import load_dataset
+from qtbench.harness.core.onnxfacts import model_facts
+from qtbench.harness.core.spec import QuantSpec
 
 from models import tiny_data
 
 ov = pytest.importorskip("openvino", reason="needs OpenVINO: pip install 'qtbench[openvino]'")
-from backends.openvino import OpenVinoBackend  # noqa: E402
+from qtbench.backends.openvino import OpenVinoBackend  # noqa: E402
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_bf16_and_int8_paths_run_close_to_fp32(setup):
         out16, _ = _run(b, setup, "bf16")
         assert 0 < np.abs(out16 - ref).max() < 0.2
     else:  # a CPU without bf16 arithmetic runs the hint as f32: a bf16 row would be an f32 run, so it is skipped
-        from harness.errors import UnsupportedSpec
+        from qtbench.harness.core.errors import UnsupportedSpec
 
         with pytest.raises(UnsupportedSpec, match="runs bf16 as f32 on this host"):
             _run(b, setup, "bf16")
@@ -104,7 +104,7 @@ def test_batch1_calls_run_a_static_twin_and_see_new_and_mutated_inputs(setup):
         np.testing.assert_allclose(c.infer(other)[0], ref[5:6], atol=1e-4)
         assert len(c.device_latencies_ms()) == 5 and c.device_latencies_ms() == []
         first = c.infer(one)[0]
-    from backends.openvino import TWIN_PREFIX
+    from qtbench.backends.openvino import TWIN_PREFIX
 
     twins = sorted((tmp / "twin").glob(f"{TWIN_PREFIX}*.xml"))
     assert len(twins) == 1  # the reshaped IR was kept beside the entry's
@@ -116,7 +116,7 @@ def test_batch1_calls_run_a_static_twin_and_see_new_and_mutated_inputs(setup):
 
 
 def test_a_fixed_batch_model_has_no_twin(setup):
-    from backends._graph import fix_batch
+    from qtbench.backends._graph import fix_batch
 
     model, calib, x, ref, tmp = setup
     fixed = fix_batch(model.path, tmp / "fixed.onnx")
@@ -133,7 +133,7 @@ def test_one_nncf_statistics_pass_builds_every_sibling_bit_for_bit_like_nncf_qua
     """The leader spec quantizes its build-group siblings in the same NNCF pass (``shared_ptq``, forced on
     whatever NNCF is installed, so a new NNCF that changes ``nncf.quantize`` fails here); each IR is the bytes
     ``nncf.quantize`` writes for that spec alone, and the siblings' cells then find complete cache entries."""
-    import backends.openvino as ovb
+    import qtbench.backends.openvino as ovb
 
     model, calib, x, _ref, tmp = setup
     specs = [QuantSpec.parse(s) for s in SHARED]
@@ -173,7 +173,7 @@ def test_one_nncf_statistics_pass_builds_every_sibling_bit_for_bit_like_nncf_qua
 def test_a_sibling_another_process_is_building_is_left_to_it(setup):
     import fcntl
 
-    import backends.openvino as ovb
+    import qtbench.backends.openvino as ovb
 
     model, calib, _x, _ref, tmp = setup
     specs = [QuantSpec.parse(s) for s in SHARED[:2]]
@@ -193,14 +193,17 @@ def test_a_sibling_another_process_is_building_is_left_to_it(setup):
 def test_a_sweep_hands_each_nncf_cell_its_siblings_and_compiles_one_leader_first(tmp_path: Path):
     """Planning links the NNCF static cells of one model (not fp32, weight-only or ort's cells) and the compile
     order runs one of them early, the rest last; the sweep's rows then say which cell's pass built them."""
-    from harness.sweep import LocalExecutor, open_run, plan, run_sweep
+    from qtbench.harness.run.executors import LocalExecutor
+    from qtbench.harness.run.manifest import open_run
+    from qtbench.harness.run.plan import plan
+    from qtbench.harness.run.sweep import run_sweep
 
     from models import tiny_sweep
 
     specs = ["fp32", *SHARED, "int4-weightonly-pc-sym"]
     backends_ = [{"name": "openvino", "options": {"threads": 1}}, {"name": "ort", "options": {"threads": 1}}]
     cfg = tiny_sweep(tmp_path, backends=backends_, specs=specs, measure={"warmup": 1, "iterations": 3})
-    from harness.sweep import _load
+    from qtbench.harness.run.sweep import _load
 
     cells = [c for c in plan(open_run(_load(cfg))) if c.job is not None]
     by = {(c.job.backend, c.job.spec.id): c.job for c in cells}
@@ -211,7 +214,7 @@ def test_a_sweep_hands_each_nncf_cell_its_siblings_and_compiles_one_leader_first
     order = [(c.job.backend, c.job.spec.id) for c in LocalExecutor.compile_order(cells)]
     nncf = [i for i, k in enumerate(order) if k[0] == "openvino" and k[1] in SHARED]
     assert nncf == [0, len(order) - 2, len(order) - 1]  # the leader first, its two siblings last
-    import backends.openvino as ovb
+    import qtbench.backends.openvino as ovb
 
     if not __import__("nncf").__version__.startswith(ovb.SHARED_PTQ_NNCF):
         pytest.skip("the shared NNCF pass is verified for another NNCF version; each spec is quantized alone")
@@ -231,7 +234,7 @@ def test_tail_quantile_is_numpys_quantile_bit_for_bit():
     """The fast path (a threshold from a strided subsample, then the tail only) and its fallbacks give
     ``np.quantile``'s float64 result exactly: ties (ReLU zeros, integers), heavy tails, sorted data (a structured
     subsample), constants, NaN/inf, and sizes on both sides of the fast-path minimum."""
-    from backends.openvino import tail_quantile
+    from qtbench.backends.openvino import tail_quantile
 
     rng = np.random.default_rng(0)
     makers = [
@@ -264,7 +267,7 @@ def test_nncf_quantizes_to_the_same_bytes_with_the_fast_quantile(tmp_path: Path)
     from nncf.tensor.functions import numeric
     from openvino import opset13 as ops
 
-    import backends.openvino as ovb
+    import qtbench.backends.openvino as ovb
 
     if not nncf.__version__.startswith(ovb.SHARED_PTQ_NNCF):
         pytest.skip(f"fast_nncf_quantile is off on NNCF {nncf.__version__} (checked on {ovb.SHARED_PTQ_NNCF})")
@@ -311,7 +314,7 @@ def test_nncf_pattern_search_is_memoised_only_for_the_same_graph_and_pattern():
     from nncf.common.graph import graph_matching as gm
     from nncf.common.graph.patterns import GraphPattern
 
-    import backends.openvino as ovb
+    import qtbench.backends.openvino as ovb
 
     if not nncf.__version__.startswith(ovb.SHARED_PTQ_NNCF):
         pytest.skip(f"the memo is off on NNCF {nncf.__version__}")

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends.base import ModelInput
-from backends.ort import OrtBackend
-from harness.cell import model_facts
-from harness.data import load_dataset
-from harness.errors import ConfigError, UnsupportedSpec
-from harness.spec import QuantSpec
+from qtbench.backends.base import ModelInput
+from qtbench.backends.ort import OrtBackend
+from qtbench.harness.core.data import load_dataset
+from qtbench.harness.core.errors import ConfigError, UnsupportedSpec
+from qtbench.harness.core.onnxfacts import model_facts
+from qtbench.harness.core.spec import QuantSpec
 
 from models import tiny_data
 
@@ -112,7 +112,7 @@ def test_int4_weightonly_without_matmul_is_skipped_with_reason(setup):
 
 
 def test_s8s8_saturation_note_only_where_the_kernels_saturate(monkeypatch):
-    import backends.ort as ort_mod
+    import qtbench.backends.ort as ort_mod
 
     sym, wsym = QuantSpec.parse("int8-static-pt-sym-minmax"), QuantSpec.parse("int8-static-pt-wsym-minmax")
     monkeypatch.setattr(ort_mod, "cpu_has_vnni", lambda: False)
@@ -189,7 +189,7 @@ def test_ort_fast_paths_pack_like_ort():
     """The numpy 4-bit packing is ORT's byte loop: empty, even and odd lengths, every byte value."""
     from onnxruntime.quantization.quant_utils import pack_bytes_to_4bit
 
-    from backends.qdq import pack_4bit
+    from qtbench.backends.qdq import pack_4bit
 
     rng = np.random.default_rng(0)
     for n in (0, 1, 2, 7, 256, 1001):
@@ -208,7 +208,7 @@ def test_ort_fast_paths_write_the_same_graph_bytes(tmp_path: Path, per_channel: 
     import onnxruntime.quantization as q
     from onnxruntime.quantization import base_quantizer, onnx_model, qdq_quantizer, quant_utils
 
-    from backends.qdq import ORT_FAST_PATHS, ort_fast_paths
+    from qtbench.backends.qdq import ORT_FAST_PATHS, ort_fast_paths
 
     if not onnxruntime.__version__.startswith(ORT_FAST_PATHS):
         pytest.skip(f"onnxruntime {onnxruntime.__version__} is not a fast-path version {ORT_FAST_PATHS}")
@@ -259,7 +259,7 @@ def test_ort_fast_paths_only_on_checked_versions(monkeypatch: pytest.MonkeyPatch
     import onnxruntime
     from onnxruntime.quantization import quant_utils
 
-    from backends.qdq import ort_fast_paths
+    from qtbench.backends.qdq import ort_fast_paths
 
     monkeypatch.setattr(onnxruntime, "__version__", "9.99.0")
     original = quant_utils.pack_bytes_to_4bit
@@ -272,7 +272,7 @@ def test_ort_fast_paths_nest():
     import onnxruntime
     from onnxruntime.quantization import quant_utils
 
-    from backends.qdq import ORT_FAST_PATHS, ort_fast_paths, pack_4bit
+    from qtbench.backends.qdq import ORT_FAST_PATHS, ort_fast_paths, pack_4bit
 
     if not onnxruntime.__version__.startswith(ORT_FAST_PATHS):
         pytest.skip(f"onnxruntime {onnxruntime.__version__} is not a fast-path version {ORT_FAST_PATHS}")

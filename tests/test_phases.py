@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import backends
-from harness.sweep import Executor, LocalExecutor, run_sweep
+from qtbench import backends
+from qtbench.harness.run.executors import Executor, LocalExecutor
+from qtbench.harness.run.sweep import run_sweep
 
 from models import tiny_sweep
 
@@ -59,7 +60,7 @@ def test_every_artifact_is_built_before_any_cell_is_timed(tmp_path: Path, logged
     # the quality pass ran in the compile phase (the compile workers' own inferences), so each cell's measure
     # phase ran only its timed loop: warm-ups plus at least the protocol's iterations, no evaluation batches
     assert (df["eval_phase"] == "compile").all() and (df["eval_samples"] > 0).all()
-    from harness.config import MeasureSettings
+    from qtbench.harness.core.config import MeasureSettings
 
     bs = MeasureSettings().eval_batch_size  # the tiny model's batch axis is dynamic: evaluated in batches
     batches = sum(-(-int(n) // bs) for n in df["eval_samples"])
@@ -156,7 +157,7 @@ def test_a_crash_in_a_warm_worker_costs_its_cell_only(tmp_path: Path, monkeypatc
 
 
 def test_worker_outcomes_and_restarts():
-    from harness.isolate import Worker
+    from qtbench.harness.core.isolate import Worker
 
     import fault_backends as fb
 
@@ -189,7 +190,7 @@ def test_scoring_in_the_compile_phase_gives_the_measure_phases_numbers(tmp_path:
     quality column and the stored per-sample predictions are equal; only eval_phase says where it ran."""
     import numpy as np
 
-    from harness.check import _record_data
+    from qtbench.harness.analysis.check import _record_data
 
     cols = ["top1", "top5", "top1_agreement", "kl_fp", "logit_cosine", "sqnr_db", "max_abs_err", "ece", "nll"]
     cols += ["fp_top1", "reliability", "eval_samples", "eval_sha256"]

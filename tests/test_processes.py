@@ -19,7 +19,7 @@ import psutil
 import pytest
 import yaml
 
-from harness.store import ResultsStore, load_results
+from qtbench.harness.run.store import ResultsStore, load_results
 
 from models import tiny_sweep
 
@@ -27,11 +27,11 @@ TESTS = Path(__file__).parent
 DRIVER = f"""
 import sys
 sys.path.insert(0, {str(TESTS)!r})
-import backends
+from qtbench import backends
 backends.BUILTIN["spawnhang"] = "fault_backends:SpawningHangBackend"
 backends.BUILTIN["hangprobe"] = "fault_backends:HangingProbeBackend"
 backends.BUILTIN["scratch"] = "fault_backends:ScratchBackend"
-from harness.cli import main
+from qtbench.harness.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -100,7 +100,7 @@ def test_two_sweeps_and_a_reader_share_one_folder(tmp_path: Path):
     while a.poll() is None or b.poll() is None:  # a reader polling while both write and consolidate
         if (folder / "manifest.json").is_file():
             r = subprocess.run(
-                [sys.executable, "-m", "harness.cli", "show", str(folder), "--format", "csv"],
+                [sys.executable, "-m", "qtbench", "show", str(folder), "--format", "csv"],
                 capture_output=True,
                 text=True,
                 env=_env(),
@@ -154,7 +154,7 @@ def test_no_process_outlives_a_killed_sweep(tmp_path: Path, sig):
     cfg = yaml.safe_load((tmp_path / "sweep.yaml").read_text())
     cfg["backends"] = cfg["backends"][:1]
     again = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "sweep", str(_write(tmp_path, cfg, "again.yaml")), "--no-report"],
+        [sys.executable, "-m", "qtbench", "sweep", str(_write(tmp_path, cfg, "again.yaml")), "--no-report"],
         capture_output=True,
         text=True,
         env=_env(),
@@ -190,7 +190,7 @@ def test_stale_run_is_folded_by_the_next_sweep(tmp_path: Path):
     time.sleep(1)
     assert (folder / "parts").is_dir()
     store = ResultsStore(folder)
-    from harness.sweep import run_is_alive
+    from qtbench.harness.run.manifest import run_is_alive
 
     assert store.recover_stale_runs(run_is_alive)
     assert not (folder / "parts").exists()
@@ -215,13 +215,13 @@ def test_disk_full_is_one_line_and_keeps_saved_rows(tmp_path: Path, tmpfs: Path)
     cfg["run"] = {**cfg["run"], "results_dir": str(tmpfs / "results")}
     path = _write(tmp_path, cfg)
     first = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "sweep", str(path), "--no-report", "-q"], capture_output=True, text=True
+        [sys.executable, "-m", "qtbench", "sweep", str(path), "--no-report", "-q"], capture_output=True, text=True
     )
     assert first.returncode == 0, first.stderr
     filler = tmpfs / "filler"
     subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)  # until ENOSPC
     second = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "sweep", str(path), "--no-report", "-q", "--rerun"],
+        [sys.executable, "-m", "qtbench", "sweep", str(path), "--no-report", "-q", "--rerun"],
         capture_output=True,
         text=True,
     )
@@ -238,11 +238,11 @@ def test_read_only_results_folder(tmp_path: Path, tmpfs: Path):
     cfg = tiny_sweep(tmp_path, specs=["fp32"], measure={"warmup": 1, "iterations": 3})
     cfg["run"] = {**cfg["run"], "results_dir": str(tmpfs / "results")}
     path = _write(tmp_path, cfg)
-    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(path), "--no-report", "-q"]
+    cmd = [sys.executable, "-m", "qtbench", "sweep", str(path), "--no-report", "-q"]
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     assert subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], capture_output=True).returncode == 0
     show = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "show", str(tmpfs / "results" / "tiny")], capture_output=True, text=True
+        [sys.executable, "-m", "qtbench", "show", str(tmpfs / "results" / "tiny")], capture_output=True, text=True
     )
     assert show.returncode == 0 and "tiny" in show.stdout
     again = subprocess.run([*cmd, "--rerun"], capture_output=True, text=True)
@@ -254,7 +254,7 @@ def test_read_only_report_folder_is_found_before_the_sweep(tmp_path: Path, tmpfs
     cfg = tiny_sweep(tmp_path, specs=["fp32"], measure={"warmup": 1, "iterations": 3})
     path = _write(tmp_path, cfg)
     assert subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], capture_output=True).returncode == 0
-    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(path), "-q", "--report-dir", str(tmpfs / "rep")]
+    cmd = [sys.executable, "-m", "qtbench", "sweep", str(path), "-q", "--report-dir", str(tmpfs / "rep")]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "read-only" in r.stderr and "--report-dir" in r.stderr
@@ -266,7 +266,7 @@ def test_result_files_are_shared_files_not_private(tmp_path: Path):
     """Parquet parts, compacted files and the manifest get 0666 less the umask (a team's folder), not 0600."""
     cfg = tiny_sweep(tmp_path, specs=["fp32"], measure={"warmup": 1, "iterations": 3})
     r = subprocess.run(
-        ["bash", "-c", f"umask 022 && {sys.executable} -m harness.cli sweep {_write(tmp_path, cfg)} -q --no-report"],
+        ["bash", "-c", f"umask 022 && {sys.executable} -m qtbench sweep {_write(tmp_path, cfg)} -q --no-report"],
         capture_output=True,
         text=True,
         env=_env(),
@@ -277,7 +277,7 @@ def test_result_files_are_shared_files_not_private(tmp_path: Path):
 
 
 def test_poisoned_cache_entry_is_rebuilt(tmp_path: Path):
-    from harness.sweep import run_sweep
+    from qtbench.harness.run.sweep import run_sweep
 
     cfg = tiny_sweep(tmp_path, specs=["int8-static-pc-wsym-minmax"], measure={"warmup": 1, "iterations": 3})
     first = run_sweep(cfg).iloc[0]
@@ -297,8 +297,8 @@ def test_poisoned_cache_entry_is_rebuilt(tmp_path: Path):
 
 
 def test_module_entry_point_exists():
-    # the tests above run `python -m harness.cli`; keep that working
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "--version"], capture_output=True, text=True)
+    # the tests above run `python -m qtbench`; keep that working
+    r = subprocess.run([sys.executable, "-m", "qtbench", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and "qtbench" in r.stdout
 
 

@@ -9,9 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="Quant-Trim needs torch: pip install 'qtbench[train]'")
 
-from quanttrim import QuantTrimConfig, export_onnx, lambda_at, percentile_at, posthoc_clip, prepare  # noqa: E402
-from quanttrim.core import fake_quantize, qrange, scale_zero_point  # noqa: E402
-from quanttrim.models import build_model  # noqa: E402
+from qtbench.quanttrim import QuantTrimConfig, export_onnx, lambda_at, percentile_at, posthoc_clip, prepare  # noqa: E402
+from qtbench.quanttrim.core import fake_quantize, qrange, scale_zero_point  # noqa: E402
+from qtbench.quanttrim.models import build_model  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -70,7 +70,7 @@ def test_reverse_pruning_clips_exactly_at_the_quantile():
 
 def test_quantile_above_torch_limit_of_2_pow_24_elements():
     """torch.quantile refuses > 2**24 elements (a 4096×4096 layer has 2**24): reverse pruning must not crash."""
-    from quanttrim.core import clip_at_quantile, quantile_large
+    from qtbench.quanttrim.core import clip_at_quantile, quantile_large
 
     g = torch.Generator().manual_seed(0)
     for n in (1, 2, 7, 1001):
@@ -130,8 +130,8 @@ def test_export_is_plain_onnx_matching_torch(tmp_path: Path):
 
 def test_training_on_digits_decreases_loss_and_logs_schedule(tmp_path: Path):
     pytest.importorskip("sklearn", reason="digits come with scikit-learn (qtbench[test])")
-    from quanttrim.data import load_digits
-    from quanttrim.train import TrainConfig, train
+    from qtbench.quanttrim.data import load_digits
+    from qtbench.quanttrim.train import TrainConfig, train
 
     data = load_digits()
     cfg = TrainConfig(
@@ -168,7 +168,7 @@ def test_train_cli_writes_onnx_and_log(tmp_path: Path, capsys):
     pytest.importorskip("sklearn", reason="digits come with scikit-learn (qtbench[test])")
     import onnx
 
-    from harness.cli import main
+    from qtbench.harness.cli import main
 
     rc = main(
         [
@@ -199,7 +199,7 @@ def test_train_cli_writes_onnx_and_log(tmp_path: Path, capsys):
 
     import onnxruntime as ort
 
-    from quanttrim.data import load_digits
+    from qtbench.quanttrim.data import load_digits
 
     meta = json.loads({p.key: p.value for p in proto.metadata_props}["qtbench.training"])
     data = load_digits()
@@ -233,9 +233,9 @@ def test_train_cli_caps_epoch_evaluation_and_keeps_the_snippet_of_finished_seeds
     import onnx
     import yaml
 
-    import quanttrim.train as qtrain
-    from harness.cli import main
-    from quanttrim.data import load_digits
+    import qtbench.quanttrim.train as qtrain
+    from qtbench.harness.cli import main
+    from qtbench.quanttrim.data import load_digits
 
     real = qtrain.train
     calls: list[int] = []

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.check import Gate, compare, load_gates, mann_whitney_p
-from harness.cli import main
-from harness.errors import ConfigError, UserError
-from harness.report import build_report, pareto_front
-from harness.store import load_results
-from harness.sweep import run_sweep
+from qtbench.harness.analysis.check import Gate, compare, load_gates, mann_whitney_p
+from qtbench.harness.analysis.report import build_report, pareto_front
+from qtbench.harness.cli import main
+from qtbench.harness.core.errors import ConfigError, UserError
+from qtbench.harness.run.store import load_results
+from qtbench.harness.run.sweep import run_sweep
 
 from models import synthetic_results, tiny_sweep
 
@@ -184,7 +184,7 @@ def test_study_report_has_comparison_heatmap_and_per_cell_intervals(tmp_path: Pa
 
 
 def test_row_flags_catch_unchanged_top1_with_low_agreement_and_unstable_timing():
-    from harness.report import row_flags
+    from qtbench.harness.analysis.report import row_flags
 
     r = {"status": "ok", "timed": True, "unstable": True, "latency_cv": 0.31, "top1_agreement": 0.84, "gap_pp": 1.6}
     flags = row_flags(r)
@@ -198,11 +198,11 @@ def test_row_flags_catch_unchanged_top1_with_low_agreement_and_unstable_timing()
 def test_check_table_lists_the_notable_verdicts_past_its_cap(tmp_path: Path, baseline, monkeypatch, capsys):
     """Past CHECK_TABLE_ROWS verdicts the terminal table keeps fails/inconclusives/significant changes and says
     how many it left out; --all lists every verdict."""
-    import harness.cli as cli
+    from qtbench.harness.cli import check as check_cmd
 
     base, correct = baseline
     cand = synthetic_results(tmp_path / "b", "cand", latency_ms=1.3, correct=correct, seed=2)  # latency fails only
-    monkeypatch.setattr(cli, "CHECK_TABLE_ROWS", 1)
+    monkeypatch.setattr(check_cmd, "CHECK_TABLE_ROWS", 1)
     args = ["check", "--baseline", str(base), "--candidate", str(cand)]
     assert main(args) == 1
     out = capsys.readouterr().out

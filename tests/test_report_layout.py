@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import harness.report as report
-from harness.report import build_report
-from harness.sweep import run_sweep
+import qtbench.harness.analysis.report as report
+from qtbench.harness.analysis.report import build_report
+from qtbench.harness.run.sweep import run_sweep
 
 from models import make_record, tiny_sweep
 
@@ -45,7 +45,7 @@ def _study(tmp_path: Path) -> Path:
 
 
 def test_verdict_card_is_first_and_states_the_comparison_intervals(tmp_path: Path):
-    from harness.compare import compare
+    from qtbench.harness.analysis.compare import compare
 
     results = _study(tmp_path)
     out = build_report([results], tmp_path / "rep")
@@ -76,7 +76,7 @@ def test_verdict_card_is_first_and_states_the_comparison_intervals(tmp_path: Pat
 def _flag_study(root: Path) -> Path:
     """One model: FP32 plus three INT8 cells whose predictions moved behind (a) an unchanged top-1, (b) a −1 pp
     change within noise, (c) a clear −10 pp drop; all three agree with FP32 on < 97 % of samples."""
-    from harness.store import ResultsStore
+    from qtbench.harness.run.store import ResultsStore
 
     n = 200
     rng = np.random.default_rng(0)
@@ -139,7 +139,7 @@ def test_header_flag_count_is_the_tables_and_unchanged_means_unchanged(tmp_path:
 
 
 def test_row_flag_wording_follows_the_tolerance():
-    from harness.report import low_agreement_flag
+    from qtbench.harness.analysis.report import low_agreement_flag
 
     r = {"top1_agreement": 0.9}
     assert low_agreement_flag({**r, "gap_pp": 0.0}).startswith("top-1 unchanged")
@@ -164,7 +164,7 @@ def test_plain_sweep_report_log_ticks_table_in_details_and_footnotes(tmp_path: P
     assert text.index("<th>model</th>", details) < text.index("</details>", details)
     assert "<details id='full-table' open" not in text
     # each energy-source sentence: once, as a footnote, with [n] markers in the rows
-    from harness.store import load_results
+    from qtbench.harness.run.store import load_results
 
     sources = {s for s in load_results(tmp_path / "results" / "tiny")["energy_source"] if s}
     assert sources
@@ -222,7 +222,7 @@ def test_heatmap_draws_not_run_cells_hatched_not_as_zero(captured):
 
 
 def test_measured_and_estimated_fps_are_separate_panels(captured):
-    from harness.records import to_frame
+    from qtbench.harness.core.records import to_frame
 
     rows = to_frame(
         [

@@ -4,8 +4,8 @@ import itertools
 
 import pytest
 
-from harness.errors import ConfigError
-from harness.spec import CALIBRATIONS, GRANULARITIES, QuantSpec
+from qtbench.harness.core.errors import ConfigError
+from qtbench.harness.core.spec import CALIBRATIONS, GRANULARITIES, QuantSpec
 
 
 def test_ids_round_trip_and_are_unique_over_the_grid():

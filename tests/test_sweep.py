@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-import backends
-from harness.errors import ConfigError, DataError
-from harness.store import ResultsStore, load_results
-from harness.sweep import external_data_files, run_sweep
+from qtbench import backends
+from qtbench.harness.core.errors import ConfigError, DataError
+from qtbench.harness.run.manifest import external_data_files
+from qtbench.harness.run.store import ResultsStore, load_results
+from qtbench.harness.run.sweep import run_sweep
 
 from models import tiny_cnn, tiny_data, tiny_sweep
 
@@ -105,8 +106,8 @@ def test_planning_parses_a_model_once_and_sees_a_rewritten_file(tmp_path: Path, 
 
     import onnx
 
-    from harness import cell
-    from harness.data import check_against_model, load_dataset
+    from qtbench.harness.core import onnxfacts as cell
+    from qtbench.harness.core.data import check_against_model, load_dataset
 
     model = tiny_cnn(tmp_path / "m.onnx")
     data = tiny_data(tmp_path / "d.npz")

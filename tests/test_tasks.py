@@ -12,13 +12,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import backends
-from harness import metrics, tasks
-from harness.config import parse_sweep
-from harness.data import SampleFiles, load_dataset
-from harness.errors import ConfigError
-from harness.records import SCHEMA_VERSION, upgrade_frame
-from harness.sweep import run_sweep
+from qtbench import backends
+from qtbench.harness.core import metrics, tasks
+from qtbench.harness.core.config import parse_sweep
+from qtbench.harness.core.data import SampleFiles, load_dataset
+from qtbench.harness.core.errors import ConfigError
+from qtbench.harness.core.records import SCHEMA_VERSION, upgrade_frame
+from qtbench.harness.run.sweep import run_sweep
 
 from models import tiny_sweep
 
@@ -212,7 +212,7 @@ def test_streamed_data_layouts_hash_like_memory(tmp_path: Path):
 
 def test_segmentation_sweep_on_streamed_masks(tmp_path: Path):
     pytest.importorskip("torch")
-    from harness import zoo
+    from qtbench.harness.core import zoo
 
     model = zoo.build("seg_mnv3", tmp_path / "seg.onnx", input_size=32, width=0.25, num_classes=4, inter_channels=8)
     rng = np.random.default_rng(0)

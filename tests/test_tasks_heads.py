@@ -13,10 +13,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from harness import tasks
-from harness.config import parse_sweep
-from harness.errors import ConfigError, DataError
-from harness.sweep import run_sweep
+from qtbench.harness.core import tasks
+from qtbench.harness.core.config import parse_sweep
+from qtbench.harness.core.errors import ConfigError, DataError
+from qtbench.harness.run.sweep import run_sweep
 
 from models import tiny_sweep
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends.base import ModelInput
-from harness.cell import model_facts
-from harness.data import load_dataset
-from harness.errors import BackendUnavailable
-from harness.spec import QuantSpec
+from qtbench.backends.base import ModelInput
+from qtbench.harness.core.data import load_dataset
+from qtbench.harness.core.errors import BackendUnavailable
+from qtbench.harness.core.onnxfacts import model_facts
+from qtbench.harness.core.spec import QuantSpec
 
 from models import tiny_data
 
@@ -286,7 +286,7 @@ def tiny(tmp_path: Path, tiny_model: Path):
 
 def test_tensorrt_reports_why_it_cannot_run_here():
     """No GPU and no TensorRT on this machine: the adapter must say so, never fake a number."""
-    from backends.tensorrt import TensorRtBackend
+    from qtbench.backends.tensorrt import TensorRtBackend
 
     try:
         import tensorrt  # noqa: F401
@@ -303,7 +303,7 @@ def test_tensorrt_reports_why_it_cannot_run_here():
 
 
 def test_fp32_engine_clears_tf32_and_records_math_mode(fake_gpu, tiny):
-    from backends.tensorrt import TensorRtBackend
+    from qtbench.backends.tensorrt import TensorRtBackend
 
     model, _, tmp = tiny
     with TensorRtBackend().compile(model, QuantSpec("fp32"), None, tmp / "fp32") as c:
@@ -329,7 +329,7 @@ def test_int8_qdq_graph_has_float_biases_for_the_parser(fake_gpu, tiny):
     """ORT's default QDQ quantizes biases to int32 behind a DequantizeLinear, which TensorRT's parser rejects."""
     import onnx
 
-    from backends.tensorrt import TensorRtBackend
+    from qtbench.backends.tensorrt import TensorRtBackend
 
     model, calib, tmp = tiny
     spec = QuantSpec.parse("int8-static-pc-sym-minmax")
@@ -350,7 +350,7 @@ def test_int8_qdq_graph_has_float_biases_for_the_parser(fake_gpu, tiny):
 
 @pytest.mark.parametrize(("key", "match"), [("shape_ok", "rejected input shape"), ("execute_ok", "execute_async_v3")])
 def test_failed_tensorrt_calls_raise_instead_of_returning_stale_buffers(fake_gpu, tiny, key, match):
-    from backends.tensorrt import TensorRtBackend
+    from qtbench.backends.tensorrt import TensorRtBackend
 
     model, _, tmp = tiny
     with TensorRtBackend().compile(model, QuantSpec("fp32"), None, tmp / "fp32") as c:
@@ -362,7 +362,7 @@ def test_failed_tensorrt_calls_raise_instead_of_returning_stale_buffers(fake_gpu
 
 
 def test_pycuda_without_a_gpu_is_unavailable_not_a_crash(fake_gpu, monkeypatch, tiny):
-    from backends.tensorrt import TensorRtBackend
+    from qtbench.backends.tensorrt import TensorRtBackend
 
     monkeypatch.delitem(sys.modules, "pycuda.autoinit")
     monkeypatch.setattr(sys, "meta_path", [_FailingAutoinit(), *sys.meta_path])
@@ -375,7 +375,7 @@ def test_pycuda_without_a_gpu_is_unavailable_not_a_crash(fake_gpu, monkeypatch, 
 
 
 def test_tensorrt_11_is_refused_with_the_pin(monkeypatch, fake_gpu):
-    from backends.tensorrt import TensorRtBackend
+    from qtbench.backends.tensorrt import TensorRtBackend
 
     assert TensorRtBackend().availability().available
     fake_gpu.__version__ = "11.1.0"
@@ -388,8 +388,8 @@ def test_tensorrt_11_is_refused_with_the_pin(monkeypatch, fake_gpu):
 def test_an_engine_this_gpu_cannot_load_is_rebuilt_once_then_a_clear_failure(fake_gpu, tiny):
     """A cached plan from another GPU (same size, valid marker) fails to deserialize: the adapter drops it and
     builds again, once; an engine that does not load even fresh is a one-line CompileError, not a crash."""
-    from backends.tensorrt import TensorRtBackend
-    from harness.errors import CompileError
+    from qtbench.backends.tensorrt import TensorRtBackend
+    from qtbench.harness.core.errors import CompileError
 
     model, _, tmp = tiny
     work = tmp / "foreign"
@@ -413,7 +413,7 @@ def test_engines_are_keyed_by_the_gpu_and_built_one_at_a_time(fake_gpu, monkeypa
     backend, and it declares an exclusive device, so the compile phase never builds two engines at once."""
     import pycuda.driver as drv
 
-    from backends.tensorrt import TensorRtBackend
+    from qtbench.backends.tensorrt import TensorRtBackend
 
     assert TensorRtBackend.exclusive_device and not TensorRtBackend.artifact_portable
     assert TensorRtBackend().device_identity() == ""  # the fake device cannot tell its compute capability

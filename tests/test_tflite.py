@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends.base import ModelInput
-from harness.cell import model_facts
-from harness.errors import BackendUnavailable
-from harness.spec import QuantSpec
+from qtbench.backends.base import ModelInput
+from qtbench.harness.core.errors import BackendUnavailable
+from qtbench.harness.core.onnxfacts import model_facts
+from qtbench.harness.core.spec import QuantSpec
 
 pytest.importorskip("ai_edge_litert", reason="needs LiteRT: pip install 'qtbench[tflite]'")
-from backends.tflite import TfliteBackend
+from qtbench.backends.tflite import TfliteBackend
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -103,7 +103,7 @@ def test_conversion_script_round_trip(tmp_path: Path):
 
 def test_replacing_a_pre_converted_file_makes_a_new_cell(tmp_path: Path):
     """The cell key includes the .tflite's sha256: a re-converted file is measured again, never reused."""
-    from harness.sweep import run_sweep
+    from qtbench.harness.run.sweep import run_sweep
 
     from models import tiny_data
 
@@ -124,15 +124,15 @@ def test_replacing_a_pre_converted_file_makes_a_new_cell(tmp_path: Path):
     shutil.copy(tmp_path / "tiny.float16.tflite", tmp_path / "tiny.float32.tflite")
     again = run_sweep(cfg)  # the views show the cell's latest row: the new file's, under a new key
     assert len(again) == 1 and again.iloc[0]["cell_key"] != first["cell_key"] and again.iloc[0]["status"] == "ok"
-    from harness.store import load_results
+    from qtbench.harness.run.store import load_results
 
     assert len(load_results(tmp_path / "results" / "tfl", latest=False)) == 2  # the history keeps both
 
 
 def test_converter_environment_is_found_without_an_option(tmp_path: Path, monkeypatch):
     """`qtbench env create tflite` builds the converter env where the backend looks: no option to set."""
-    import backends.tflite as tfl
-    from harness.envs import RECIPES, default_path
+    import qtbench.backends.tflite as tfl
+    from qtbench.harness.run.envs import RECIPES, default_path
 
     monkeypatch.delenv("QTBENCH_TF_PYTHON", raising=False)
     monkeypatch.setattr(tfl, "CONVERTER_ENV", tmp_path / "envs" / "tflite")

@@ -12,13 +12,13 @@ import numpy as np
 import onnx
 import pytest
 
-from backends.base import ModelInput
-from backends.simnpu import activation_grid, estimate_latency, fold_batchnorm, rewrite, weight_grid
-from devices.profiles import get_profile, load_profiles, parse_profile
-from harness.cell import model_facts
-from harness.data import load_dataset
-from harness.errors import ConfigError
-from harness.spec import QuantSpec
+from qtbench.backends.base import ModelInput
+from qtbench.backends.simnpu import activation_grid, estimate_latency, fold_batchnorm, rewrite, weight_grid
+from qtbench.devices.profiles import get_profile, load_profiles, parse_profile
+from qtbench.harness.core.data import load_dataset
+from qtbench.harness.core.errors import ConfigError
+from qtbench.harness.core.onnxfacts import model_facts
+from qtbench.harness.core.spec import QuantSpec
 from tests.models import tiny_cnn, tiny_data, tiny_sweep
 
 INT8 = QuantSpec.parse("int8-static-pc-wsym-minmax")
@@ -230,7 +230,7 @@ def test_batchnorm_is_folded_exactly():
 
 # -- simnpu and stubs through the adapter contract -------------------------------------------------------------
 def test_simnpu_compile_labels_rows_and_estimates(tiny):
-    import backends
+    from qtbench import backends
 
     model, calib, ev, d = tiny
     b = backends.create("simnpu", {"profile": "hailo8"})
@@ -245,7 +245,7 @@ def test_simnpu_compile_labels_rows_and_estimates(tiny):
 
 @pytest.mark.parametrize("slug", ["hailo", "nxp", "edgetpu"])
 def test_vendor_stub_falls_back_to_simnpu_and_says_why(tiny, slug):
-    import backends
+    from qtbench import backends
 
     model, calib, _, d = tiny
     b = backends.create(slug)
@@ -260,7 +260,7 @@ def test_vendor_stub_falls_back_to_simnpu_and_says_why(tiny, slug):
 
 
 def test_simulated_rows_carry_no_host_energy(tmp_path):
-    from harness.sweep import run_sweep
+    from qtbench.harness.run.sweep import run_sweep
 
     cfg = tiny_sweep(tmp_path, backends=[{"name": "simnpu", "options": {"profile": "rockchip"}}])
     cfg["specs"] = ["int8-static-pc-wsym-minmax"]
@@ -284,7 +284,7 @@ Msg Timestamp,Message,Time,Unit of Measurement,Timing Source,Event Level,Event I
 
 
 def test_qnn_profile_parsing():
-    from backends.qnn import parse_profile
+    from qtbench.backends.qnn import parse_profile
 
     cycles, per_op = parse_profile(PROFILE_CSV)
     assert cycles == [1000.0, 900.0]
@@ -292,7 +292,7 @@ def test_qnn_profile_parsing():
 
 
 def test_qnn_unavailable_without_the_wheel(monkeypatch):
-    import backends
+    from qtbench import backends
 
     monkeypatch.setitem(sys.modules, "onnxruntime_qnn", None)
     av = backends.create("qnn").availability()
@@ -301,7 +301,7 @@ def test_qnn_unavailable_without_the_wheel(monkeypatch):
 
 @pytest.mark.skipif(not HAS_QNN, reason="onnxruntime-qnn not installed (pip install 'qtbench[qnn]')")
 def test_qnn_htp_simulator_runs_int8_with_cycle_estimate(tiny):
-    import backends
+    from qtbench import backends
 
     model, calib, ev, d = tiny
     b = backends.create("qnn", {"profile_runs": 3})
@@ -324,7 +324,7 @@ def test_qnn_htp_simulator_runs_int8_with_cycle_estimate(tiny):
 def test_qnn_leftovers_of_a_killed_compile_are_cleared_and_never_taken_for_a_context(tiny, tmp_path):
     """A compile SIGKILLed while it wrote its trace folder and its context binary leaves both behind: the next
     compile of the entry (under its compile lock) removes them, and writes the context whole before using it."""
-    import backends
+    from qtbench import backends
 
     model, calib, ev, _d = tiny
     work = tmp_path / "qnn"
@@ -367,7 +367,7 @@ VELA_CSV = (
 
 
 def test_vela_output_parsing():
-    from backends.vela import parse_vela
+    from qtbench.backends.vela import parse_vela
 
     f = parse_vela(VELA_OUT, VELA_CSV)
     assert (f["cpu_ops"], f["npu_ops"]) == (1, 7)
@@ -379,7 +379,7 @@ def test_vela_output_parsing():
 def test_vela_estimates_the_tiny_int8_model(tmp_path):
     import shutil
 
-    import backends
+    from qtbench import backends
 
     shutil.copy(FIX / "tiny.onnx", tmp_path / "tiny.onnx")
     shutil.copy(FIX / "tiny.full_integer_quant.tflite", tmp_path / "tiny.full_integer_quant.tflite")
@@ -407,7 +407,7 @@ I rknn building done.
 
 
 def test_rknn_build_table_parsing():
-    from backends.rknn import parse_build_table
+    from qtbench.backends.rknn import parse_build_table
 
     rows = parse_build_table(RKNN_LOG)
     assert [(r["op"], r["target"], r["cycles_total"]) for r in rows] == [
@@ -418,21 +418,21 @@ def test_rknn_build_table_parsing():
 
 
 def test_rknn_without_worker_env_is_unavailable_with_the_fix(tmp_path):
-    import backends
+    from qtbench import backends
 
     av = backends.create("rknn", {"python": str(tmp_path / "nope" / "bin" / "python")}).availability()
     assert not av.available and "qtbench env create rknn" in av.reason
 
 
 def test_rknn_board_mode_needs_toolkit_lite2(tmp_path):
-    import backends
+    from qtbench import backends
 
     av = backends.create("rknn", {"rknn_model": str(tmp_path / "m.rknn")}).availability()
     assert not av.available and "rknn-toolkit-lite2" in av.reason
 
 
 def test_rknn_worker_crash_is_a_clear_error(tmp_path):
-    from backends.rknn import RknnWorker
+    from qtbench.backends.rknn import RknnWorker
 
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\necho 'Segmentation fault (simulated crash)'\nexit 139\n")
@@ -448,7 +448,7 @@ def test_rknn_lowers_newer_opsets_exactly(tiny, tmp_path):
     import onnxruntime as ort
     from onnx import version_converter
 
-    from backends.rknn import MAX_OPSET, _lower_opset
+    from qtbench.backends.rknn import MAX_OPSET, _lower_opset
 
     model, _, ev, _ = tiny
     new = tmp_path / "opset20.onnx"
@@ -465,7 +465,7 @@ def test_rknn_lowers_newer_opsets_exactly(tiny, tmp_path):
 
 @pytest.mark.skipif(not os.environ.get("QTBENCH_RKNN_PYTHON"), reason="set QTBENCH_RKNN_PYTHON to an rknn env")
 def test_rknn_simulator_builds_and_runs(tiny):
-    import backends
+    from qtbench import backends
 
     model, calib, ev, d = tiny
     b = backends.create("rknn")
@@ -500,7 +500,7 @@ def test_simgap_of_a_profile_against_itself_is_zero(tmp_path):
 
     import yaml
 
-    from harness.cli import main
+    from qtbench.harness.cli import main
 
     cfg = tiny_sweep(tmp_path)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
@@ -528,8 +528,8 @@ def test_simgap_of_a_profile_against_itself_is_zero(tmp_path):
 def test_report_places_simulated_rows_at_the_targets_estimated_fps():
     import pandas as pd
 
-    from harness.records import to_frame
-    from harness.report import throughput_frame
+    from qtbench.harness.analysis.report import throughput_frame
+    from qtbench.harness.core.records import to_frame
     from tests.models import make_record
 
     rows = to_frame(
@@ -547,7 +547,7 @@ def test_report_places_simulated_rows_at_the_targets_estimated_fps():
 
 
 def test_vela_unavailable_without_the_package(monkeypatch):
-    import backends
+    from qtbench import backends
 
     monkeypatch.setitem(sys.modules, "ethosu", None)
     monkeypatch.setitem(sys.modules, "ethosu.vela", None)
@@ -556,7 +556,7 @@ def test_vela_unavailable_without_the_package(monkeypatch):
 
 
 def test_nxp_stub_with_a_broken_delegate_falls_back_and_says_so(tiny, tmp_path):
-    import backends
+    from qtbench import backends
 
     model, calib, _, _ = tiny
     bad = tmp_path / "libvx_delegate.so"
@@ -571,7 +571,7 @@ def test_nxp_stub_with_a_broken_delegate_falls_back_and_says_so(tiny, tmp_path):
 def test_hailo_probe_without_a_device(monkeypatch):
     import types
 
-    import backends
+    from qtbench import backends
 
     fake = types.ModuleType("hailo_platform")
     fake.Device = types.SimpleNamespace(scan=lambda: [])
@@ -585,7 +585,7 @@ def test_hailo_probe_without_a_device(monkeypatch):
 
 
 def test_simgap_option_values_read_like_yaml():
-    from harness.cli import parse_option
+    from qtbench.harness.cli.common import parse_option
 
     assert parse_option("profile=nxp-imx8mp") == ("profile", "nxp-imx8mp")  # a word starting with n is text
     assert parse_option("clock_ghz=1.5") == ("clock_ghz", 1.5)

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.errors import ConfigError
-from harness.sweep import run_sweep
+from qtbench.harness.core.errors import ConfigError
+from qtbench.harness.run.sweep import run_sweep
 
 torch = pytest.importorskip("torch")
-zoo = pytest.importorskip("harness.zoo")
+zoo = pytest.importorskip("qtbench.harness.core.zoo")
 
 # (name, reduced size parameters, expected output shapes for a batch of 2)
 SMALL = [
@@ -112,7 +112,7 @@ def test_full_size_parameter_counts():
 
 
 def test_cli_zoo_build_writes_model_and_synthetic_data(tmp_path: Path, no_network, capsys):
-    from harness.cli import main
+    from qtbench.harness.cli import main
 
     rc = main(
         [

@@ -1,0 +1,5 @@
+"""``python -m qtbench.harness.cli``."""
+
+from qtbench.harness.cli import entry
+
+entry()
