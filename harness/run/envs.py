@@ -16,8 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from qtbench.backends.rknn import DEFAULT_ENV
-from qtbench.backends.tflite import CONVERTER_ENV
+from qtbench.backends import rknn, tflite
 from qtbench.harness.core.errors import ConfigError
 
 RECIPES: dict[str, list[list[str]]] = {
@@ -50,7 +49,7 @@ CHECKS = {
 def default_path(name: str) -> Path:
     """Where the backends look for the environment when no option names one."""
 
-    return {"rknn": DEFAULT_ENV, "tflite": CONVERTER_ENV}.get(name, DEFAULT_ENV.parent / name)
+    return {"rknn": rknn.DEFAULT_ENV, "tflite": tflite.CONVERTER_ENV}.get(name, rknn.DEFAULT_ENV.parent / name)
 
 
 def create(name: str, path: Path | None = None, python: str = sys.executable, echo: bool = True) -> Path:
