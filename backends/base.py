@@ -275,6 +275,14 @@ class Backend(abc.ABC):
     #: Whether the compiler needs every dimension static: the planner then hands it intake's static form of the
     #: model (non-batch dims fixed from the evaluation data, batch 1, shape subgraphs folded).
     static_shapes: ClassVar[bool] = False
+    #: The option that keeps a list of named ONNX nodes in float (``exclude_nodes`` on ort, openvino, simnpu): the
+    #: fallback search builds the backend with it set. None: this backend cannot keep chosen nodes in float.
+    float_fallback_option: ClassVar[str | None] = None
+    #: Why this backend's runtime returns final outputs only ('' when its adapter offers a :meth:`tap`).
+    output_only: ClassVar[str] = ""
+    #: The simulation twin of a vendor backend: (slug, options) of the backend that models its numerics on this
+    #: host (``("simnpu", {"profile": "qualcomm-htp"})`` for qnn). ``qtbench simgap`` compares the two; None: none.
+    simulation_twin: ClassVar[tuple[str, Mapping[str, Any]] | None] = None
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.siblings: tuple[tuple[Any, Path], ...] = ()  # see compile()
@@ -360,6 +368,12 @@ class Backend(abc.ABC):
         if path is not None and path.suffix == ".onnx" and path.is_file():
             return audit_onnx(path, self.slug)
         return f"{self.slug} has no reader for its artifact ({path.name if path else 'none'}) yet"
+
+    def tap(self, compiled: Compiled, spec: Any, label: str) -> Any:
+        """A tap on ``compiled`` that reads the original model's intermediate tensors (see
+        :mod:`qtbench.backends.taps`: ``locate`` then ``open``), or a string saying why this backend returns its
+        final outputs only. Localisation asks here; it never looks at the slug. ``label`` names the tap in rows."""
+        return self.output_only or f"no intermediate-tensor tap for backend '{self.slug}' (its adapter offers none)"
 
     def artifact_inputs(self, model_path: Path, spec: Any) -> dict[str, str]:
         """Files besides the ONNX model that decide this cell's artifact, as name → sha256 (default: none).

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from qtbench.backends import qdq as qdq_build
+from qtbench.backends import taps
 from qtbench.backends.base import (
     Availability,
     Backend,
@@ -110,6 +111,7 @@ class OpenVinoBackend(Backend):
     """OpenVINO Runtime (CPU here; GPU/NPU devices when present) with NNCF quantization."""
 
     slug = "openvino"
+    float_fallback_option = "exclude_nodes"  # NNCF ignored scope, or ORT nodes_to_exclude with quantizer: ort
     description = "OpenVINO Runtime + NNCF (fp32/fp16/bf16, INT8 PTQ, INT4 weight compression, ORT QDQ)"
     option_defaults: ClassVar[dict[str, Any]] = {
         "device": "CPU",
@@ -419,6 +421,12 @@ class OpenVinoBackend(Backend):
                 runtime = inner.get_runtime_model()
         precision = str(compiled.info.extra.get("inference_precision", ""))
         return audit_ir(ov.Core().read_model(str(xml)), runtime, precision, spec, self.slug)
+
+    def tap(self, compiled: Compiled, spec: QuantSpec, label: str) -> Any:
+        """The saved IR compiled for the same device and config with the original tensors' producers as outputs."""
+        qdq_graph = self.options["quantizer"] == "ort" and not spec.is_float
+        xml = Path(compiled.info.artifact_path)
+        return taps.OpenVinoTap(xml, self.compile_config(spec), self.options["device"], qdq_graph, label)
 
 
 def _save_ir(ov_model: Any, xml: Path) -> None:

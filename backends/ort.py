@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from qtbench.backends import qdq
+from qtbench.backends import qdq, taps
 from qtbench.backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once
 from qtbench.harness.core.errors import ConfigError
 from qtbench.harness.core.spec import QuantSpec
@@ -48,6 +48,7 @@ class OrtBackend(Backend):
     """ONNX Runtime with onnxruntime.quantization; CPU here, GPU/NPU execution providers when present."""
 
     slug = "ort"
+    float_fallback_option = "exclude_nodes"  # onnxruntime.quantization nodes_to_exclude
     description = "ONNX Runtime (onnxruntime.quantization QDQ/QOperator, dynamic, INT4)"
     option_defaults: ClassVar[dict[str, Any]] = {
         "threads": 1,  # intra-op threads; 0 = ORT's default (all physical cores)
@@ -281,6 +282,13 @@ class OrtBackend(Backend):
         elif not spec.is_float:
             for n in float_compute:
                 info.fallback_ops.setdefault(n.op_type, "not quantized by onnxruntime.quantization (runs in float)")
+
+    def tap(self, compiled: Compiled, spec: QuantSpec, label: str) -> Any:
+        """The artifact's QDQ or QOperator graph run by ONNX Runtime with the original tensors marked as outputs."""
+        style = "qoperator" if spec.format == "qoperator" and spec.scaling != "weightonly" else "qdq"
+        path = Path(compiled.info.artifact_path)
+        return taps.OnnxTap(path, style, self.options["graph_optimization"], int(self.options["threads"] or 1), self.slug)
+
 
 
 def cpu_has_vnni() -> bool | None:

@@ -76,6 +76,8 @@ class QnnBackend(Backend):
     """ONNX Runtime + QNN EP: Qualcomm's HTP graph compiler and its x86 simulator (real NPU on Snapdragon)."""
 
     slug = "qnn"
+    output_only = "the QNN EP runs a compiled context binary (EPContext node): intermediate tensors are not exposed"
+    simulation_twin = ("simnpu", {"profile": "qualcomm-htp"})
     static_shapes = True  # its compiler takes static shapes only: intake fixes them from the data
     description = "Qualcomm QNN EP (onnxruntime-qnn): HTP simulator on x86, Hexagon NPU on Snapdragon"
     option_defaults: ClassVar[dict[str, Any]] = {

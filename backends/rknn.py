@@ -206,6 +206,8 @@ class RknnBackend(Backend):
     """rknn-toolkit2 (Rockchip RKNPU2): build + PC simulator, in its own environment."""
 
     slug = "rknn"
+    output_only = "rknn-toolkit2's simulator worker returns outputs only (its accuracy_analysis is a separate tool)"
+    simulation_twin = ("simnpu", {"profile": "rockchip"})
     static_shapes = True  # its compiler takes static shapes only: intake fixes them from the data
     description = "Rockchip rknn-toolkit2: RKNPU compiler + PC simulator (worker venv; board via adb target)"
     executable_options: ClassVar[tuple[str, ...]] = ("python",)

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from qtbench.backends import taps
 from qtbench.backends._graph import fix_batch
 from qtbench.backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once
 from qtbench.backends.ort import OrtCompiled
@@ -524,6 +525,7 @@ class SimNpuBackend(Backend):
     """A vendor NPU's quantization and partitioning, simulated from a profile; latency from a roofline."""
 
     slug = "simnpu"
+    float_fallback_option = "exclude_nodes"  # the nodes run on the host in float
     static_shapes = True  # its compiler takes static shapes only: intake fixes them from the data
     description = "Simulated NPU: vendor quantization profile → QDQ rewrite run by ONNX Runtime + roofline latency"
     option_defaults: ClassVar[dict[str, Any]] = {
@@ -711,6 +713,10 @@ class SimNpuBackend(Backend):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.log_severity_level = 3
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+    def tap(self, compiled: Compiled, spec: QuantSpec, label: str) -> Any:
+        """The simulated graph (the profile's QDQ rewrite) run by ONNX Runtime with the original tensors marked."""
+        return taps.OnnxTap(Path(compiled.info.artifact_path), "simnpu", "disabled", 1, label)
 
 
 # ---------------------------------------------------------------------------------------------------------

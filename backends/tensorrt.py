@@ -124,6 +124,8 @@ class TensorRtCompiled(Compiled):
 
 class TensorRtBackend(Backend):
     slug = "tensorrt"
+    output_only = "a TensorRT engine fuses layers; marking outputs would build a different engine"
+    simulation_twin = ("simnpu", {"profile": "tensorrt"})
     static_shapes = True  # its compiler takes static shapes only: intake fixes them from the data
     description = "NVIDIA TensorRT 10 (FP32/FP16/BF16, INT8 from explicit QDQ), CUDA-event device time"
     artifact_portable = False  # an engine plan is built for one GPU model and TensorRT version

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from qtbench.backends import taps
 from qtbench.backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, quiet
 from qtbench.harness.core.audit import ArtifactFacts, WeightFact
 from qtbench.harness.core.errors import BackendUnavailable, ConfigError, UnsupportedSpec
@@ -302,6 +303,10 @@ class TfliteBackend(Backend):
         if canonical is not None:
             notes.append(f"calibrated by the converter on {len(calib.head(spec.calib_samples))} sample(s)")
         return cached, False
+
+    def tap(self, compiled: Compiled, spec: QuantSpec, label: str) -> Any:
+        """The .tflite run by the builtin kernels with every tensor preserved, aligned with the ONNX graph."""
+        return taps.TfliteTap(Path(compiled.info.artifact_path), _interpreter_module(), int(self.options["threads"] or 1), label)
 
 
 #: where `qtbench env create tflite` builds the converter environment ($QTBENCH_TFLITE_ENV moves it)

@@ -82,6 +82,8 @@ class VelaBackend(Backend):
     """Ethos-U: Vela's estimate of the NPU, TFLite int8 kernels for the numbers it would compute."""
 
     slug = "vela"
+    output_only = "Vela compiles the graph into an Ethos-U command stream; intermediates stay in NPU SRAM"
+    simulation_twin = ("simnpu", {"profile": "ethos-u"})
     static_shapes = True  # its compiler takes static shapes only: intake fixes them from the data
     description = "Arm Ethos-U via the Vela compiler (performance model) + TFLite int8 numerics"
     executable_options: ClassVar[tuple[str, ...]] = ("converter_python",)

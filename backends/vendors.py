@@ -32,6 +32,7 @@ class _VendorStub(SimNpuBackend):
 
     profile_id: ClassVar[str] = ""
     vendor: ClassVar[str] = ""
+    float_fallback_option = None  # the vendor compiler's own partitioning decides what stays in float
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         options = dict(options or {})
@@ -41,6 +42,10 @@ class _VendorStub(SimNpuBackend):
     def real_runtime(self) -> tuple[bool, str]:
         """(usable, what was found or why not)."""
         raise NotImplementedError
+
+    def tap(self, compiled: Compiled, spec: QuantSpec, label: str) -> Any:
+        """The vendor runtime returns outputs only; its numerics are localised through simnpu's profile."""
+        return self.output_only
 
     def availability(self) -> Availability:
         sim = super().availability()
@@ -110,6 +115,7 @@ class _DelegateStub(_VendorStub):
 
 class NxpBackend(_DelegateStub):
     slug = "nxp"
+    output_only = "the VX/Neutron delegate returns outputs only; localize simnpu with profile nxp-imx8mp instead"
     description = "NXP i.MX NPU via TFLite VX/Neutron delegate; simnpu i.MX 8M Plus profile when absent"
     profile_id = "nxp-imx8mp"
     vendor = "NXP"
@@ -124,6 +130,7 @@ class NxpBackend(_DelegateStub):
 
 class EdgeTpuBackend(_DelegateStub):
     slug = "edgetpu"
+    output_only = "libedgetpu returns outputs only; localize simnpu with profile edgetpu instead"
     description = "Google Coral Edge TPU via libedgetpu; simnpu Edge TPU profile when absent"
     profile_id = "edgetpu"
     vendor = "Google Coral"
@@ -157,6 +164,7 @@ class HailoCompiled(Compiled):
 
 class HailoBackend(_VendorStub):
     slug = "hailo"
+    output_only = "HailoRT runs a compiled .hef and returns outputs only; localize simnpu with profile hailo8 instead"
     description = "Hailo-8 via HailoRT and a compiled .hef; simnpu Hailo-8 profile when absent"
     profile_id = "hailo8"
     vendor = "Hailo"

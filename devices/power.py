@@ -421,7 +421,7 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
 def auto_order(execution_device: str | None) -> tuple[str, ...]:
     """The meters ``auto`` tries, best first, for a cell running on ``execution_device`` (cpu, gpu, npu …)."""
     dev = (execution_device or "cpu").lower()
-    return AUTO_ORDER.get(dev, AUTO_ORDER["gpu" if dev in ("cuda", "tensorrt") else "other"])
+    return AUTO_ORDER.get(dev, AUTO_ORDER["gpu" if dev == "cuda" else "other"])
 
 
 def make_meter(

@@ -219,3 +219,13 @@ class BoundBackend(OrtBackend):
 
     def device_identity(self):
         return type(self).IDENTITY
+
+
+class BlackboxBackend(OrtBackend):
+    """ort's numerics behind a runtime that returns outputs only: the adapter says so through its contract."""
+
+    slug = "blackbox"
+    output_only = "a compiled blob: outputs only"
+
+    def tap(self, compiled, spec, label):
+        return self.output_only

@@ -147,8 +147,7 @@ def test_output_only_backends_say_why(planted: dict, monkeypatch: pytest.MonkeyP
     from qtbench.harness.analysis import localize as loc
 
     monkeypatch.setitem(backends.BUILTIN, "opaque", "fault_backends:MissingSdkBackend")
-    monkeypatch.setitem(backends.BUILTIN, "blackbox", "qtbench.backends.ort:OrtBackend")
-    monkeypatch.setitem(loc.OUTPUT_ONLY, "blackbox", "a compiled blob: outputs only")
+    monkeypatch.setitem(backends.BUILTIN, "blackbox", "fault_backends:BlackboxBackend")
     run = loc.localize(planted, specs=[SPEC], backends=["blackbox", "opaque"], settings=loc.LocalizeSettings(8))
     s = run.summary.set_index("backend")
     assert s.loc["blackbox", "status"] == "output_only"

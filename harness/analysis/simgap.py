@@ -1,7 +1,8 @@
 """Sim-vs-real: how far a simulated NPU profile is from the vendor's own toolchain, per output.
 
 Runs the same model, spec, calibration and evaluation set through a real vendor backend (``qnn``, ``rknn``, ...)
-and through ``simnpu`` with a profile, and compares their outputs sample by sample: top-1 agreement, mean KL
+and through its simulation twin (the adapter's ``simulation_twin``: ``simnpu`` with the profile that models it),
+and compares their outputs sample by sample: top-1 agreement, mean KL
 (real ‖ sim), cosine, max abs difference, and each side's agreement with the FP32 reference. A profile that
 matches its vendor has agreement near the vendor's own run-to-run agreement and KL near 0; a large gap says
 the profile misses something the vendor compiler does (rounding, fusion, calibration).
@@ -23,8 +24,15 @@ from qtbench.harness.core.intake import file_sha256
 from qtbench.harness.core.onnxfacts import model_facts
 from qtbench.harness.run.cell import fp32_outputs, run_batched
 
-#: vendor backend → the simnpu profile that models it
-PAIRS = {"qnn": "qualcomm-htp", "rknn": "rockchip", "vela": "ethos-u", "tensorrt": "tensorrt"}
+
+def twin_of(real: str, profile: str | None = None) -> tuple[str, dict[str, Any]] | None:
+    """The backend (slug, options) that simulates ``real``: its adapter's ``simulation_twin``, with ``profile``
+    (a simnpu profile id) replacing the twin's own when given; None when ``real`` declares no twin and no profile
+    is given."""
+    twin = backends.load_class(real).simulation_twin
+    if profile:
+        return (twin[0] if twin else "simnpu", {**(dict(twin[1]) if twin else {}), "profile": profile})
+    return (twin[0], dict(twin[1])) if twin else None
 
 
 @dataclass
@@ -66,7 +74,7 @@ def run_gap(
     spec: Any,
     real: str,
     real_options: dict[str, Any],
-    profile: str,
+    twin: tuple[str, dict[str, Any]],
     evaluation: Any,
     calib: Any,
     workdir: Path,
@@ -78,7 +86,7 @@ def run_gap(
     model = ModelInput(model_path, file_sha256(model_path), facts.input_names, facts.output_names, facts.dynamic_batch)
     batch = 64 if facts.dynamic_batch else 1
     outs = {}
-    for side, slug, options in (("real", real, real_options), ("sim", "simnpu", {"profile": profile})):
+    for side, slug, options in (("real", real, real_options), ("sim", *twin)):
         backend = backends.create(slug, options)
         av = backend.availability()
         if not av.available:
@@ -90,4 +98,5 @@ def run_gap(
             outs[side] = run_batched(compiled.infer, evaluation, 0, batch)
     ref = fp32_outputs(model_path, evaluation, 0, batch)
     m = compare(outs["real"], outs["sim"], ref, evaluation.labels)
-    return Gap(model_name or model_path.stem, spec.id, real, f"simnpu:{profile}", len(evaluation), **m)
+    sim = f"{twin[0]}:{','.join(str(v) for v in twin[1].values())}" if twin[1] else twin[0]
+    return Gap(model_name or model_path.stem, spec.id, real, sim, len(evaluation), **m)

@@ -16,7 +16,7 @@ def cmd_simgap(args: argparse.Namespace) -> int:
 
     from rich.table import Table
 
-    from qtbench.harness.analysis.simgap import PAIRS, run_gap
+    from qtbench.harness.analysis.simgap import run_gap, twin_of
     from qtbench.harness.core.config import load_sweep
     from qtbench.harness.core.data import load_dataset
     from qtbench.harness.core.errors import ConfigError
@@ -26,9 +26,9 @@ def cmd_simgap(args: argparse.Namespace) -> int:
     from qtbench.harness.run.plan import _data_path
 
     sweep = load_sweep(args.config or demo_config_path())
-    profile = args.profile or PAIRS.get(args.real)
-    if not profile:
-        raise ConfigError(f"no default profile for {args.real}; pass --profile (one of devices/npu_profiles.yaml)")
+    twin = twin_of(args.real, args.profile)
+    if twin is None:
+        raise ConfigError(f"{args.real} declares no simulation twin; pass --profile (one of devices/npu_profiles.yaml)")
     options = dict(parse_option(kv) for kv in args.real_option or [])
     specs = [QuantSpec.parse(s) for s in args.specs]
     gaps = []
@@ -44,11 +44,11 @@ def cmd_simgap(args: argparse.Namespace) -> int:
             ev = load_dataset(ev_path, facts.input_names, ev_src.labels, limit)
             cal = load_dataset(cal_path, facts.input_names, None, cal_src.limit) if cal_path else None
             for spec in specs:
-                gaps.append(run_gap(Path(path), spec, args.real, options, profile, ev, cal, Path(tmp), m.name))
+                gaps.append(run_gap(Path(path), spec, args.real, options, twin, ev, cal, Path(tmp), m.name))
     rows = [dataclasses.asdict(g) for g in gaps]
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
-    table = Table(header_style="bold", title=f"sim vs real: {args.real} vs simnpu:{profile}")
+    table = Table(header_style="bold", title=f"sim vs real: {args.real} vs {rows[0]['sim'] if rows else twin[0]}")
     cols = ["model", "spec", "samples", "agreement", "kl_real_sim", "cosine", "max_abs", "real_top1", "sim_top1"]
     for c in cols:
         table.add_column(c)
@@ -66,7 +66,7 @@ def register(sub: Any) -> None:
     )
     g.add_argument("config", nargs="?", help="sweep YAML for models and data (default: the bundled demo)")
     g.add_argument("--real", required=True, help="the vendor backend: qnn, rknn, vela, tensorrt")
-    g.add_argument("--profile", help="simnpu profile (default: the one modelling --real)")
+    g.add_argument("--profile", help="simnpu profile (default: the twin the --real adapter declares)")
     g.add_argument("--specs", nargs="+", default=["int8-static-pc-wsym-minmax"])
     g.add_argument("--real-option", action="append", metavar="KEY=VALUE", help="an option for the real backend")
     _add_trust_flags(g)

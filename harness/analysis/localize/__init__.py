@@ -2,7 +2,7 @@
 
 For one model and spec, every backend that can expose intermediate tensors is compiled exactly as a sweep cell
 compiles it (same cache entry, options and calibration set); each float tensor of the *original* ONNX graph is
-then read from the backend (see :mod:`qtbench.harness.analysis.localize.taps` for how names are mapped) and from the FP32
+then read from the backend (see :mod:`qtbench.backends.taps` for how names are mapped) and from the FP32
 reference on a few evaluation samples, and compared:
 
 - ``sqnr_db`` = 10·log10(Σ ref² / Σ (ref − q)²) over the samples (the harness's definition, ``qtbench.harness.core.metrics``),
@@ -51,8 +51,8 @@ from typing import Any
 import numpy as np
 
 from qtbench import backends
+from qtbench.backends import taps
 from qtbench.backends.base import ModelInput
-from qtbench.harness.analysis.localize import taps
 from qtbench.harness.analysis.localize.fallback import describe, search
 from qtbench.harness.analysis.localize.targets import BackendTarget, artifact_workdir, parse_backends
 from qtbench.harness.core.config import Sweep, load_sweep, parse_sweep
@@ -83,18 +83,6 @@ DECISION_MIN_LOSS = 0.01
 #: its margin loss is taken relative to that floor, so it counts by how far the error moved it, not as a flip
 FRAGILE_MARGIN = 0.05
 LAYER_TABLES = ("layers", "summary", "fallback")
-
-#: backends whose runtime returns final outputs only, and why
-OUTPUT_ONLY = {
-    "qnn": "the QNN EP runs a compiled context binary (EPContext node): intermediate tensors are not exposed",
-    "vela": "Vela compiles the graph into an Ethos-U command stream; intermediates stay in NPU SRAM",
-    "rknn": "rknn-toolkit2's simulator worker returns outputs only (its accuracy_analysis is a separate tool)",
-    "tensorrt": "a TensorRT engine fuses layers; marking outputs would build a different engine",
-    "hailo": "HailoRT runs a compiled .hef and returns outputs only; localize simnpu with profile hailo8 instead",
-    "nxp": "the VX/Neutron delegate returns outputs only; localize simnpu with profile nxp-imx8mp instead",
-    "edgetpu": "libedgetpu returns outputs only; localize simnpu with profile edgetpu instead",
-}
-
 
 def default_threshold(spec: Any) -> float:
     return INT4_THRESHOLD_DB if spec.weight_bits <= 4 else INT8_THRESHOLD_DB
@@ -328,28 +316,9 @@ def _tensor_bytes(t: Any) -> int:
 
 
 def _tap_for(target: BackendTarget, backend: Any, compiled: Any, spec: Any) -> tuple[Any, str]:
-    """(tap, "") for a backend whose intermediates can be read, else (None, reason)."""
-
-    slug = target.slug
-    info = compiled.info
-    if slug in OUTPUT_ONLY:
-        return None, OUTPUT_ONLY[slug]
-    if slug == "ort":
-        if spec.scaling == "weightonly":
-            style = "qdq"
-        else:
-            style = "qoperator" if spec.format == "qoperator" else "qdq"
-        level = backend.options["graph_optimization"]
-        return taps.OnnxTap(Path(info.artifact_path), style, level, int(backend.options["threads"] or 1), slug), ""
-    if slug == "simnpu":
-        return taps.OnnxTap(Path(info.artifact_path), "simnpu", "disabled", 1, target.key), ""
-    if slug == "openvino":
-        config = backend.compile_config(spec)
-        qdq = backend.options["quantizer"] == "ort" and not spec.is_float
-        return taps.OpenVinoTap(Path(info.artifact_path), config, backend.options["device"], qdq, target.key), ""
-    if slug == "tflite":
-        return taps.TfliteTap(Path(info.artifact_path), int(backend.options["threads"] or 1), target.key), ""
-    return None, f"no intermediate-tensor tap for backend '{slug}' (supported: ort, openvino, tflite, simnpu)"
+    """(tap, "") where the adapter can read the compiled model's intermediates, else (None, its reason)."""
+    tap = backend.tap(compiled, spec, target.key)
+    return (None, tap) if isinstance(tap, str) else (tap, "")
 
 
 def _groups(index: Any, names: list[str], budget_bytes: float, chunk: int) -> list[list[str]]:

@@ -20,11 +20,10 @@ found nothing and writes no sweep file (a file a user could run as is should not
 shown to help). Choosing on the same few flipped samples that report the gain is selection bias: on held-out
 samples such a choice can make things worse.
 
-Supported where the backend takes an ``exclude_nodes`` option: ``ort`` (onnxruntime.quantization
-``nodes_to_exclude``), ``openvino`` (NNCF ignored scope, or ORT's when ``quantizer: ort``) and ``simnpu`` (the nodes
-run on the host in float). A confirmed set is written as a sweep file ``qtbench sweep`` runs as is: the same model,
-data and spec, the backend with and without ``exclude_nodes`` (so the row's ``backend_options`` records it), and
-the confirmed effect in its header and ``description``.
+Supported where the adapter names an option that keeps nodes in float (``Backend.float_fallback_option``; the
+built-ins: ``exclude_nodes`` on ``ort``, ``openvino`` and ``simnpu``). A confirmed set is written as a sweep file
+``qtbench sweep`` runs as is: the same model, data and spec, the backend with and without that option (so the
+row's ``backend_options`` records it), and the confirmed effect in its header and ``description``.
 """
 
 from __future__ import annotations
@@ -40,8 +39,8 @@ import numpy as np
 
 from qtbench import backends
 from qtbench.backends.base import ModelInput
+from qtbench.backends.taps import FUSABLE_ACTIVATIONS, index_graph
 from qtbench.harness.analysis.check import _sum_quantiles
-from qtbench.harness.analysis.localize.taps import FUSABLE_ACTIVATIONS, index_graph
 from qtbench.harness.analysis.localize.targets import artifact_workdir
 from qtbench.harness.core.errors import ConfigError
 from qtbench.harness.core.intake import file_sha256
@@ -50,7 +49,6 @@ from qtbench.harness.core.onnxfacts import model_facts
 from qtbench.harness.run.cell import fp32_outputs, run_batched
 from qtbench.harness.run.plan import _data_path
 
-SUPPORTED = ("ort", "openvino", "simnpu")
 #: ops worth keeping in float (compute and requantizing ops; a Relu or a Reshape carries no quantizer of its own)
 CANDIDATE_OPS = {
     "Conv",
@@ -216,7 +214,8 @@ def search(
     """Run the bounded greedy search for one backend on the search split, confirm its choice on the held-out
     split; returns (result rows, suggested sweep file or None when nothing was confirmed) or None (unsupported)."""
 
-    if target.slug not in SUPPORTED or spec.is_float:
+    option = fallback_option(target.slug)
+    if option is None or spec.is_float:
         return None
 
     facts = model_facts(model_path)
@@ -267,7 +266,7 @@ def search(
 
     def evaluate(nodes: list[str]) -> _Outcome:
         t0 = time.perf_counter()
-        options = {**target.options, "exclude_nodes": list(nodes)} if nodes else dict(target.options)
+        options = {**target.options, option: list(nodes)} if nodes else dict(target.options)
         backend = backends.create(target.slug, options)
         version = ";".join(f"{k}={v}" for k, v in sorted(backend.availability().versions.items()))
         wd = artifact_workdir(
@@ -381,7 +380,7 @@ def write_sweep(
             {
                 "name": target.slug,
                 "label": f"{target.key}-keep{len(nodes)}-{digest}",
-                "options": {**target.options, "exclude_nodes": list(nodes)},
+                "options": {**target.options, fallback_option(target.slug): list(nodes)},
             },
         ],
         "specs": [spec.id],
@@ -408,3 +407,12 @@ def write_sweep(
     header += f"# run: qtbench sweep {path}\n"
     path.write_text(header + yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def fallback_option(slug: str) -> str | None:
+    """The option through which ``slug``'s adapter keeps named nodes in float (``Backend.float_fallback_option``),
+    or None when it cannot (or its adapter does not load)."""
+    try:
+        return backends.load_class(slug).float_fallback_option
+    except Exception:  # noqa: BLE001 - an adapter that fails to import cannot be searched; localize says why
+        return None

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from qtbench.backends._graph import set_batch
-from qtbench.backends.tflite import _interpreter_module
 
 #: activations an ONNX Runtime quantizer (and most NPU compilers) folds into the op that produces their input
 FUSABLE_ACTIVATIONS = {"Relu", "Clip", "LeakyRelu"}
@@ -878,10 +877,11 @@ class TfliteTap:
     the walk did not reach map by position, as onnx2tf keeps their order.
     """
 
-    def __init__(self, path: Path, threads: int = 1, label: str = "tflite") -> None:
-
-        mod = _interpreter_module()
+    def __init__(self, path: Path, interpreter: Any, threads: int = 1, label: str = "tflite") -> None:
+        """``interpreter``: the LiteRT (or tflite_runtime) ``interpreter`` module the adapter runs."""
         import warnings
+
+        mod = interpreter
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
