@@ -28,6 +28,7 @@ BUILTIN: dict[str, str] = {
     "simnpu": "qtbench.backends.simnpu:SimNpuBackend",
     "vela": "qtbench.backends.vela:VelaBackend",
     "rknn": "qtbench.backends.rknn:RknnBackend",
+    "nncf": "qtbench.backends.nncf_onnx:NncfOnnxBackend",
     "hailo": "qtbench.backends.vendors:HailoBackend",
     "nxp": "qtbench.backends.vendors:NxpBackend",
     "edgetpu": "qtbench.backends.vendors:EdgeTpuBackend",
