@@ -1,7 +1,8 @@
 """The backend contract (interface version ``BACKEND_API_VERSION``).
 
 A backend compiles one float ONNX model under a :class:`~qtbench.harness.core.spec.QuantSpec` into a :class:`Compiled`
-object that runs inference. It never times itself: the harness does (``qtbench.harness.run.measure``). An adapter fills in
+object that runs inference. It never times itself: the harness does (``qtbench.harness.run.measure``). An adapter fills
+in
 the abstract hooks; an incomplete adapter fails when it is constructed, not halfway through a sweep.
 
 Lifecycle, as the harness drives it in a child process per cell::
@@ -359,7 +360,8 @@ class Backend(abc.ABC):
         return ";".join(f"{k}={self.options[k]}" for k in sorted(self.options))
 
     def audit(self, compiled: Compiled, spec: Any) -> Any:
-        """Read back what ``compiled`` holds for :mod:`qtbench.harness.core.audit`: an :class:`~qtbench.harness.core.audit.ArtifactFacts`
+        """Read back what ``compiled`` holds for :mod:`qtbench.harness.core.audit`: an
+        :class:`~qtbench.harness.core.audit.ArtifactFacts`
         (each compute node's weight bits, granularity, symmetry, activation quantization), or a string saying why
         this artifact cannot be read. Default: ONNX artifacts are read as QDQ/QOperator graphs; an adapter whose
         artifact is something else overrides this with its SDK's reader (layer precisions, tensor types)."""

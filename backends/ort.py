@@ -287,8 +287,8 @@ class OrtBackend(Backend):
         """The artifact's QDQ or QOperator graph run by ONNX Runtime with the original tensors marked as outputs."""
         style = "qoperator" if spec.format == "qoperator" and spec.scaling != "weightonly" else "qdq"
         path = Path(compiled.info.artifact_path)
-        return taps.OnnxTap(path, style, self.options["graph_optimization"], int(self.options["threads"] or 1), self.slug)
-
+        threads = int(self.options["threads"] or 1)
+        return taps.OnnxTap(path, style, self.options["graph_optimization"], threads, self.slug)
 
 
 def cpu_has_vnni() -> bool | None:

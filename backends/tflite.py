@@ -306,7 +306,8 @@ class TfliteBackend(Backend):
 
     def tap(self, compiled: Compiled, spec: QuantSpec, label: str) -> Any:
         """The .tflite run by the builtin kernels with every tensor preserved, aligned with the ONNX graph."""
-        return taps.TfliteTap(Path(compiled.info.artifact_path), _interpreter_module(), int(self.options["threads"] or 1), label)
+        path = Path(compiled.info.artifact_path)
+        return taps.TfliteTap(path, _interpreter_module(), int(self.options["threads"] or 1), label)
 
 
 #: where `qtbench env create tflite` builds the converter environment ($QTBENCH_TFLITE_ENV moves it)

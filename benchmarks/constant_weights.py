@@ -6,7 +6,8 @@ with initializers, before and after intake — latency ratios measured interleav
 Three INT8 artifacts (``int8-static-pc-wsym-minmax``, built by qtbench's ORT adapter) and their FP32 models:
 ``initializers`` (the zoo export), ``constant/as-given`` (every initializer turned into a Constant node and
 quantized as it comes: what qtbench did before intake — ORT's quantizer takes those weights for activations and
-re-quantizes them on every call) and ``constant/intake`` (the same file through ``qtbench.harness.core.intake`` first). Each
+re-quantizes them on every call) and ``constant/intake`` (the same file through ``qtbench.harness.core.intake`` first).
+Each
 round times every model ``--iters`` calls in turn (batch 1, one thread), so machine drift hits all of them; the
 medians are printed with the ratios to the initializer model. Target: constant/intake INT8 ÷ initializers INT8
 ≈ 1.0 (within noise).

@@ -7,7 +7,8 @@ Each measurement runs in its own child process so its peak RSS (``ru_maxrss``) i
     python benchmarks/localize_memory.py --baseline              # + ORT's qdq_loss_debug on the same graphs
     python benchmarks/localize_memory.py --model vit_s14 --backends ort simnpu:hailo8
 
-The model comes from ``qtbench.harness.core.zoo`` (needs ``qtbench[train]`` for torch); inputs are seeded N(0, 1) images.
+The model comes from ``qtbench.harness.core.zoo`` (needs ``qtbench[train]`` for torch); inputs are seeded N(0, 1)
+images.
 Numbers are this host's; the JSON line per run is what the note quotes.
 """
 

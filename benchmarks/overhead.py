@@ -1,4 +1,5 @@
-"""Harness overhead: median latency through qtbench.harness.run.measure vs a bare `sess.run` loop, same session, interleaved.
+"""Harness overhead: median latency through qtbench.harness.run.measure vs a bare `sess.run` loop, same session,
+interleaved.
 
     python benchmarks/overhead.py [--rounds 15] [--iterations 200]
 

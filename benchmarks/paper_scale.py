@@ -4,7 +4,8 @@
     python benchmarks/paper_scale.py --old /tmp/oldmain              # 224×224, 32 calibration images: the real run
     python benchmarks/paper_scale.py --old /tmp/oldmain --size 32 --calib 4 --eval 8 --iterations 20   # a smoke run
 
-Builds both models offline with ``qtbench.harness.core.zoo`` (random weights, seeded; re-used when already built), seeded N(0, 1)
+Builds both models offline with ``qtbench.harness.core.zoo`` (random weights, seeded; re-used when already built),
+seeded N(0, 1)
 calibration and evaluation sets as .npz, and one sweep YAML of 24 cells (2 models × 2 backends × 6 specs; the
 specs OpenVINO/NNCF cannot run — entropy, W4A8 — are `skipped` rows in both versions and cost nothing). The YAML
 uses only keys both checkouts parse (checked before timing). Then it times ``python -m harness.cli sweep`` of the

@@ -2,7 +2,8 @@
 
     python benchmarks/runtime_agreement.py [--rounds 5] [--seconds 2] [--only openvino,ort,tflite]
 
-Rounds alternate between the harness loop (``qtbench.harness.run.measure.time_inference`` on the adapter's ``infer``) and
+Rounds alternate between the harness loop (``qtbench.harness.run.measure.time_inference`` on the adapter's ``infer``)
+and
 the runtime's tool; every figure is a median over rounds of per-round ratios.
 
 - openvino: `benchmark_app -api sync -nstreams 1 -nthreads 1` (see ``openvino_benchmark_app.py``): the device

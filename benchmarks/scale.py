@@ -11,7 +11,8 @@ real sweeps or, for `views`, through the real store API (``ResultsStore.write_ce
 
 `views` writes 10k cells one by one as a sweep does (~25-100 ms a cell here, then the run's consolidation): pass
 ``--keep DIR`` to reuse the folders; check's candidate is a copy of the baseline unless ``--write-candidate``.
-`memory` builds ResNet-50 from qtbench.harness.core.zoo with random weights at 64×64 (not 224: the same layers and weights, a
+`memory` builds ResNet-50 from qtbench.harness.core.zoo with random weights at 64×64 (not 224: the same layers and
+weights, a
 smaller activation footprint) and samples each process's RSS every 50 ms (psutil), so very short peaks can hide.
 """
 

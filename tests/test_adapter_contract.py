@@ -17,7 +17,6 @@ from pathlib import Path
 
 import onnx
 import pytest
-
 from test_localize import SPEC, planted_cnn, sweep_dict
 
 needs_nncf = pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="nncf not installed")

@@ -1,5 +1,6 @@
 """The adapters' artifact readers (``Backend.audit``) on real artifacts compiled through each adapter: the facts
-they read back and the verdict :func:`qtbench.harness.core.audit.judge` gives, including artifacts that do not honour a spec."""
+they read back and the verdict :func:`qtbench.harness.core.audit.judge` gives, including artifacts that do not honour a
+spec."""
 
 from __future__ import annotations
 

@@ -38,7 +38,8 @@ BACKENDS = [{"name": "ort", "options": {"threads": 1}}, {"name": "ort", "label":
 
 
 def test_harness_does_not_import_ray():
-    code = "import sys, qtbench.harness.cli, qtbench.harness.run.sweep, qtbench.harness.run.merge; sys.exit('ray' in sys.modules)"
+    code = "import sys, qtbench.harness.cli, qtbench.harness.run.sweep, qtbench.harness.run.merge; "
+    code += "sys.exit('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 

@@ -777,7 +777,8 @@ class Section:
 
 
 def audit_section(rows: Any) -> Section | None:
-    """Every ok cell whose artifact, read back, contradicts its spec label (qtbench.harness.core.audit), one line each with the
+    """Every ok cell whose artifact, read back, contradicts its spec label (qtbench.harness.core.audit), one line each
+    with the
     reason; None when every artifact honours its label (the summary's spec column then says ✓ throughout)."""
 
     bad = rows[mismatched(rows)].sort_values(["model", "backend", "spec_id"])

@@ -51,7 +51,8 @@ class CellJob:
     #: (spec, artifact key) of the sweep's other cells in this cell's build group (Backend.build_group): the
     #: adapter may build their artifacts in the same calibration pass as this one
     siblings: tuple[tuple[QuantSpec, str], ...] = ()
-    #: the user's model as given, when ``model_path`` is intake's normalised form of it (qtbench.harness.core.intake): the
+    #: the user's model as given, when ``model_path`` is intake's normalised form of it (qtbench.harness.core.intake):
+    # the
     #: FP32 reference, metadata and files beside the model come from here, so intake cannot hide its own error
     source_path: str = ""
     source_sha256: str = ""
@@ -215,7 +216,8 @@ def _score(job: CellJob, compiled: Any, evaluation: Any, facts: ModelFacts, meta
 
 
 def _audit(backend: Any, compiled: Any, job: CellJob) -> Any:
-    """The artifact audit of this cell (qtbench.harness.core.audit), once per cache entry: what was built against the label."""
+    """The artifact audit of this cell (qtbench.harness.core.audit), once per cache entry: what was built against the
+    label."""
 
     return audit.cached(job.workdir, job.spec, lambda: backend.audit(compiled, job.spec))
 

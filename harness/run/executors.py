@@ -46,7 +46,8 @@ class LocalExecutor(Executor):
     on what else runs, so the measure phase is left with the timed loop alone (rows say ``eval_phase``).
 
     With ``run.warm_workers`` (the default) the measure phase keeps one warm child per backend
-    (:class:`qtbench.harness.core.isolate.Worker`) for its consecutive cells; a crash or timeout costs its cell and the next
+    (:class:`qtbench.harness.core.isolate.Worker`) for its consecutive cells; a crash or timeout costs its cell and the
+    next
     cell gets a fresh child. At most ``WARM_WORKERS`` idle children are kept; the rest are ended.
     """
 

@@ -197,7 +197,8 @@ def _isolated_on_board(fn: Callable[..., Any], args: tuple, timeout_s: float) ->
 
 
 def _probe_on_board(args: tuple, timeout_s: float, shipped: dict[str, Any], board_id: str) -> tuple[str, Any]:
-    """:func:`qtbench.harness.run.sweep._probe` on the board against the model files shipped there, so the files beside a
+    """:func:`qtbench.harness.run.sweep._probe` on the board against the model files shipped there, so the files beside
+    a
     model that decide its artifact (a pre-converted ``.tflite``) are hashed where they will be read; the result
     is keyed by the submitting machine's paths again, so cell keys equal a local sweep's."""
 
@@ -349,7 +350,8 @@ def _install_artifact(workdir: Path, payload: bytes) -> str:
 
 def _compile_here(job: CellJob, board_version: str) -> tuple[CellResult, str]:
     """Child side of a host compile: refuse when the artifact would not be the board's (another SDK version, a
-    backend whose artifacts bind to the machine that builds them), else :func:`qtbench.harness.run.cell.compile_cell`."""
+    backend whose artifacts bind to the machine that builds them), else
+    :func:`qtbench.harness.run.cell.compile_cell`."""
 
     backend = backends.create(job.backend, job.backend_options, job.backend_target)
     if not getattr(type(backend), "artifact_portable", True):

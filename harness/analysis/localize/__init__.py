@@ -5,7 +5,8 @@ compiles it (same cache entry, options and calibration set); each float tensor o
 then read from the backend (see :mod:`qtbench.backends.taps` for how names are mapped) and from the FP32
 reference on a few evaluation samples, and compared:
 
-- ``sqnr_db`` = 10·log10(Σ ref² / Σ (ref − q)²) over the samples (the harness's definition, ``qtbench.harness.core.metrics``),
+- ``sqnr_db`` = 10·log10(Σ ref² / Σ (ref − q)²) over the samples (the harness's definition,
+``qtbench.harness.core.metrics``),
   ``cosine`` = mean per-sample cosine of the flattened tensors, ``max_abs_err``.
 - **divergent layer** (``first_divergent_*``), named by one of two rules; ``rule`` says which:
 
@@ -83,6 +84,7 @@ DECISION_MIN_LOSS = 0.01
 #: its margin loss is taken relative to that floor, so it counts by how far the error moved it, not as a flip
 FRAGILE_MARGIN = 0.05
 LAYER_TABLES = ("layers", "summary", "fallback")
+
 
 def default_threshold(spec: Any) -> float:
     return INT4_THRESHOLD_DB if spec.weight_bits <= 4 else INT8_THRESHOLD_DB

@@ -12,7 +12,8 @@ only the search split's numbers choose:
    not started; one compile+evaluate is the unit).
 
 The chosen set is then measured once on the confirmation split against the unchanged backend: the change in top-1
-agreement with FP32 with its exact paired-bootstrap 95 % interval over those samples (``qtbench.harness.analysis.check``'s
+agreement with FP32 with its exact paired-bootstrap 95 % interval over those samples
+(``qtbench.harness.analysis.check``'s
 trinomial distribution: the interval a Monte Carlo paired bootstrap approaches), and with labels the change in the
 top-1 gap to FP32 likewise, plus the mean KL to FP32 before and after. The suggestion is **confirmed** only when the
 agreement interval lies above 0 and, with labels, the gap is not significantly wider; otherwise the search says it
@@ -96,7 +97,8 @@ def split_samples(n: int, fraction: float = 0.5, seed: int = 0) -> tuple[np.ndar
 
 def paired_change(base: np.ndarray, new: np.ndarray) -> tuple[float, float, float]:
     """(change, lo, hi) of the mean of two paired 0/1 vectors: the point change and its exact paired-bootstrap
-    95 % interval (resampling samples draws how many land in "only base" and "only new"; ``qtbench.harness.analysis.check``)."""
+    95 % interval (resampling samples draws how many land in "only base" and "only new";
+    ``qtbench.harness.analysis.check``)."""
 
     b, q = np.asarray(base, bool), np.asarray(new, bool)
     n = len(b)

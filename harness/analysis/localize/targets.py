@@ -67,7 +67,8 @@ def _option_label(slug: str, options: dict[str, Any]) -> str:
 def artifact_workdir(
     cache: Path, target: BackendTarget, version: str, model_sha: str, spec: Any, calib_sha: str
 ) -> Path:
-    """The sweep's cache folder for this cell (the same :func:`qtbench.harness.run.plan.artifact_key`): artifacts are shared."""
+    """The sweep's cache folder for this cell (the same :func:`qtbench.harness.run.plan.artifact_key`): artifacts are
+    shared."""
 
     key = artifact_key(model_sha, spec, version, target.options, calib_sha)
     return cache / "artifacts" / target.slug / key
