@@ -272,8 +272,7 @@ class OnnxTap:
     def _pruned(self, names: list[str], outputs: list[Any]) -> bytes:
         """The graph cut down to what ``names`` depend on, with them as its outputs, serialized.
 
-        ONNX Runtime runs every node of a session whatever the outputs asked (measured: a ResNet-50 session that
-        outputs its maxpool takes as long as one that outputs the logits), so a layer batch early in the graph
+        ONNX Runtime runs every node of a session whatever the outputs asked, so a layer batch early in the graph
         would pay for the whole network. Graphs with control-flow subgraphs are not cut (their implicit inputs).
         """
         from onnx import helper

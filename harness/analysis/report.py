@@ -675,7 +675,7 @@ def summary_rows(df: Any, cis: Any = None) -> list[list[str]]:
     ci = {} if cis is None or cis.empty else {r.record_id: (r.gap_lo, r.gap_hi) for r in cis.itertuples()}
     out = []
     present = set(df.columns)
-    for r in df.to_dict("records"):  # plain dicts: iterrows builds a Series per row (5 s at 10k rows)
+    for r in df.to_dict("records"):  # plain dicts: iterrows builds a Series per row
         cells = [_cell(r.get(col), fmt) if col in present else "–" for col, _, fmt in SUMMARY]
         if boards:
             cells[0] = f"{cells[0]} @ {r['device']}"

@@ -59,6 +59,6 @@ def register(sub: Any) -> None:
         "--limit",
         type=_non_negative_int,
         default=200,
-        help="table rows to print (default 200; 0: all — a terminal table of 10,000 rows takes ~30 s to draw)",
+        help="table rows to print (default 200; 0: all — a terminal table of thousands of rows is slow to draw)",
     )
     sh.set_defaults(func=cmd_show)

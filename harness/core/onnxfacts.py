@@ -21,8 +21,8 @@ _HEADERS: dict[tuple[str, int, int], tuple[ModelFacts, dict[str, str]]] = {}
 
 def onnx_graph(path: str | Path) -> Any:
     """The ONNX model at ``path`` without its external data, the last file parsed kept (read-only: never mutate
-    it): planning reads one model's facts, external weights, input types and metadata in a row, one parse each
-    before (ResNet-50 or ViT-S/14 with inline weights: ~0.1 s a parse). :func:`forget_onnx_graph` frees it."""
+    it): planning reads one model's facts, external weights, input types and metadata in a row, and a large model
+    with inline weights is slow to parse. :func:`forget_onnx_graph` frees it."""
     st = Path(path).stat()
     return _parsed(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
@@ -41,7 +41,7 @@ def forget_onnx_graph() -> None:
 
 def model_header(path: str | Path) -> tuple[ModelFacts, dict[str, str]]:
     """Graph facts and metadata_props of an ONNX file, parsed once per file version in this process (a warm
-    worker measures many cells of one model; parsing a 100 MB model costs ~0.3 s each time)."""
+    worker measures many cells of one model and would otherwise parse it for each)."""
 
     st = Path(path).stat()
     key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)

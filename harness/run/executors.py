@@ -184,7 +184,7 @@ class LocalExecutor(Executor):
         def take() -> tuple[int, CellJob] | None:
             """The next cell in compile order whose (model, backend) has no cell building now, else the next one:
             cells of one model and backend share a calibration pass, so a second worker would wait on its lock
-            while other models' cells could be building (measured: ~10 s of one idle worker at paper scale).
+            while other models' cells could be building.
             A cell of an exclusive-device backend (a GPU) waits while another of that backend builds."""
             with freed:
                 while pending:

@@ -343,7 +343,7 @@ def _probe_backends(
             return {"available": False, "reason": f"probe failed: {type(exc).__name__}: {exc}"}
 
     if sweep.run.isolate and call is None and len(entries) > 1:
-        # each probe is its own child, so they run side by side (SDK imports dominate: ~1-2 s per backend)
+        # each probe is its own child, so they run side by side (importing the SDKs dominates a probe)
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=min(len(entries), os.cpu_count() or 1, 4)) as pool:

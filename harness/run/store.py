@@ -541,7 +541,7 @@ def _read_many(files: list[Path], filters: Any = None, corrupt: list[Path] | Non
     if not tables:
         return pd.DataFrame()
     if all(t.schema.equals(tables[0].schema, check_metadata=False) for t in tables[1:]):
-        # one conversion of the joined table: ~4× faster than one per file when a run's thousands of parts fold
+        # one conversion of the joined table rather than one per file: a run folds thousands of parts
         return pa.concat_tables(tables).to_pandas()
     return pd.concat([t.to_pandas() for t in tables], ignore_index=True)  # columns differ (schemas, nulls)
 

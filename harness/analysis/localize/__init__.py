@@ -71,9 +71,9 @@ from qtbench.harness.run.plan import _data_path
 #: first-divergence threshold with 8-bit (or wider) weights: noise at 1 % of the signal power (cosine ≈ 0.995)
 INT8_THRESHOLD_DB = 20.0
 #: with 4-bit weights a conv's output is ~24 dB noisier by construction (6 dB per bit): 10 dB (noise at 10 % of
-#: the signal power, cosine ≈ 0.95). Measured on the demo ResNets at int4-static-pt: healthy layers sit at 7–17 dB,
-#: so the first crossing marks where compounded error passes 10 %, not necessarily a broken layer; the largest
-#: jump says where the error enters. Pass --threshold-db to choose another.
+#: the signal power, cosine ≈ 0.95). Healthy INT4 layers can sit near it (docs/localisation.md has the demo's
+#: figures), so the first crossing marks where compounded error passes 10 %, not necessarily a broken layer; the
+#: largest jump says where the error enters. Pass --threshold-db to choose another.
 INT4_THRESHOLD_DB = 10.0
 #: SQNR ceiling used only when computing jumps (an exact tensor has infinite SQNR)
 JUMP_CAP_DB = 60.0
@@ -190,7 +190,7 @@ class Splicer:
     residual branch that bypasses t stays), so a late tensor costs only the tail of the network. Sessions are
     opened per tensor and kept, oldest dropped first, while their weights (:meth:`weight_bytes`) fit in
     ``max_bytes``; :meth:`release` drops them all (a splice session is reused across the sample chunks of a layer
-    batch; re-opening one costs ~0.5 s on ResNet-50).
+    batch; re-opening one means building the session again).
     """
 
     SUFFIX = "__qtbench_float"
