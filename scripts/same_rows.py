@@ -22,11 +22,17 @@ RUN_ONLY = re.compile(
     r"^(record_id|run_id|created_utc|cell_key|git_sha|git_dirty|qtbench_version|host_.*|load_avg.*|.*latency.*|"
     r"p\d+_ms|mean_ms|std_ms|min_ms|max_ms|cv|fps.*|throughput.*|.*_s|iterations|energy.*|power.*|mj_.*|.*_mj|"
     r"avg_.*w|.*_w|peak_.*|timing_.*|unstable.*|device_latency.*|artifact_path|artifact_bytes|cache_hit|"
-    r"eval_phase|est_.*|.*_fps|meter.*|thermal.*|temp.*|cpu_.*|rss.*|backend_extra)$"
+    r"eval_phase|est_.*|.*_fps|meter.*|thermal.*|temp.*|cpu_.*|rss.*|backend_extra|loadavg.*|model_path)$"
 )
 
 
+#: timing figures inside notes (a simulator's cycle-count spread between identical runs), masked before comparing
+TIMING_IN_TEXT = re.compile(r"vary \d+% \(p10–p90\)")
+
+
 def same(a: object, b: object) -> bool:
+    if isinstance(a, str) and isinstance(b, str):
+        return TIMING_IN_TEXT.sub("vary …", a) == TIMING_IN_TEXT.sub("vary …", b)
     if isinstance(a, float) and isinstance(b, float):
         return (math.isnan(a) and math.isnan(b)) or a == b
     return a == b
