@@ -52,7 +52,7 @@ class Gap:
     sim_top1: float
 
 
-def compare(real: np.ndarray, sim: np.ndarray, ref: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
+def output_gap(real: np.ndarray, sim: np.ndarray, ref: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
     """The gap between the two sides, with the harness's own metric definitions (real is the reference)."""
 
     real, sim, ref = (a.reshape(len(a), -1).astype(np.float64) for a in (real, sim, ref))
@@ -97,6 +97,6 @@ def run_gap(
         with backend.compile(model, spec, calib, workdir / model.sha256[:12] / side / spec.id) as compiled:
             outs[side] = run_batched(compiled.infer, evaluation, 0, batch)
     ref = fp32_outputs(model_path, evaluation, 0, batch)
-    m = compare(outs["real"], outs["sim"], ref, evaluation.labels)
+    m = output_gap(outs["real"], outs["sim"], ref, evaluation.labels)
     sim = f"{twin[0]}:{','.join(str(v) for v in twin[1].values())}" if twin[1] else twin[0]
     return Gap(model_name or model_path.stem, spec.id, real, sim, len(evaluation), **m)
