@@ -272,7 +272,7 @@ class Backend(abc.ABC):
     #: Whether builds and quality passes must have the device to themselves (a GPU: TensorRT picks kernels by timing
     #: them while it builds, so a build beside another would cache an engine tuned under contention): the local
     #: compile phase then runs this backend's cells one at a time while other backends' cells build alongside.
-    exclusive_device: ClassVar[bool] = False
+    exclusive_device: bool = False  # an adapter may make it a property of its options (ORT with a GPU provider)
     #: Whether the compiler needs every dimension static: the planner then hands it intake's static form of the
     #: model (non-batch dims fixed from the evaluation data, batch 1, shape subgraphs folded).
     static_shapes: ClassVar[bool] = False

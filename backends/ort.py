@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from qtbench.backends import qdq, taps
+from qtbench.backends._cuda import gpu_identity
 from qtbench.backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once
 from qtbench.harness.core.errors import ConfigError
 from qtbench.harness.core.spec import QuantSpec
@@ -63,6 +64,19 @@ class OrtBackend(Backend):
         # e.g. from `qtbench localize --fallback-search`
         "exclude_nodes": [],
     }
+
+    @property
+    def exclusive_device(self) -> bool:  # type: ignore[override]
+        """With a GPU execution provider (CUDA, TensorRT) the session builds and times on the GPU: the compile
+        phase then runs this entry's cells one at a time (the TensorRT EP times kernels while it builds)."""
+        try:
+            return any(_device_of(p) == "gpu" for p in self.providers())
+        except Exception:  # noqa: BLE001 - no onnxruntime or an unknown provider: the CPU default
+            return False
+
+    def device_identity(self) -> str:
+        """The GPU's identity when a GPU provider runs the cells (rows and keys then say which GPU), else ''."""
+        return gpu_identity() if self.exclusive_device else ""
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)

@@ -1,15 +1,16 @@
-"""The TensorRT adapter's control flow, driven by stand-in ``tensorrt`` and ``pycuda`` modules.
+"""The TensorRT adapter's control flow, driven by stand-in ``tensorrt`` (10 and 11) and cuda-python modules.
 
-No GPU here, so these tests check what the adapter asks of TensorRT (flags, QDQ graph, profiles, buffers, return
-values) with fakes that behave like TensorRT 10's Python API where the adapter depends on it: calls that report
-failure by returning False, a parser that rejects int32 bias DequantizeLinear (onnx-tensorrt#850), TF32 on by
-default, and async copies that must come from page-locked memory. The real path runs where a GPU is present.
+No GPU here, so these tests check what the adapter asks of TensorRT (network flags, the typed graph it parses,
+builder flags, profiles, buffers, return values) with fakes that record every call and behave like TensorRT's
+Python API where the adapter depends on it: calls that report failure by returning False, a parser that rejects
+int32 bias DequantizeLinear (onnx-tensorrt#850), TF32 on by default, TensorRT 11 without the precision builder
+flags, cuda-python's (error, value) returns, and async copies that must come from page-locked memory. The real
+path runs where a GPU is present (benchmarks/gpu_check.sh); one test imports the real ``tensorrt`` when installed.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
+import json
 import sys
 import types
 from pathlib import Path
@@ -26,83 +27,107 @@ from qtbench.harness.core.spec import QuantSpec
 from models import tiny_data
 
 
-class FakeDriverError(Exception):
-    """Like pycuda._driver.Error: not an ImportError."""
+# -- a stand-in for cuda-python's runtime: device memory is a dict, copies insist on page-locked host memory -------
+def _make_cudart(device_count: int = 1) -> types.ModuleType:
+    import ctypes
 
-
-# -- a stand-in for pycuda.driver: device memory is a dict, copies insist on page-locked host arrays ------------
-class Pinned(np.ndarray):
-    pass
-
-
-def _make_pycuda() -> types.ModuleType:
-    drv = types.ModuleType("pycuda.driver")
-    drv.memory = {}  # address → np.ndarray
-
-    class Alloc:
-        def __init__(self, nbytes: int) -> None:
-            self.addr = 0x1000 + len(drv.memory) * 0x1000
-            drv.memory[self.addr] = np.zeros(nbytes, np.uint8)
-
-        def __int__(self) -> int:
-            return self.addr
-
-    def pagelocked_empty(shape, dtype):
-        return np.empty(shape, dtype).view(Pinned)
-
-    def memcpy_htod_async(dev, host, stream):
-        assert isinstance(host, Pinned), "async copy from pageable memory"
-        raw = np.ascontiguousarray(host).view(np.uint8).reshape(-1)
-        drv.memory[int(dev)][: raw.size] = raw
-
-    def memcpy_dtoh_async(host, dev, stream):
-        assert isinstance(host, Pinned), "async copy into pageable memory"
-        raw = drv.memory[int(dev)][: host.nbytes]
-        host[...] = raw.view(host.dtype).reshape(host.shape)
-
-    class Stream:
-        handle = 7
-
-        def synchronize(self) -> None:
-            pass
-
-    class Event:
-        def record(self, stream) -> None:
-            pass
-
-        def time_since(self, other) -> float:
-            return 0.25
-
-    class Device:
-        def __init__(self, i: int) -> None:
-            pass
-
-        def name(self) -> str:
-            return "Fake GPU"
-
-    drv.Alloc, drv.mem_alloc = Alloc, Alloc
-    drv.pagelocked_empty, drv.memcpy_htod_async, drv.memcpy_dtoh_async = (
-        pagelocked_empty,
-        memcpy_htod_async,
-        memcpy_dtoh_async,
+    rt = types.ModuleType("cuda.bindings.runtime")
+    ok = types.SimpleNamespace(name="cudaSuccess")
+    rt.cudaError_t = types.SimpleNamespace(
+        cudaSuccess=ok, cudaErrorNoDevice=types.SimpleNamespace(name="cudaErrorNoDevice")
     )
-    drv.Stream, drv.Event, drv.Device = Stream, Event, Device
-    return drv
+    rt.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice="h2d", cudaMemcpyDeviceToHost="d2h")
+    rt.memory = {}  # device address → np.ndarray of bytes
+    rt.pinned = {}  # host address → its buffer (only these may take part in async copies)
+    rt.calls = []
+    rt.props = types.SimpleNamespace(name=b"Fake GPU", major=8, minor=9)
+
+    def cudaGetDeviceCount():
+        if device_count < 1:
+            return (rt.cudaError_t.cudaErrorNoDevice, 0)
+        return (ok, device_count)
+
+    def cudaMallocHost(nbytes):
+        buf = (ctypes.c_byte * nbytes)()
+        addr = ctypes.addressof(buf)
+        rt.pinned[addr] = buf
+        return (ok, addr)
+
+    def cudaFreeHost(addr):
+        rt.pinned.pop(addr)
+        return (ok,)
+
+    def cudaMalloc(nbytes):
+        addr = 0x1000 + len(rt.memory) * 0x1000
+        rt.memory[addr] = np.zeros(nbytes, np.uint8)
+        return (ok, addr)
+
+    def cudaFree(addr):
+        rt.memory.pop(addr)
+        return (ok,)
+
+    def _pinned_view(addr, n):
+        base = next((a for a, b in rt.pinned.items() if a <= addr < a + ctypes.sizeof(b)), None)
+        assert base is not None, "async copy from pageable memory"
+        return np.ctypeslib.as_array((ctypes.c_byte * n).from_address(addr)).view(np.uint8)
+
+    def cudaMemcpyAsync(dst, src, n, kind, stream):
+        rt.calls.append(("memcpy", kind))
+        if kind == "h2d":
+            rt.memory[dst][:n] = _pinned_view(src, n)
+        else:
+            _pinned_view(dst, n)[:] = rt.memory[src][:n]
+        return (ok,)
+
+    rt.cudaGetDeviceCount, rt.cudaMallocHost, rt.cudaFreeHost = cudaGetDeviceCount, cudaMallocHost, cudaFreeHost
+    rt.cudaMalloc, rt.cudaFree, rt.cudaMemcpyAsync = cudaMalloc, cudaFree, cudaMemcpyAsync
+    rt.cudaStreamCreate = lambda: (ok, 7)
+    rt.cudaStreamSynchronize = lambda s: (ok,)
+    rt.cudaEventCreate = lambda: (ok, object())
+    rt.cudaEventRecord = lambda e, s: (ok,)
+    rt.cudaEventElapsedTime = lambda a, b: (ok, 0.25)
+    rt.cudaGetDeviceProperties = lambda i: (ok, rt.props)
+    rt.cudaDriverGetVersion = lambda: (ok, 12040)
+    return rt
 
 
-# -- a stand-in for tensorrt 10 ----------------------------------------------------------------------------------
+def _install_cudart(monkeypatch, rt: types.ModuleType) -> None:
+    cuda = types.ModuleType("cuda")
+    cuda.__path__ = []
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.__path__ = []
+    bindings.runtime = rt
+    cuda.bindings = bindings
+    monkeypatch.setitem(sys.modules, "cuda", cuda)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", rt)
+
+
+# -- a stand-in for tensorrt 10 and 11 ---------------------------------------------------------------------------
 def _make_tensorrt(version: str, drv: types.ModuleType) -> types.ModuleType:
     import onnx
     from onnx import TensorProto
 
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
-    trt.built = []  # (config flags, parsed graph path) per build
+    trt.built = []  # (config flags, parsed graph path, profiles, network flags, verbosity) per build
     trt.behaviour = {"shape_ok": True, "execute_ok": True}
-    trt.BuilderFlag = types.SimpleNamespace(FP16="FP16", BF16="BF16", INT8="INT8", TF32="TF32")
+    major = int(version.split(".")[0])
+    if major >= 11:  # 11 removed the weak-typing precision flags; strong typing is always on
+        trt.BuilderFlag = types.SimpleNamespace(TF32="TF32")
+    else:
+        trt.BuilderFlag = types.SimpleNamespace(FP16="FP16", BF16="BF16", INT8="INT8", TF32="TF32")
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
+    trt.ProfilingVerbosity = types.SimpleNamespace(DETAILED="detailed", LAYER_NAMES_ONLY="names")
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
     trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
-    trt.LayerInformationFormat = types.SimpleNamespace(ONELINE="oneline")
+    trt.LayerInformationFormat = types.SimpleNamespace(ONELINE="oneline", JSON="json")
+    # the inspector's JSON: TensorRT 10 writes "Format/Datatype", 11 "Format" and "DataType" apart
+    io = (
+        (lambda dt: {"Name": "x", "DataType": dt, "Format": "Row major"})
+        if major >= 11
+        else (lambda dt: {"Name": "x", "Format/Datatype": f"Row major linear {dt} format"})
+    )
     trt.nptype = lambda dt: dt
 
     class Logger:
@@ -112,9 +137,10 @@ def _make_tensorrt(version: str, drv: types.ModuleType) -> types.ModuleType:
             pass
 
     class Network:
-        def __init__(self) -> None:
+        def __init__(self, flags: int = 0) -> None:
             self.inputs: list[types.SimpleNamespace] = []
             self.path = ""
+            self.flags = flags
 
         @property
         def num_inputs(self) -> int:
@@ -151,6 +177,7 @@ def _make_tensorrt(version: str, drv: types.ModuleType) -> types.ModuleType:
         def __init__(self) -> None:
             self.flags = {"TF32"}  # TensorRT's default
             self.profiles: list[dict] = []
+            self.profiling_verbosity = "names"
 
         def set_memory_pool_limit(self, pool, size) -> None:
             self.workspace = size
@@ -179,7 +206,7 @@ def _make_tensorrt(version: str, drv: types.ModuleType) -> types.ModuleType:
             pass
 
         def create_network(self, flags):
-            return Network()
+            return Network(flags)
 
         def create_builder_config(self):
             return Config()
@@ -188,7 +215,35 @@ def _make_tensorrt(version: str, drv: types.ModuleType) -> types.ModuleType:
             return Profile()
 
         def build_serialized_network(self, network, config):
-            trt.built.append((set(config.flags), network.path, config.profiles))
+            trt.built.append(
+                (set(config.flags), network.path, config.profiles, network.flags, config.profiling_verbosity)
+            )
+            g = onnx.load(network.path).graph
+            dt = (
+                "INT8"
+                if any(n.op_type == "QuantizeLinear" for n in g.node)
+                else ("FP16" if any(i.data_type == TensorProto.FLOAT16 for i in g.initializer) else "FP32")
+            )
+            trt.last_json = json.dumps(
+                {
+                    "Layers": [
+                        {
+                            "Name": "conv",
+                            "LayerType": "CaskConvolution",
+                            "ParameterType": "Convolution",
+                            "Inputs": [io(dt)],
+                            "Weights": {"Type": {"INT8": "Int8", "FP16": "Half", "FP32": "Float"}[dt], "Count": 72},
+                        },
+                        {
+                            "Name": "fc",
+                            "LayerType": "CaskGemm",
+                            "ParameterType": "Gemm",
+                            "Inputs": [io(dt)],
+                            "Weights": {"Type": {"INT8": "Int8", "FP16": "Half", "FP32": "Float"}[dt], "Count": 640},
+                        },
+                    ]
+                }
+            )
             return b"fake-engine"
 
     class Context:
@@ -233,7 +288,7 @@ def _make_tensorrt(version: str, drv: types.ModuleType) -> types.ModuleType:
             return Context()
 
         def create_engine_inspector(self):
-            return types.SimpleNamespace(get_engine_information=lambda fmt: "fake engine")
+            return types.SimpleNamespace(get_engine_information=lambda fmt: trt.last_json if fmt == "json" else "fake")
 
     class Runtime:
         def __init__(self, logger) -> None:
@@ -246,32 +301,13 @@ def _make_tensorrt(version: str, drv: types.ModuleType) -> types.ModuleType:
     return trt
 
 
-class _FailingAutoinit(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """``import pycuda.autoinit`` raising a driver error, as it does with pycuda installed and no GPU."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname == "pycuda.autoinit":
-            return importlib.machinery.ModuleSpec(fullname, self)
-        return None
-
-    def create_module(self, spec):
-        return None
-
-    def exec_module(self, module):
-        raise FakeDriverError("cuInit failed: no CUDA-capable device is detected")
-
-
-@pytest.fixture
-def fake_gpu(monkeypatch):
-    """Install fake tensorrt 10 + pycuda with a working context; returns the tensorrt module."""
-    drv = _make_pycuda()
-    pkg = types.ModuleType("pycuda")
-    pkg.__path__ = []
-    pkg.driver = drv
-    monkeypatch.setitem(sys.modules, "pycuda", pkg)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
-    monkeypatch.setitem(sys.modules, "pycuda.autoinit", types.ModuleType("pycuda.autoinit"))
-    trt = _make_tensorrt("10.9.0", drv)
+@pytest.fixture(params=["10.13.0", "11.4.0"])
+def fake_gpu(monkeypatch, request):
+    """Install a fake tensorrt (10 and 11 in turn) + cuda-python with one device; returns the tensorrt module."""
+    rt = _make_cudart()
+    _install_cudart(monkeypatch, rt)
+    trt = _make_tensorrt(request.param, rt)
+    trt.cudart = rt
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     return trt
 
@@ -295,24 +331,27 @@ def test_tensorrt_reports_why_it_cannot_run_here():
     except ImportError:
         pass
     av = TensorRtBackend().availability()
-    assert not av.available and "pip install 'qtbench[tensorrt]'" in av.reason
+    assert not av.available and "pip install 'qtbench[tensorrt]'" in av.reason and "Jetson" in av.reason
     b = TensorRtBackend()
     assert "symmetric" in b.supports(QuantSpec.parse("int8-static-pc-wsym-minmax"))
     assert "dynamic" in b.supports(QuantSpec.parse("int8-dynamic-pc-wsym"))
     assert b.supports(QuantSpec.parse("int8-static-pc-sym-minmax")) is None
 
 
-def test_fp32_engine_clears_tf32_and_records_math_mode(fake_gpu, tiny):
+def test_every_build_is_strongly_typed_and_precision_lives_in_the_graph(fake_gpu, tiny):
+    """On 10.x and 11.x alike: a strongly typed network, no precision builder flag, TF32 cleared, detailed
+    verbosity; fp16 is an fp16 graph with fp32 I/O, INT8 an explicit QDQ graph."""
+    import onnx
+
     from qtbench.backends.tensorrt import TensorRtBackend
 
     model, _, tmp = tiny
     with TensorRtBackend().compile(model, QuantSpec("fp32"), None, tmp / "fp32") as c:
-        flags, parsed, profiles = fake_gpu.built[-1]
-        assert "TF32" not in flags and not {"FP16", "INT8"} & flags
-        assert parsed == str(model.path)
+        flags, parsed, profiles, net_flags, verbosity = fake_gpu.built[-1]
+        assert net_flags == 1 << 1 and verbosity == "detailed"
+        assert flags == set() and parsed == str(model.path)  # TF32 cleared, nothing else set
         assert profiles == [{"input": ((1, 1, 8, 8), (1, 1, 8, 8), (256, 1, 8, 8))}]
-        assert c.info.extra["math_mode"] == "fp32 (TF32 off)" and c.info.extra["tf32"] is False
-        assert any("math mode fp32 (TF32 off)" in n for n in c.info.notes)
+        assert c.info.extra["math_mode"] == "fp32 (TF32 off)" and c.info.extra["strongly_typed"] is True
         assert c.info.numbers == "measured" and c.info.coverage == {"gpu": 7}
         x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
         y = c.infer({"input": x})[0]  # the fakes assert every async copy used page-locked memory
@@ -321,8 +360,13 @@ def test_fp32_engine_clears_tf32_and_records_math_mode(fake_gpu, tiny):
         np.testing.assert_array_equal(y1, x[:1].reshape(1, -1)[:, :5] * 2)
         assert c.device_latencies_ms() == [0.25, 0.25]
     with TensorRtBackend({"tf32": True}).compile(model, QuantSpec("fp16"), None, tmp / "fp16-tf32") as c:
-        flags, *_ = fake_gpu.built[-1]
-        assert {"FP16", "TF32"} <= flags and c.info.extra["math_mode"] == "fp16+fp32/tf32"
+        flags, parsed, _, net_flags, _ = fake_gpu.built[-1]
+        assert flags == {"TF32"} and net_flags == 1 << 1 and parsed.endswith("fp16.onnx")
+        g = onnx.load(parsed).graph
+        assert {i.data_type for i in g.initializer} == {onnx.TensorProto.FLOAT16}
+        assert g.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O kept fp32
+        assert c.info.extra["math_mode"] == "fp16+fp32/tf32"
+    assert not fake_gpu.cudart.memory and not fake_gpu.cudart.pinned  # close() freed every buffer
 
 
 def test_int8_qdq_graph_has_float_biases_for_the_parser(fake_gpu, tiny):
@@ -334,8 +378,8 @@ def test_int8_qdq_graph_has_float_biases_for_the_parser(fake_gpu, tiny):
     model, calib, tmp = tiny
     spec = QuantSpec.parse("int8-static-pc-sym-minmax")
     with TensorRtBackend().compile(model, spec, calib, tmp / "int8") as c:
-        flags, parsed, _ = fake_gpu.built[-1]
-        assert "INT8" in flags and "TF32" not in flags and parsed.endswith("qdq.onnx")
+        flags, parsed, *_ = fake_gpu.built[-1]
+        assert flags == set() and parsed.endswith("qdq.onnx")
         g = onnx.load(parsed).graph
         assert sum(n.op_type == "DequantizeLinear" for n in g.node) >= 3  # weights and activations are QDQ
         assert not [i.name for i in g.initializer if i.data_type == onnx.TensorProto.INT32]
@@ -346,6 +390,33 @@ def test_int8_qdq_graph_has_float_biases_for_the_parser(fake_gpu, tiny):
     with TensorRtBackend().compile(model, spec, calib, tmp / "int8") as c:
         assert c.info.cache_hit and len(fake_gpu.built) == n_builds
         assert any("biases kept in float" in n for n in c.info.notes)
+
+
+def test_the_audit_reads_layer_precisions_from_the_engine_inspector(fake_gpu, tiny):
+    """The inspector's JSON (10.x's Format/Datatype, 11.x's DataType) is the audit: INT8 weights and quantized
+    inputs honour an INT8 spec; an fp16 engine's weights read 16-bit."""
+    from qtbench.backends.tensorrt import TensorRtBackend, audit_engine_json
+    from qtbench.harness.core.audit import judge
+
+    model, calib, tmp = tiny
+    spec = QuantSpec.parse("int8-static-pc-sym-minmax")
+    backend = TensorRtBackend()
+    with backend.compile(model, spec, calib, tmp / "int8") as c:
+        facts = backend.audit(c, spec)
+        assert [w.bits for w in facts.weights] == [8, 8] and {w.activation for w in facts.weights} == {"static"}
+        assert judge(spec, facts).ok
+    with backend.compile(model, QuantSpec("fp16"), None, tmp / "fp16") as c:
+        assert [w.bits for w in backend.audit(c, QuantSpec("fp16")).weights] == [16, 16]
+    assert "detailed profiling" in audit_engine_json(json.dumps({"Layers": ["conv", "fc"]}))
+
+
+def test_bf16_needs_autocast_under_strong_typing():
+    from qtbench.backends import tensorrt as t
+
+    reason = t.TensorRtBackend().supports(QuantSpec("bf16"))
+    assert (reason is None) == t.has_autocast()
+    if reason:
+        assert "nvidia-modelopt" in reason
 
 
 @pytest.mark.parametrize(("key", "match"), [("shape_ok", "rejected input shape"), ("execute_ok", "execute_async_v3")])
@@ -361,28 +432,30 @@ def test_failed_tensorrt_calls_raise_instead_of_returning_stale_buffers(fake_gpu
             c.infer({"input": x})
 
 
-def test_pycuda_without_a_gpu_is_unavailable_not_a_crash(fake_gpu, monkeypatch, tiny):
+def test_cuda_without_a_device_is_unavailable_not_a_crash(fake_gpu, monkeypatch, tiny):
     from qtbench.backends.tensorrt import TensorRtBackend
 
-    monkeypatch.delitem(sys.modules, "pycuda.autoinit")
-    monkeypatch.setattr(sys, "meta_path", [_FailingAutoinit(), *sys.meta_path])
+    _install_cudart(monkeypatch, _make_cudart(device_count=0))
     av = TensorRtBackend().availability()
     assert not av.available
-    assert "CUDA is not usable" in av.reason and "no CUDA-capable device" in av.reason
+    assert "CUDA is not usable" in av.reason and "cudaErrorNoDevice" in av.reason
     model, _, tmp = tiny
-    with pytest.raises(BackendUnavailable, match="no CUDA-capable device"):
+    with pytest.raises(BackendUnavailable, match="cudaErrorNoDevice"):
         TensorRtBackend().compile(model, QuantSpec("fp32"), None, tmp / "w")
+    assert TensorRtBackend().device_identity() == ""
 
 
-def test_tensorrt_11_is_refused_with_the_pin(monkeypatch, fake_gpu):
+def test_tensorrt_10_and_11_are_accepted_and_12_is_refused(fake_gpu):
     from qtbench.backends.tensorrt import TensorRtBackend
 
     assert TensorRtBackend().availability().available
-    fake_gpu.__version__ = "11.1.0"
+    fake_gpu.__version__ = "12.0.0"
     av = TensorRtBackend().availability()
-    assert not av.available and "removed the precision builder flags" in av.reason and "<11" in av.reason
+    assert not av.available and "10.x and 11.x" in av.reason
+    fake_gpu.__version__ = "9.3.0"
+    assert not TensorRtBackend().availability().available
     text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
-    assert '"tensorrt>=10,<11"' in text
+    assert '"tensorrt>=10,<12"' in text and "cuda-python" in text and "pycuda" not in text
 
 
 def test_an_engine_this_gpu_cannot_load_is_rebuilt_once_then_a_clear_failure(fake_gpu, tiny):
@@ -408,15 +481,50 @@ def test_an_engine_this_gpu_cannot_load_is_rebuilt_once_then_a_clear_failure(fak
         TensorRtBackend().compile(model, QuantSpec("fp16"), None, tmp / "broken")
 
 
-def test_engines_are_keyed_by_the_gpu_and_built_one_at_a_time(fake_gpu, monkeypatch):
+def test_engines_are_keyed_by_the_gpu_and_built_one_at_a_time(fake_gpu):
     """The device identity (GPU, compute capability, driver) goes into the artifact key of this non-portable
     backend, and it declares an exclusive device, so the compile phase never builds two engines at once."""
-    import pycuda.driver as drv
-
     from qtbench.backends.tensorrt import TensorRtBackend
+    from qtbench.harness.run.plan import artifact_key
 
     assert TensorRtBackend.exclusive_device and not TensorRtBackend.artifact_portable
-    assert TensorRtBackend().device_identity() == ""  # the fake device cannot tell its compute capability
-    monkeypatch.setattr(drv.Device, "compute_capability", lambda self: (8, 9), raising=False)
-    monkeypatch.setattr(drv, "get_driver_version", lambda: 12040, raising=False)
-    assert TensorRtBackend().device_identity() == "Fake GPU;sm_8.9;driver=12040"
+    here = TensorRtBackend().device_identity()
+    assert here == "Fake GPU;sm_8.9;driver=12040"
+    fake_gpu.cudart.props = types.SimpleNamespace(name=b"Other GPU", major=9, minor=0)
+    there = TensorRtBackend().device_identity()
+    spec = QuantSpec("fp32")
+    assert artifact_key("m", spec, "trt", {}, "", {}, here) != artifact_key("m", spec, "trt", {}, "", {}, there)
+
+
+def test_the_real_tensorrt_module_has_what_the_adapter_calls():
+    """Where tensorrt is installed (any GPU host), its API surface is what the adapter was written against."""
+    trt = pytest.importorskip("tensorrt")
+    major = int(trt.__version__.split(".")[0])
+    assert major in (10, 11)
+    for name in ("Builder", "OnnxParser", "Runtime", "Logger", "TensorIOMode", "MemoryPoolType"):
+        assert hasattr(trt, name), name
+    assert hasattr(trt.BuilderFlag, "TF32") and hasattr(trt.ProfilingVerbosity, "DETAILED")
+    assert hasattr(trt.LayerInformationFormat, "JSON")
+    if major == 10:
+        assert hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    else:
+        assert not hasattr(trt.BuilderFlag, "FP16")
+
+
+def test_ort_with_a_gpu_provider_is_an_exclusive_device(monkeypatch):
+    """ORT's CUDA/TensorRT execution providers build and time on the GPU: such an entry is exclusive (its cells
+    build one at a time) and its cells are keyed by the GPU; on the CPU provider neither."""
+    from qtbench.backends import ort
+    from qtbench.harness.run.plan import _probe
+
+    b = ort.OrtBackend({"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
+    monkeypatch.setattr(ort.OrtBackend, "providers", lambda self: list(self.options["providers"]))
+    monkeypatch.setattr(ort, "gpu_identity", lambda: "Fake GPU;sm_8.9;driver=12040")
+    assert b.exclusive_device and b.device_identity() == "Fake GPU;sm_8.9;driver=12040"
+    cpu = ort.OrtBackend({"providers": ["CPUExecutionProvider"]})
+    assert not cpu.exclusive_device and cpu.device_identity() == ""
+    gpu = {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+    probe = _probe("ort", "qtbench.backends.ort:OrtBackend", gpu, [QuantSpec("fp32")])
+    assert probe["exclusive"] and probe["identity"] == "Fake GPU;sm_8.9;driver=12040"  # what the planner keys by
+    probe = _probe("ort", "qtbench.backends.ort:OrtBackend", {"providers": ["CPUExecutionProvider"]}, [])
+    assert not probe["exclusive"] and probe["identity"] == ""

@@ -130,12 +130,12 @@ def _probe(
         "version": "",
         "supports": {},
         "static_shapes": bool(backend.static_shapes),
-        "exclusive": bool(type(backend).exclusive_device),
+        "exclusive": bool(backend.exclusive_device),  # an instance may decide by its options (ORT GPU EPs)
         "identity": "",
     }
     if av.available:
         out["version"] = ";".join(f"{k}={v}" for k, v in sorted(av.versions.items()))
-        if not type(backend).artifact_portable:
+        if not type(backend).artifact_portable or out["exclusive"]:  # bound to, or built and timed on, a device
             out["identity"] = backend.device_identity()
         out["supports"] = {s.id: backend.supports(s) for s in specs}
         out["build_groups"] = {s.id: backend.build_group(s) for s in specs if not out["supports"][s.id]}
