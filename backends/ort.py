@@ -102,6 +102,16 @@ class OrtBackend(Backend):
         except ImportError as exc:
             return Availability(False, f"onnxruntime is not importable ({exc}): pip install onnxruntime")
         present = ort.get_available_providers()
+        wanted = self.options["providers"]
+        missing = [] if wanted == "auto" else [p for p in wanted if p not in present]
+        if missing:  # a GPU entry on a host without the GPU build: unavailable with the reason, not a failed cell
+            gpu = any(_device_of(p) == "gpu" for p in missing)
+            return Availability(
+                False,
+                f"{', '.join(missing)} not in this onnxruntime build (present: {', '.join(present)})"
+                + ("; install onnxruntime-gpu in place of onnxruntime on a host with an NVIDIA GPU" if gpu else ""),
+                {"onnxruntime": ort.__version__},
+            )
         return Availability(True, "", {"onnxruntime": ort.__version__}, tuple(present))
 
     def providers(self) -> list[str]:

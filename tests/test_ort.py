@@ -104,6 +104,8 @@ def test_unsupported_specs_and_bad_options():
         OrtBackend({"thread": 2})
     with pytest.raises(ConfigError, match="not in this onnxruntime build"):
         OrtBackend({"providers": ["NoSuchExecutionProvider"]}).providers()
+    av = OrtBackend({"providers": ["CUDAExecutionProvider"]}).availability()  # a GPU entry on a CPU build
+    assert not av.available and "install onnxruntime-gpu" in av.reason
 
 
 def test_int4_weightonly_without_matmul_is_skipped_with_reason(setup):
