@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from qtbench.backends import qdq as qdq_build
-from qtbench.backends import taps
+from qtbench.backends import taps, vendor_patches
 from qtbench.backends.base import (
     Availability,
     Backend,
@@ -343,12 +343,12 @@ class OpenVinoBackend(Backend):
             shared = None
             if len(group) > 1:
                 try:
-                    with fast_nncf_quantile(), memo_nncf_pattern_matching():
+                    with vendor_patches.applied("nncf", notes=notes):
                         shared = shared_ptq(ov_model, dataset, len(data), [g[3] for g in group])
                 except Exception as exc:  # noqa: BLE001 - an optimisation: fall back to this spec alone
                     notes.append(f"shared NNCF statistics pass failed ({type(exc).__name__}: {exc}); quantized alone")
             if shared is None:
-                with fast_nncf_quantile():
+                with vendor_patches.applied("nncf.quantile", notes=notes):
                     return nncf.quantize(ov_model, dataset, subset_size=len(data), **group[0][3])
             ids = ", ".join(g[0].id for g in group)
             built = [spec.id]
@@ -407,7 +407,8 @@ class OpenVinoBackend(Backend):
         return f"nncf-ptq:{spec.calib_samples}"
 
     def audit(self, compiled: Compiled, spec: QuantSpec) -> Any:
-        """Read the saved IR back for :mod:`qtbench.harness.core.audit` (see :func:`audit_ir`); float weights count at the
+        """Read the saved IR back for :mod:`qtbench.harness.core.audit` (see :func:`audit_ir`); float weights count at
+        the
         precision the device runs their layer in (the compiled model's runtime graph, when it is still open)."""
         import openvino as ov
 
@@ -439,142 +440,6 @@ def _save_ir(ov_model: Any, xml: Path) -> None:
     ov.save_model(ov_model, str(tmp), compress_to_fp16=False)
     tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
     tmp.replace(xml)
-
-
-def tail_quantile(a: np.ndarray, q: float) -> float:
-    """``float(np.quantile(a.astype(np.float64), q))`` (linear method, over every element) bit for bit, ~4× faster
-    for the tail quantiles NNCF's MEAN_QUANTILE asks of every activation of every calibration sample (1e-4 and
-    1 − 1e-4): the two order statistics it interpolates are picked from the few elements past a threshold read
-    off a strided subsample, checked by counting, instead of partitioning the whole tensor. Any array this cannot
-    do exactly (small, NaN or ±inf sums, a threshold that misses) goes through ``np.quantile`` itself."""
-    x = np.asarray(a).ravel()
-    n = x.size
-    v = (n - 1) * np.float64(q)
-    if n < 16384 or not 0.0 <= v <= n - 1 or not np.isfinite(np.sum(x)):
-        return float(np.quantile(x.astype(np.float64, copy=False), q))
-    lo = int(np.floor(v))
-    hi = min(lo + 1, n - 1)
-    picked = _order_stats(x, lo, hi)
-    if picked is None:
-        return float(np.quantile(x.astype(np.float64, copy=False), q))
-    a_lo, a_hi = np.float64(picked[0]), np.float64(picked[1])
-    t = v - np.floor(v)
-    d = a_hi - a_lo
-    return float(a_hi - d * (1 - t) if t >= 0.5 else a_lo + d * t)  # numpy's _lerp, same rounding
-
-
-def _order_stats(x: np.ndarray, lo: int, hi: int) -> tuple[Any, Any] | None:
-    """The ``lo``-th and ``hi``-th smallest of ``x`` (lo ≤ hi ≤ lo + 1, no NaN) from the tail they lie in, or None
-    when the subsample's threshold does not take in enough elements (then the caller partitions everything)."""
-    n = x.size
-    step = max(1, n // 4096)
-    sample = x[::step]
-    m = sample.size
-    low = hi < n - 1 - lo  # nearer the bottom: take elements ≤ t, else ≥ t
-    need = hi + 1 if low else n - lo  # elements the kept tail must hold
-    r = min(m - 1, int(2 * need * m / n) + 24)  # twice the expected share of the sample, plus slack
-    if r >= m // 2:
-        return None
-    if low:
-        t = np.partition(sample, r)[r]
-        kept = x[x <= t]
-        if kept.size < need:
-            return None
-        part = np.partition(kept, (lo, hi))
-        return part[lo], part[hi]
-    t = np.partition(sample, m - 1 - r)[m - 1 - r]
-    kept = x[x >= t]
-    if kept.size < need:
-        return None
-    skip = n - kept.size  # elements below t: every rank ≥ lo lies in the kept tail, shifted by this many
-    part = np.partition(kept, (lo - skip, hi - skip))
-    return part[lo - skip], part[hi - skip]
-
-
-@contextlib.contextmanager
-def fast_nncf_quantile() -> Any:
-    """NNCF's numpy ``quantile`` answered by :func:`tail_quantile` where a call reduces a whole tensor to scalar
-    quantiles (its per-sample activation statistics), by NNCF's own function otherwise; restored on exit. Only on
-    :data:`SHARED_PTQ_NNCF` versions, whose dispatch registry and call pattern this was checked against (the
-    quantized IRs stay byte-identical, tests/test_openvino.py)."""
-    import nncf
-
-    try:
-        from nncf.tensor.functions import numeric
-    except ImportError:
-        numeric = None
-    registry = getattr(getattr(numeric, "quantile", None), "registry", None)
-    if not nncf.__version__.startswith(SHARED_PTQ_NNCF) or registry is None or np.ndarray not in registry:
-        yield
-        return
-    saved = dict(registry)
-    original = registry[np.ndarray]
-
-    def quantile(a: Any, q: Any, axis: Any = None, keepdims: bool = False) -> Any:
-        whole = axis is None or sorted(np.atleast_1d(axis).tolist()) == list(range(np.ndim(a)))
-        if not whole or not isinstance(a, np.ndarray) or np.ndim(q) != 1 or a.dtype.kind != "f":
-            return original(a, q, axis, keepdims)
-        out = np.array([tail_quantile(a, float(qi)) for qi in q], dtype=np.float64)
-        return out.reshape((len(out),) + (1,) * a.ndim) if keepdims else out
-
-    for k, fn in saved.items():
-        if fn is original:
-            registry[k] = quantile
-    try:
-        yield
-    finally:
-        registry.clear()
-        registry.update(saved)
-
-
-@contextlib.contextmanager
-def memo_nncf_pattern_matching() -> Any:
-    """NNCF's fused-pattern search (networkx subgraph isomorphism, ~2 s per spec on ViT-S/14) answered once per
-    distinct (graph, pattern) while it is active: :func:`shared_ptq` finds the quantizer setup of each spec on the
-    same model graph with the same hardware patterns. Keyed by what the matcher reads (node keys, the node
-    attributes the pattern's nodes test, the multi-edges, the pattern itself), so a graph that differs anywhere
-    the search looks is searched again; results are copied out. On :data:`SHARED_PTQ_NNCF` versions only."""
-    import copy
-
-    import nncf
-
-    try:
-        from nncf.common import insertion_point_graph as ipg
-        from nncf.common.graph import graph as nncf_graph
-        from nncf.common.graph import graph_matching as gm
-    except ImportError:
-        yield
-        return
-    users = [m for m in (ipg, nncf_graph) if getattr(m, "find_subgraphs_matching_pattern", None) is not None]
-    if not nncf.__version__.startswith(SHARED_PTQ_NNCF) or not users:
-        yield
-        return
-    original = gm.find_subgraphs_matching_pattern
-    memo: dict[Any, list[list[str]]] = {}
-
-    def key(graph: Any, pattern: Any, strict: bool) -> Any:
-        p = pattern.graph
-        attrs = sorted({a for _n, d in p.nodes(data=True) for a in d} | {gm.GraphPattern.NODE_TYPE_ATTR})
-        p_nodes = tuple(sorted((str(n), repr(sorted((k, str(v)) for k, v in d.items()))) for n, d in p.nodes(True)))
-        g_nodes = tuple(sorted((str(n), tuple(str(d.get(a)) for a in attrs)) for n, d in graph.nodes(data=True)))
-        g_edges = tuple(sorted((str(u), str(v), str(k)) for u, v, k in graph.edges(keys=True)))
-        p_edges = tuple(sorted((str(u), str(v), str(k)) for u, v, k in p.edges(keys=True)))
-        return strict, p_nodes, p_edges, g_nodes, g_edges
-
-    def find(graph: Any, pattern_graph: Any, strict: bool = True) -> list[list[str]]:
-        k = key(graph, pattern_graph, strict)
-        if k not in memo:
-            memo[k] = original(graph, pattern_graph, strict)
-        return copy.deepcopy(memo[k])
-
-    saved = {m: m.find_subgraphs_matching_pattern for m in users}
-    for m in users:
-        m.find_subgraphs_matching_pattern = find
-    try:
-        yield
-    finally:
-        for m, fn in saved.items():
-            m.find_subgraphs_matching_pattern = fn
 
 
 #: NNCF versions whose ``nncf.quantize`` (OpenVINO backend) :func:`shared_ptq` reproduces step by step, checked
@@ -857,7 +722,8 @@ def _ov_channels(op: Any, shape: list[int], port: int) -> int:
 def audit_ir(
     ov_model: Any, runtime: Any = None, inference_precision: str = "", spec: Any = None, reader: str = "openvino"
 ) -> Any:
-    """Read an OpenVINO IR for :mod:`qtbench.harness.core.audit`: for every Convolution/GroupConvolution/ConvolutionBackpropData/
+    """Read an OpenVINO IR for :mod:`qtbench.harness.core.audit`: for every
+    Convolution/GroupConvolution/ConvolutionBackpropData/
     MatMul with a constant weight, the weight's storage (NNCF's compressed int8/int4 Constant → Convert → [Subtract
     zero point] → Multiply scale, a FakeQuantize on a float Constant: levels 256 → 8 bits, 16 → 4; or a float
     Constant), its granularity (scale or FakeQuantize range with more than one element) and symmetry (no or zero

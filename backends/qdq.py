@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import tempfile
-import threading
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from qtbench.backends import vendor_patches
 from qtbench.backends.base import ModelInput
 from qtbench.harness.core import calibration
 from qtbench.harness.core.errors import ConfigError, UnsupportedSpec
@@ -55,7 +55,9 @@ def build(
     logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer warns on every call about pre-processing
     model = local_model(model, workdir)
     tmp = workdir / f".tmp-{os.getpid()}.onnx"
-    with ort_fast_paths():
+    # ORT's quantize_static/quantize_dynamic helpers in numpy (same bytes; vendor_patches says why and where not)
+    uses_quantizer = spec.precision != "fp16" and spec.scaling != "weightonly"
+    with vendor_patches.applied("onnxruntime", notes=notes) if uses_quantizer else contextlib.nullcontext():
         _build(q, model, spec, calib, workdir, tmp, notes, exclude_nodes, quantize_bias, int4_block_size)
     os.replace(tmp, out)
 
@@ -111,124 +113,6 @@ def _build(
         )
         if not quantize_bias:
             notes.append("biases kept in float (no int32 bias DequantizeLinear)")
-
-
-ORT_FAST_PATHS = ("1.32.",)  # onnxruntime versions whose quantizer internals ort_fast_paths() was checked against
-
-
-@contextlib.contextmanager
-def ort_fast_paths() -> Any:
-    """Three of ONNX Runtime's quantizer helpers done in numpy, same bytes out (tests/test_ort.py); restored on
-    exit. Only on :data:`ORT_FAST_PATHS` versions, whose code these were checked against. Measured on ViT-S/14:
-
-    - ``pack_bytes_to_4bit``: a Python loop over every weight byte (~1.5 s an INT4 spec), here two strided views;
-    - per-channel ``quantize_onnx_initializer``: one ``quantize_nparray`` per output channel (~0.5 s a
-      per-channel spec), here the same float32 arithmetic broadcast over the channels at once;
-    - ``ONNXModel.replace_input_of_all_nodes``: compares every input of every node for each quantized tensor
-      (~0.65 s a spec), here only nodes that hold the name are rewritten (a C-level membership test first).
-    """
-    global _FAST_DEPTH
-    import onnxruntime
-
-    if not onnxruntime.__version__.startswith(ORT_FAST_PATHS):
-        yield
-        return
-    from onnxruntime.quantization import base_quantizer, onnx_model, qdq_quantizer, quant_utils
-
-    with _FAST_LOCK:  # nested or concurrent builds (threads): patched by the first in, restored by the last out
-        if not _FAST_DEPTH:
-            _FAST_SAVED[:] = _patch_ort(quant_utils, base_quantizer, qdq_quantizer, onnx_model)
-        _FAST_DEPTH += 1
-    try:
-        yield
-    finally:
-        with _FAST_LOCK:
-            _FAST_DEPTH -= 1
-            if not _FAST_DEPTH:
-                for owner, name, fn in _FAST_SAVED:
-                    setattr(owner, name, fn)
-
-
-_FAST_LOCK = threading.Lock()
-_FAST_DEPTH = 0
-_FAST_SAVED: list[tuple[Any, str, Any]] = []
-
-
-def _patch_ort(
-    quant_utils: Any, base_quantizer: Any, qdq_quantizer: Any, onnx_model: Any
-) -> list[tuple[Any, str, Any]]:
-    """Install :func:`ort_fast_paths`' functions; returns what they replaced."""
-    patches = [
-        (quant_utils, "pack_bytes_to_4bit", pack_4bit),
-        (base_quantizer, "pack_bytes_to_4bit", pack_4bit),
-        (qdq_quantizer, "quantize_onnx_initializer", _per_channel_initializer(quant_utils.quantize_onnx_initializer)),
-        (onnx_model.ONNXModel, "replace_input_of_all_nodes", _replace_input_of_all_nodes),
-    ]
-    saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
-    for owner, name, fn in patches:
-        setattr(owner, name, fn)
-    return saved
-
-
-def pack_4bit(src_8bit: bytes) -> bytearray:
-    """ONNX Runtime's ``pack_bytes_to_4bit``: every two bytes' low nibbles into one byte, the first one low (an
-    odd last byte alone, its high nibble 0)."""
-    a = np.frombuffer(src_8bit, dtype=np.uint8)
-    if len(a) % 2:
-        a = np.append(a, np.uint8(0))
-    return bytearray(((a[0::2] & 0xF) | ((a[1::2] & 0xF) << 4)).astype(np.uint8).tobytes())
-
-
-def _per_channel_initializer(original: Any) -> Any:
-    """``quantize_onnx_initializer`` with its per-channel INT8/UINT8/INT4/UINT4 case on float32 weights done for
-    all channels at once: ``(w / scale).round() + zero_point``, clipped and cast exactly as ``quantize_nparray``
-    does per channel; every other case goes to ORT's own function."""
-    import onnx
-    from onnxruntime.quantization import quant_utils as qu
-
-    kinds = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
-
-    def quantize(
-        weight: Any,
-        quant_type: Any,
-        zero_point: Any,
-        scale: Any,
-        axis: int | None = None,
-        quant_weight_name: str | None = None,
-        block_size: int = 0,
-    ) -> Any:
-        args = (weight, quant_type, zero_point, scale, axis, quant_weight_name, block_size)
-        if axis is None or block_size > 0 or quant_type not in kinds:
-            return original(*args)
-        data = qu.tensor_proto_to_array(weight)
-        scale, zero_point = np.asarray(scale), np.asarray(zero_point)
-        if data.dtype != np.float32 or not data.ndim or scale.shape != (data.shape[axis],):
-            return original(*args)
-        if zero_point.shape != scale.shape or scale.dtype != np.float32:
-            return original(*args)
-        shape = [1] * data.ndim
-        shape[axis] = -1
-        qmin, qmax = qu.get_qmin_qmax_for_qType(quant_type, reduce_range=False, symmetric=False)
-        q = np.asarray((data / scale.reshape(shape)).round() + zero_point.reshape(shape))
-        np.clip(q, qmin, qmax, out=q)
-        q = q.astype(qu.ONNX_TYPE_TO_NP_TYPE[quant_type])
-        name = quant_weight_name or f"{weight.name}{qu.TENSOR_NAME_QUANT_SUFFIX}"
-        if quant_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
-            return onnx.helper.make_tensor(name, quant_type, weight.dims, bytes(pack_4bit(q.tobytes())), raw=True)
-        q = np.asarray(q, dtype=onnx.helper.tensor_dtype_to_np_dtype(quant_type)).reshape(weight.dims)
-        return onnx.numpy_helper.from_array(q, name)
-
-    return quantize
-
-
-def _replace_input_of_all_nodes(self: Any, old_input_name: str, new_input_name: str) -> None:
-    """ORT's ``ONNXModel.replace_input_of_all_nodes``, rewriting only the nodes that hold the name."""
-    for node in self.model.graph.node:
-        inputs = node.input
-        if old_input_name in inputs:
-            for j, name in enumerate(inputs):
-                if name == old_input_name:
-                    inputs[j] = new_input_name
 
 
 def _int4_weightonly(model: ModelInput, spec: QuantSpec, out: Path, notes: list[str], block: int | str) -> None:
