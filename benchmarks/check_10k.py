@@ -25,11 +25,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from qtbench.harness.analysis.check import compare, load_gates
+from qtbench.harness.analysis.check import run_gates
+from qtbench.harness.analysis.gates import load_gates
 from qtbench.harness.core.records import Record, to_frame
 from qtbench.harness.run.measure import latency_stats
 from qtbench.harness.run.store import ResultsStore, _write_parquet, load_results
@@ -42,8 +44,6 @@ N_LAT, N_PRED = 200, 1000
 
 def write_side(root: Path, rows: int, seed: int, candidate: bool) -> Path:
     """One results folder of ``rows`` cells; ``candidate``: the slowed and less accurate cells described above."""
-    import pandas as pd
-
     rng = np.random.default_rng(seed)
     store = ResultsStore(root)
     store.record_run({"run_id": RUN_ID, "started_utc": "2026-01-01T00:00:00Z", "finished_utc": None})
@@ -143,7 +143,7 @@ def main() -> None:
         times = []
         for _ in range(max(1, args.repeats)):
             t0 = time.perf_counter()
-            result = compare(sides[0], sides[1], gates)
+            result = run_gates(sides[0], sides[1], gates)
             times.append(time.perf_counter() - t0)
         out = {
             "benchmark": "check_10k",

@@ -24,8 +24,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import mannwhitneyu
 
-from qtbench.harness.analysis.check import Gate, compare, mann_whitney_p
+from qtbench.harness.analysis.check import run_gates
+from qtbench.harness.analysis.gates import Gate
 from qtbench.harness.demo import DEMO_DIR
 from qtbench.harness.run.store import load_results, stores_under
 from qtbench.harness.run.sweep import run_sweep
@@ -80,7 +82,7 @@ def main() -> None:
         busy = {g.metric: 0 for g in GATES}  # crossed with the whole interval, but a side's machine was oversubscribed
         total = {g.metric: 0 for g in GATES}
         for i, j in itertools.permutations(range(args.runs), 2):
-            res = compare(folders[i], folders[j], GATES)
+            res = run_gates(folders[i], folders[j], GATES)
             for v in res.verdicts:
                 metric = v.gate.split()[0]
                 gate = next(g for g in GATES if g.metric == metric)
@@ -90,7 +92,8 @@ def main() -> None:
                 incon[metric] += v.verdict == "inconclusive"
                 busy[metric] += "oversubscribed" in v.reason
                 if metric.startswith("latency"):
-                    p = mann_whitney_p(pooled[i][spec], pooled[j][spec])
+                    a, b = pooled[i][spec], pooled[j][spec]  # the old rule: Mann-Whitney U, normal approximation
+                    p = mannwhitneyu(a, b, alternative="two-sided", method="asymptotic", use_continuity=False).pvalue
                     old[metric] += gate.violated(v.baseline, v.candidate) and p < 0.01
                 else:
                     old[metric] += v.verdict == "fail"  # top1 used the same paired bootstrap before

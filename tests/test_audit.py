@@ -152,8 +152,9 @@ def _cfg(tmp_path: Path, backend: str, name: str) -> dict:
 def test_lying_backend_is_flagged_everywhere(tmp_path: Path, liar: None, capsys: pytest.CaptureFixture) -> None:
     import yaml
 
-    from qtbench.harness.analysis.check import compare, load_gates
+    from qtbench.harness.analysis.check import run_gates
     from qtbench.harness.analysis.compare import build_study, load_study
+    from qtbench.harness.analysis.gates import load_gates
     from qtbench.harness.analysis.report import build_report
     from qtbench.harness.cli import main
     from qtbench.harness.core.tables import mismatched
@@ -188,6 +189,6 @@ def test_lying_backend_is_flagged_everywhere(tmp_path: Path, liar: None, capsys:
         rows_f = pd.read_parquet(f)
         rows_f["backend"] = "ort"
         rows_f.to_parquet(f)
-    result = compare(tmp_path / "results" / "base", res, load_gates(None))
+    result = run_gates(tmp_path / "results" / "base", res, load_gates(None))
     audit_fails = [v for v in result.verdicts if v.gate == "spec audit"]
     assert result.failed and len(audit_fails) == 1 and "4-bit" in audit_fails[0].reason

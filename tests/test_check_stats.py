@@ -5,27 +5,32 @@ from __future__ import annotations
 
 import json
 import math
+from math import comb
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from scipy.stats import mannwhitneyu
 
-from qtbench.harness.analysis.check import (
-    Gate,
-    compare,
-    decide,
+from qtbench.harness.analysis import resample
+from qtbench.harness.analysis.check import _latency_replicates, run_gates
+from qtbench.harness.analysis.gates import Gate, decide, load_gates, settled
+from qtbench.harness.analysis.resample import (
+    block_indices,
+    block_lengths,
     exact_flag_intervals,
     latency_statistic,
-    load_gates,
-    mann_whitney_p,
-    optimal_block_length,
     paired_bootstrap,
-    percentile_rows,
+    replicates,
     resample_runs,
     trinomial_sum_pmf,
 )
 from qtbench.harness.cli import main
 from qtbench.harness.core.errors import UserError
+from qtbench.harness.core.records import Record
+from qtbench.harness.run.measure import latency_stats
+from qtbench.harness.run.store import ResultsStore
 
 from models import make_record
 
@@ -74,14 +79,9 @@ def gate_rates(gate: Gate, base: np.ndarray, cand: np.ndarray, reps: int = 400) 
         bv, cv = float(stat(pa)[0]), float(stat(pb)[0])
         verdict = decide(gate, bv, cv, resample_runs(list(a), stat, reps, 0), resample_runs(list(b), stat, reps, 1))
         new += verdict[0] == "fail"
-        old += gate.violated(bv, cv) and mann_whitney_p(pa[0], pb[0]) < 0.01
+        p = mannwhitneyu(pa[0], pb[0], alternative="two-sided", method="asymptotic", use_continuity=False).pvalue
+        old += gate.violated(bv, cv) and p < 0.01
     return new / len(base), old / len(base)
-
-
-def test_percentile_rows_matches_numpy():
-    a = np.random.default_rng(0).random((20, 37))
-    for q in (0, 50, 90, 95, 99, 100):
-        np.testing.assert_allclose(percentile_rows(a, q), np.percentile(a, q, axis=1))
 
 
 def test_paired_bootstrap_of_flags_has_the_resampling_distribution():
@@ -109,8 +109,6 @@ def test_paired_bootstrap_of_flags_has_the_resampling_distribution():
 )  # (10, ½, ½): the characteristic function's base is 0 at t = π/2; (9, 0, 1): K ≡ n
 def test_trinomial_sum_pmf_is_the_enumerated_distribution(n: int, p_minus: float, p_plus: float):
     """Every (#−1, #+1) split of n draws enumerated: same probability for each value of their difference."""
-    from math import comb
-
     k0, pmf = trinomial_sum_pmf(n, p_minus, p_plus)
     exact: dict[int, float] = {}
     for i in range(n + 1):
@@ -132,9 +130,9 @@ def test_exact_top1_interval_is_where_the_monte_carlo_bootstrap_converges(rule: 
     rng = np.random.default_rng(11)
     a = rng.random(400) < 0.75
     b = np.where(rng.random(400) < 0.9, a, ~a)
-    (lo, hi), (d_lo, d_hi) = exact_flag_intervals(gate, a, b)
-    base, cand = paired_bootstrap(a.astype(float), b.astype(float), reps=100_000, seed=2)
     scale = 100.0 if gate.unit == "pp" else 1.0
+    (lo, hi), (d_lo, d_hi) = exact_flag_intervals(a, b, scale=scale, bound=gate.kind == "bound")
+    base, cand = paired_bootstrap(a.astype(float), b.astype(float), reps=100_000, seed=2)
     q = cand if gate.kind == "bound" else scale * (cand - base)
     mc = np.percentile(q, [2.5, 97.5])
     step = (1 if gate.kind == "bound" else scale) / len(a)
@@ -160,8 +158,8 @@ def test_block_length_grows_with_autocorrelation():
     rng = np.random.default_rng(0)
     iid = np.exp(rng.normal(0, 0.1, 400))
     dependent = np.exp(ar1(rng, (400,), 0.9, 0.1))
-    assert optimal_block_length(iid) <= 2
-    assert 8 <= optimal_block_length(dependent) <= 60  # capped at min(3√n, n/3) = 60
+    assert block_lengths(iid[None, :])[0] <= 2
+    assert 8 <= block_lengths(dependent[None, :])[0] <= 60  # capped at min(3√n, n/3) = 60
 
 
 def test_block_bootstrap_sees_the_variance_autocorrelation_adds():
@@ -219,16 +217,12 @@ def test_decide_on_bounds_and_marks():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# compare() and the CLI on results folders written through the real store
+# run_gates() and the CLI on results folders written through the real store
 # ---------------------------------------------------------------------------------------------------------
 def write_results(
     root: Path, samples: list[np.ndarray], *, backend_options: dict | None = None, numbers: str = "measured"
 ) -> Path:
     """One ort fp32 cell whose raw samples are ``samples`` (one array per repeat)."""
-    from qtbench.harness.core.records import Record
-    from qtbench.harness.run.measure import latency_stats
-    from qtbench.harness.run.store import ResultsStore
-
     store = ResultsStore(root / "s")
     store.record_run({"run_id": "r1"})
     stats = latency_stats(np.concatenate(samples), 1, 0.1)
@@ -255,10 +249,10 @@ def test_repeat_drift_is_not_a_regression_but_a_slowdown_is(tmp_path: Path):
     aa = write_results(tmp_path / "b", [r * s for r, s in zip(noisy, (1.0, 1.08, 1.08), strict=True)])
     slow = write_results(tmp_path / "c", [r * 1.3 for r in noisy])
     gates = [Gate.parse("latency_ms_p50", "+5%")]
-    v = compare(base, aa, gates).verdicts[0]
+    v = run_gates(base, aa, gates).verdicts[0]
     assert float(v.change.rstrip("%")) > 5 and v.verdict == "inconclusive", v
     assert "repeats 3/3" in v.evidence and "95% CI" in v.evidence
-    assert compare(base, slow, gates).verdicts[0].verdict == "fail"
+    assert run_gates(base, slow, gates).verdicts[0].verdict == "fail"
 
 
 @pytest.mark.parametrize(
@@ -270,11 +264,11 @@ def test_backend_options_and_numbers_must_match(tmp_path: Path, kwargs: dict, fi
     base = write_results(tmp_path / "a", [rng.lognormal(11, 0.05, 100)], backend_options={"threads": 1})
     cand = write_results(tmp_path / "b", [rng.lognormal(11, 0.05, 100)], **kwargs)
     with pytest.raises(UserError, match=f"{field} differs"):
-        compare(base, cand, load_gates(None))
-    res = compare(base, cand, load_gates(None), allow_mismatch=True)
+        run_gates(base, cand, load_gates(None))
+    res = run_gates(base, cand, load_gates(None), allow_mismatch=True)
     assert any(field in n and "--allow-mismatch" in n for n in res.notes)
     same_keys_reordered = write_results(tmp_path / "c", [rng.lognormal(11, 0.05, 100)], backend_options={"threads": 1})
-    assert compare(base, same_keys_reordered, load_gates(None)).verdicts
+    assert run_gates(base, same_keys_reordered, load_gates(None)).verdicts
 
 
 def test_cli_prints_verdicts_in_the_first_column_and_a_summary(tmp_path: Path, capsys):
@@ -294,8 +288,6 @@ def test_cli_prints_verdicts_in_the_first_column_and_a_summary(tmp_path: Path, c
 def test_an_oversubscribed_machine_makes_a_latency_fail_inconclusive(tmp_path: Path):
     """Measured here: other work on the 2 cores (load 3–5) shifted whole runs by up to 60 %; that must not read
     as a regression. The device id carries the usable cores (…-2c); the rows carry the load average."""
-    import pandas as pd
-
     rng = np.random.default_rng(7)
     base = write_results(tmp_path / "a", [rng.lognormal(11, 0.05, 200)])
     cand = write_results(tmp_path / "b", [rng.lognormal(11, 0.05, 200) * 1.5])
@@ -305,48 +297,21 @@ def test_an_oversubscribed_machine_makes_a_latency_fail_inconclusive(tmp_path: P
         df = pd.read_parquet(f)
         df["device"], df["loadavg_1m_before"], df["loadavg_1m_after"] = "x86_64-amd-epyc-2c", load, load
         df.to_parquet(f)
-    v = compare(base, cand, gates).verdicts[0]
+    v = run_gates(base, cand, gates).verdicts[0]
     assert v.verdict == "inconclusive" and "candidate's machine was oversubscribed (load 3.2 on 2 cores)" in v.reason
     f = next(cand.glob("rows-*.parquet"))
     df = pd.read_parquet(f)
     df["loadavg_1m_before"] = df["loadavg_1m_after"] = 1.5
     df.to_parquet(f)
-    assert compare(base, cand, gates).verdicts[0].verdict == "fail"
-
-
-def test_rank_path_and_batched_screening_equal_the_value_path_bit_for_bit():
-    """Percentile replicates from radix-sorted ranks, and the batched screening of many cells at once, give
-    exactly what the plain statistic of the gathered values gives, cell by cell (ties, repeats and NaN too)."""
-    from qtbench.harness.analysis.check import _screen_latency, block_lengths
-
-    rng = np.random.default_rng(3)
-    cells = {f"r{i}": [np.round(rng.lognormal(13, 0.1, 60)), np.round(rng.lognormal(13.1, 0.1, 60))] for i in range(7)}
-    cells["r7"] = [np.full(120, 1e6)]  # all tied
-    cells["r8"] = [np.r_[rng.lognormal(13, 0.1, 119), np.nan]]
-    for metric in ("latency_ms_p50", "latency_ms_p99", "fps", "latency_ms_mean"):
-        stat = latency_statistic(metric, 4)
-        for runs in cells.values():
-            block = int(max(block_lengths(np.stack([r]))[0] for r in runs))
-            fast = resample_runs(runs, stat, reps=300, seed=2, block=block)
-            plain = resample_runs(runs, lambda a, s=stat: s(a), reps=300, seed=2, block=block)
-            np.testing.assert_array_equal(fast, plain)
-        data = {"samples": cells}
-        rows = [{"record_id": r, "status": "ok", "batch_size": 4} for r in cells]
-        _screen_latency([Gate.parse(metric, "+5%")], rows, data, seed=1, n_reps=250)
-        for rid, runs in cells.items():
-            block = data["blocks"][rid]
-            want = resample_runs(runs, stat, reps=250, seed=1, block=block)
-            np.testing.assert_array_equal(data["screen"][(rid, metric, 4)], want)
+    assert run_gates(base, cand, gates).verdicts[0].verdict == "fail"
 
 
 @pytest.mark.parametrize("band_sds", [3.5, 0.0, -50.0])  # the default; a band so narrow that most cross outside; none
-def test_order_statistic_band_equals_sorting_every_resample(band_sds: float, monkeypatch: pytest.MonkeyPatch):
-    """The band (position counts, one matrix product below it, rank-by-rank sums inside) gives the sorted
-    resample's order statistics exactly, for every percentile, block length, repeat layout, ties and NaN; the
-    resamples that cross outside it are sorted, so a narrow band costs time, never a different replicate."""
-    import qtbench.harness.analysis.check as hc
-
-    monkeypatch.setattr(hc, "BAND_SDS", band_sds)
+def test_replicates_are_numpys_percentile_of_each_resample(band_sds: float, monkeypatch: pytest.MonkeyPatch):
+    """The replicates found by counting (no resample is built) are exactly ``np.percentile`` (or the mean) of the
+    built resample, for every percentile, block length, repeat layout, ties and NaN; resamples whose crossing falls
+    outside the band are built, so a narrow band costs time, never a different replicate."""
+    monkeypatch.setattr(resample, "BAND_SDS", band_sds)
     rng = np.random.default_rng(21)
     for lengths, block in (((200,), 1), ((200,), 23), ((60, 60), 7), ((50, 70), 3), ((900,), 30), ((17,), 2)):
         n = sum(lengths)
@@ -355,52 +320,47 @@ def test_order_statistic_band_equals_sorting_every_resample(band_sds: float, mon
         flat[2, :: max(1, n // 5)] = np.nan
         flat[3] = np.sort(flat[3])  # sorted (a drifting run)
         flat[4] = np.round(flat[4], -5)  # heavy ties
-        ranked = hc._ranked(flat)
-        chunks = hc._resample_indices(lengths, block, 450, 4)
-        counts = hc._resample_counts(lengths, block, 450, 4)
-        for q in (0, 1, 50, 90, 95, 99, 100):
-            stat = hc.LatencyStatistic(q)
-            for (_, idx), c in zip(chunks, counts, strict=True):
-                got = hc._replicates(flat, idx, stat, ranked, c)
-                want = np.stack([stat(flat[i][idx]) for i in range(len(flat))])
-                np.testing.assert_array_equal(got, want)
+        for metric in ("latency_ms_p0", "latency_ms_p1", "latency_ms_p50", "latency_ms_p99", "latency_ms_p100", "fps"):
+            stat = latency_statistic(metric, 2)
+            want = np.concatenate([stat(flat[:, idx]) for idx in block_indices(lengths, block, 450, 4)], axis=1)
+            np.testing.assert_array_equal(replicates(flat, lengths, block, stat, 450, 4), want)
+        mean = latency_statistic("latency_ms_mean")  # a matrix product: summed in another order than np.mean
+        want = np.concatenate([mean(flat[:, idx]) for idx in block_indices(lengths, block, 450, 4)], axis=1)
+        np.testing.assert_allclose(replicates(flat, lengths, block, mean, 450, 4), want, rtol=1e-13)
 
 
-def test_batched_screening_with_the_band_equals_resampling_cell_by_cell():
-    """A check's screening of many cells per protocol (the band path) gives what :func:`resample_runs` gives
-    each cell alone, for percentile gates, FPS and the mean."""
-    from qtbench.harness.analysis.check import _screen_latency
-
+def test_a_check_resamples_each_cell_with_its_own_protocol():
+    """run_gates() resamples the cells of one side together, grouped by protocol (repeat lengths, block, batch): each
+    cell gets the replicates it would get alone."""
     rng = np.random.default_rng(8)
-    cells = {f"a{i}": [np.round(rng.lognormal(13, 0.1, 200))] for i in range(40)}
-    cells |= {
-        f"b{i}": [np.round(rng.lognormal(13, 0.1, 80)), np.round(rng.lognormal(13.1, 0.1, 80))] for i in range(30)
-    }
-    cells |= {f"c{i}": [np.round(13e5 + np.cumsum(rng.normal(0, 4e3, 300)))] for i in range(20)}  # drifting
+    cells = {f"a{i}": [np.round(rng.lognormal(13, 0.1, 200))] for i in range(10)}
+    cells |= {f"b{i}": [np.round(rng.lognormal(13, 0.1, 80)), np.round(rng.lognormal(13.1, 0.1, 80))] for i in range(8)}
+    cells |= {f"c{i}": [np.round(13e5 + np.cumsum(rng.normal(0, 4e3, 300)))] for i in range(6)}  # drifting
     rows = [{"record_id": r, "status": "ok", "batch_size": 2} for r in cells]
-    for metric in ("latency_ms_p50", "latency_ms_p99", "fps", "latency_ms_mean"):
-        data: dict = {"samples": cells}
-        _screen_latency([Gate.parse(metric, "+5%")], rows, data, seed=3, n_reps=1200, into="full")
-        stat = latency_statistic(metric, 2)
+    data: dict = {"samples": cells, "seed": 3}
+    gates = [Gate.parse(m, "+5%") for m in ("latency_ms_p50", "latency_ms_p99", "fps", "latency_ms_mean")]
+    _latency_replicates(gates, rows, data, 300)
+    assert len({data["blocks"][r] for r in cells}) > 2  # several protocols
+    for gate in gates:
+        stat = latency_statistic(gate.metric, 2)
         for rid, runs in cells.items():
-            want = resample_runs(runs, stat, reps=1200, seed=3, block=data["blocks"][rid])
-            np.testing.assert_array_equal(data["full"][(rid, metric, 2)], want)
+            want = resample_runs(runs, stat, reps=300, seed=3)
+            np.testing.assert_allclose(data["replicates"][(rid, gate.metric, 300)], want, rtol=1e-13)
 
 
-def test_settled_rows_is_settled_row_by_row():
-    """The vectorised screening judgement equals :func:`settled` pair by pair, NaN, inf, zeros and no spread too."""
-    from qtbench.harness.analysis.check import settled, settled_rows
-
-    rng = np.random.default_rng(2)
-    for gate in (Gate.parse("latency_ms_p50", "+5%"), Gate.parse("fps", "-3%"), Gate.parse("latency_ms_p99", "<= 1.2")):
-        base = rng.lognormal(0, 0.03, (600, 200))
-        cand = base * rng.choice([0.9, 1.0, 1.03, 1.05, 1.2], (600, 1)) * rng.lognormal(0, 0.02, (600, 200))
-        base[:20], cand[:20] = 1.0, 1.0  # no spread at all
-        base[20:30, 3], cand[30:40, 5], base[40:50] = np.nan, np.inf, 0.0
-        cand[50:60] = base[50:60]
-        want = [settled(gate, b, c) for b, c in zip(base, cand, strict=True)]
-        got = settled_rows(gate, base, cand)
-        assert got.tolist() == want and 0.2 < np.mean(want) < 0.8  # both outcomes are exercised
+def test_a_screened_verdict_stands_only_far_from_its_boundaries():
+    """200 replicates settle a pair only when each end of its interval lies more than a quarter of the interval's
+    width from the threshold and from zero; pairs without any spread stand, pairs with a non-finite replicate never
+    do. Replicates of the change spread evenly over centre ± 2 %: intervals of about centre ± 1.9 %."""
+    gate = Gate.parse("latency_ms_p50", "+5%")
+    centre = np.array([[1.5], [20.0], [6.2], [0.0], [20.0]])  # % change
+    cand = 1 + (centre + np.linspace(-2, 2, 200)) / 100
+    base = np.ones_like(cand)
+    cand[3] = 1.0  # no spread at all
+    cand[4, 7] = np.inf
+    # [-0.4, 3.4]: an end 0.4 from zero; [18, 22]: clear; [4.3, 8.1]: an end 0.7 from the threshold
+    assert settled(gate, base, cand).tolist() == [False, True, False, True, False]
+    assert settled(gate, base[1], cand[1]).tolist() == [True]  # one pair: 1-D replicates
 
 
 def test_block_length_follows_the_reference_rule_on_mildly_correlated_runs():
@@ -408,8 +368,6 @@ def test_block_length_follows_the_reference_rule_on_mildly_correlated_runs():
     about 3 and picks 1 in ~4 % of runs; a bandwidth floored at 1 instead of 2 picked 1 in ~65 %. White noise
     mostly gets blocks of 1, strong correlation long blocks. (Checked against arch 8.0 on 300 runs per ρ: the
     rounded block lengths agree in 92–100 % of runs for ρ = 0, 0.2, 0.5, 0.8.)"""
-    from qtbench.harness.analysis.check import block_lengths
-
     rng = np.random.default_rng(0)
 
     def ar1(rho: float, runs: int = 400) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qtbench.harness.analysis.compare import Study, combine, compare, headlines, t_quantile, to_markdown
+from qtbench.harness.analysis.compare import Study, combine, compare, headlines, to_markdown
 from qtbench.harness.run.store import ResultsStore
 
 from models import make_record
@@ -103,12 +103,6 @@ def test_one_seed_says_seed_noise_not_estimable_and_groups_are_checked(tmp_path:
 
     with pytest.raises(UserError, match="--candidate-group 'nope' is not a group"):
         compare(path, "fp", "nope")
-
-
-def test_t_quantile_matches_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    for df in (1, 2, 2.5, 4, 30, 1e9):
-        assert t_quantile(0.975, df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-4)
 
 
 def _simulated_breaks(rng: np.random.Generator, n: int, k: int, rate: dict[str, float], mult: np.ndarray) -> np.ndarray:

@@ -94,7 +94,7 @@ def test_a_huge_bad_value_is_not_echoed_whole(tmp_path: Path, base: dict, capsys
 
 
 def test_gates_file_with_aliases_bomb_and_duplicates(tmp_path: Path):
-    from qtbench.harness.analysis.check import load_gates
+    from qtbench.harness.analysis.gates import load_gates
     from qtbench.harness.core.errors import ConfigError
 
     bomb = tmp_path / "g1.yaml"

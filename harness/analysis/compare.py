@@ -25,7 +25,6 @@ A difference whose interval contains 0 is reported as "no difference detectable"
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import stdtrit  # t.ppf's kernel: scipy.stats, which every report would import, is slow to load
 
 from qtbench.harness.analysis.check import _load
 from qtbench.harness.core.errors import UserError
@@ -56,34 +56,6 @@ METRICS: dict[str, tuple[str, str, bool, bool]] = {
 # ---------------------------------------------------------------------------------------------------------
 # Statistics
 # ---------------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=4096)
-def t_quantile(p: float, df: float) -> float:
-    """Quantile of Student's t (df ≥ 1, may be fractional; inf → normal), by integrating the density. No scipy."""
-    if not math.isfinite(df) or df > 1e6:
-        return _norm_quantile(p)
-    if p == 0.5:
-        return 0.0
-    if p < 0.5:
-        return -t_quantile(1 - p, df)
-    # CDF(x) = 1/2 + ∫_0^x pdf: no tail truncation; x ≤ 40 holds every quantile up to p = 0.99 at df ≥ 1
-    x = np.linspace(0.0, 40.0, 40_001)
-    logc = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-    pdf = np.exp(logc - (df + 1) / 2 * np.log1p(x * x / df))
-    cdf = 0.5 + np.concatenate([[0.0], np.cumsum((pdf[1:] + pdf[:-1]) / 2 * (x[1] - x[0]))])
-    return float(np.interp(p, cdf, x))
-
-
-def _norm_quantile(p: float) -> float:
-    lo, hi = -10.0, 10.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if 0.5 * math.erfc(-mid / math.sqrt(2)) < p:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
-
-
 def bootstrap_weights(n: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
     """(n_boot, n) resampling weights over image indices (multinomial counts / n): one draw serves every cell."""
     rng = np.random.default_rng(seed)
@@ -130,13 +102,18 @@ def combine(
     if math.isnan(v_seed):  # one seed in a group: seed noise cannot be estimated
         if image_reps is None:
             return Interval(est, math.nan, math.nan, "none (1 seed, no per-sample data)")
-        half = _norm_quantile(0.5 + level / 2) * math.sqrt(v_img)
+        half = _half_width(0.0, math.inf, v_img, level)
         return Interval(est, est - half, est + half, "samples only (1 seed: seed noise not estimable)")
-    total = v_seed + v_img
-    # Satterthwaite: the image part is estimated from many replicates (df ≈ ∞), the seed part from k − 1
-    df = total**2 / (v_seed**2 / df_seed) if v_seed > 0 and math.isfinite(df_seed) else math.inf
-    half = t_quantile(0.5 + level / 2, df) * math.sqrt(total)
+    half = _half_width(v_seed, df_seed, v_img, level)
     return Interval(est, est - half, est + half, "seeds + samples" if image_reps is not None else "seeds only")
+
+
+def _half_width(v_seed: float, df_seed: float, v_img: float, level: float) -> float:
+    """Half the ``level`` t interval of a mean whose variance adds a seed part (``df_seed`` degrees of freedom) and
+    an image-resampling part, estimated from many replicates (df ≈ ∞): Satterthwaite's degrees of freedom."""
+    total = v_seed + v_img
+    df = total**2 / (v_seed**2 / df_seed) if v_seed > 0 and math.isfinite(df_seed) else math.inf
+    return float(stdtrit(df, 0.5 + level / 2)) * math.sqrt(total)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -514,13 +491,7 @@ def replica_intervals(study: Study, n_boot: int = N_BOOT, level: float = LEVEL, 
         v = pts[idx]
         v_img = float(np.var(reps[:, idx].mean(axis=1), ddof=1))
         k = len(idx)
-        if k >= 2:
-            v_seed = float(np.var(v, ddof=1)) / k
-            total = v_seed + v_img
-            df = total**2 / (v_seed**2 / (k - 1)) if v_seed > 0 else math.inf
-            half = t_quantile(0.5 + level / 2, df) * math.sqrt(total)
-        else:
-            half = _norm_quantile(0.5 + level / 2) * math.sqrt(v_img)
+        half = _half_width(float(np.var(v, ddof=1)) / k if k >= 2 else 0.0, k - 1 or math.inf, v_img, level)
         out.append(
             {
                 "group": g,

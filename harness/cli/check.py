@@ -15,9 +15,10 @@ CHECK_TABLE_ROWS = 200  # verdicts drawn in the terminal table before only the n
 def cmd_check(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from qtbench.harness.analysis.check import compare, load_gates, to_junit, to_markdown
+    from qtbench.harness.analysis.check import run_gates, to_junit, to_markdown
+    from qtbench.harness.analysis.gates import load_gates
 
-    result = compare(
+    result = run_gates(
         args.baseline,
         args.candidate,
         load_gates(args.gates),

@@ -13,7 +13,7 @@ only the search split's numbers choose:
 
 The chosen set is then measured once on the confirmation split against the unchanged backend: the change in top-1
 agreement with FP32 with its exact paired-bootstrap 95 % interval over those samples
-(``qtbench.harness.analysis.check``'s
+(``qtbench.harness.analysis.resample``'s
 trinomial distribution: the interval a Monte Carlo paired bootstrap approaches), and with labels the change in the
 top-1 gap to FP32 likewise, plus the mean KL to FP32 before and after. The suggestion is **confirmed** only when the
 agreement interval lies above 0 and, with labels, the gap is not significantly wider; otherwise the search says it
@@ -41,8 +41,8 @@ import numpy as np
 from qtbench import backends
 from qtbench.backends.base import ModelInput
 from qtbench.backends.taps import FUSABLE_ACTIVATIONS, index_graph
-from qtbench.harness.analysis.check import _sum_quantiles
 from qtbench.harness.analysis.localize.targets import artifact_workdir
+from qtbench.harness.analysis.resample import _sum_quantiles
 from qtbench.harness.core.errors import ConfigError
 from qtbench.harness.core.intake import file_sha256
 from qtbench.harness.core.metrics import log_softmax
@@ -98,7 +98,7 @@ def split_samples(n: int, fraction: float = 0.5, seed: int = 0) -> tuple[np.ndar
 def paired_change(base: np.ndarray, new: np.ndarray) -> tuple[float, float, float]:
     """(change, lo, hi) of the mean of two paired 0/1 vectors: the point change and its exact paired-bootstrap
     95 % interval (resampling samples draws how many land in "only base" and "only new";
-    ``qtbench.harness.analysis.check``)."""
+    ``qtbench.harness.analysis.resample``)."""
 
     b, q = np.asarray(base, bool), np.asarray(new, bool)
     n = len(b)
