@@ -517,8 +517,11 @@ def test_ort_with_a_gpu_provider_is_an_exclusive_device(monkeypatch):
     from qtbench.backends import ort
     from qtbench.harness.run.plan import _probe
 
+    import onnxruntime
+
     b = ort.OrtBackend({"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
-    monkeypatch.setattr(ort.OrtBackend, "providers", lambda self: list(self.options["providers"]))
+    present = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # as onnxruntime-gpu on a GPU host reports
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: present)
     monkeypatch.setattr(ort, "gpu_identity", lambda: "Fake GPU;sm_8.9;driver=12040")
     assert b.exclusive_device and b.device_identity() == "Fake GPU;sm_8.9;driver=12040"
     cpu = ort.OrtBackend({"providers": ["CPUExecutionProvider"]})
