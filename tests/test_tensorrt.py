@@ -514,10 +514,10 @@ def test_the_real_tensorrt_module_has_what_the_adapter_calls():
 def test_ort_with_a_gpu_provider_is_an_exclusive_device(monkeypatch):
     """ORT's CUDA/TensorRT execution providers build and time on the GPU: such an entry is exclusive (its cells
     build one at a time) and its cells are keyed by the GPU; on the CPU provider neither."""
+    import onnxruntime
+
     from qtbench.backends import ort
     from qtbench.harness.run.plan import _probe
-
-    import onnxruntime
 
     b = ort.OrtBackend({"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
     present = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # as onnxruntime-gpu on a GPU host reports
