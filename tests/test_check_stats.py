@@ -315,18 +315,18 @@ def test_replicates_are_numpys_percentile_of_each_resample(band_sds: float, monk
     rng = np.random.default_rng(21)
     for lengths, block in (((200,), 1), ((200,), 23), ((60, 60), 7), ((50, 70), 3), ((900,), 30), ((17,), 2)):
         n = sum(lengths)
-        flat = np.round(rng.lognormal(13, 0.2, (30, n)))
+        flat = np.round(rng.lognormal(13, 0.2, (12, n)))
         flat[1] = 1e6  # all tied
         flat[2, :: max(1, n // 5)] = np.nan
         flat[3] = np.sort(flat[3])  # sorted (a drifting run)
         flat[4] = np.round(flat[4], -5)  # heavy ties
         for metric in ("latency_ms_p0", "latency_ms_p1", "latency_ms_p50", "latency_ms_p99", "latency_ms_p100", "fps"):
             stat = latency_statistic(metric, 2)
-            want = np.concatenate([stat(flat[:, idx]) for idx in block_indices(lengths, block, 450, 4)], axis=1)
-            np.testing.assert_array_equal(replicates(flat, lengths, block, stat, 450, 4), want)
+            want = np.concatenate([stat(flat[:, idx]) for idx in block_indices(lengths, block, 200, 4)], axis=1)
+            np.testing.assert_array_equal(replicates(flat, lengths, block, stat, 200, 4), want)
         mean = latency_statistic("latency_ms_mean")  # a matrix product: summed in another order than np.mean
-        want = np.concatenate([mean(flat[:, idx]) for idx in block_indices(lengths, block, 450, 4)], axis=1)
-        np.testing.assert_allclose(replicates(flat, lengths, block, mean, 450, 4), want, rtol=1e-13)
+        want = np.concatenate([mean(flat[:, idx]) for idx in block_indices(lengths, block, 200, 4)], axis=1)
+        np.testing.assert_allclose(replicates(flat, lengths, block, mean, 200, 4), want, rtol=1e-13)
 
 
 def test_a_check_resamples_each_cell_with_its_own_protocol():
