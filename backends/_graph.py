@@ -1,4 +1,4 @@
-"""ONNX graph helpers shared by the NPU adapters (fixed shapes, per-sample execution)."""
+"""ONNX graph helpers shared by the adapters: fixed shapes, per-sample execution, ORT optimization levels."""
 
 from __future__ import annotations
 
@@ -7,6 +7,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+#: ONNX Runtime's graph-optimization levels, by the names the adapters' ``graph_optimization`` option takes
+GRAPH_OPT = ("disabled", "basic", "extended", "all")
+
+
+def ort_optimization_level(name: str) -> Any:
+    """The ``onnxruntime.GraphOptimizationLevel`` a ``graph_optimization`` name stands for."""
+    import onnxruntime as ort
+
+    return {
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[name]
 
 
 def set_batch(proto: Any, batch: int) -> Any:

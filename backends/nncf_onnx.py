@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from qtbench.backends import taps
+from qtbench.backends._graph import GRAPH_OPT, ort_optimization_level
 from qtbench.backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once, quiet
 from qtbench.backends.ort import OrtCompiled
 from qtbench.harness.core.errors import ConfigError
@@ -45,8 +46,8 @@ class NncfOnnxBackend(Backend):
         o = self.options
         if not isinstance(o["threads"], int) or o["threads"] < 0:
             raise ConfigError(f"backends.nncf.options.threads: {o['threads']!r} must be an integer ≥ 0")
-        if o["graph_optimization"] not in ("disabled", "basic", "extended", "all"):
-            raise ConfigError("backends.nncf.options.graph_optimization: disabled, basic, extended or all")
+        if o["graph_optimization"] not in GRAPH_OPT:
+            raise ConfigError(f"backends.nncf.options.graph_optimization: choose one of {', '.join(GRAPH_OPT)}")
         if not isinstance(o["exclude_nodes"], list) or not all(isinstance(n, str) for n in o["exclude_nodes"]):
             raise ConfigError("backends.nncf.options.exclude_nodes: a list of node names of the original model")
         if not isinstance(o["fast_bias_correction"], bool):
@@ -88,12 +89,7 @@ class NncfOnnxBackend(Backend):
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(self.options["threads"])
         so.inter_op_num_threads = 1
-        so.graph_optimization_level = {
-            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[self.options["graph_optimization"]]
+        so.graph_optimization_level = ort_optimization_level(self.options["graph_optimization"])
         session = ort.InferenceSession(str(artifact), so, providers=["CPUExecutionProvider"])
         info = CompiledInfo(
             artifact_path=artifact,

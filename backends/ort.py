@@ -17,6 +17,7 @@ import numpy as np
 
 from qtbench.backends import qdq, taps
 from qtbench.backends._cuda import gpu_identity
+from qtbench.backends._graph import GRAPH_OPT, ort_optimization_level
 from qtbench.backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once
 from qtbench.harness.core.errors import ConfigError
 from qtbench.harness.core.spec import QuantSpec
@@ -28,7 +29,6 @@ AUTO_PROVIDERS = (
     "CoreMLExecutionProvider",
     "CPUExecutionProvider",
 )
-GRAPH_OPT = ("disabled", "basic", "extended", "all")
 COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul"}
 
 
@@ -249,13 +249,7 @@ class OrtBackend(Backend):
         so.inter_op_num_threads = self.options["inter_op_threads"]
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.options["spinning"] else "0")
-        levels = {
-            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }
-        so.graph_optimization_level = levels[level or self.options["graph_optimization"]]
+        so.graph_optimization_level = ort_optimization_level(level or self.options["graph_optimization"])
         so.log_severity_level = 3
         if optimized_out is not None:
             so.optimized_model_filepath = str(optimized_out)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from qtbench.backends._graph import set_batch
+from qtbench.backends._graph import ort_optimization_level, set_batch
 
 #: activations an ONNX Runtime quantizer (and most NPU compilers) folds into the op that produces their input
 FUSABLE_ACTIVATIONS = {"Relu", "Clip", "LeakyRelu"}
@@ -312,12 +312,7 @@ class OnnxTap:
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
-        so.graph_optimization_level = {
-            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[self.level]
+        so.graph_optimization_level = ort_optimization_level(self.level)
         sess = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
         del blob
         qp = {loc.name: loc for loc in located}

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from qtbench.backends import qdq
-from qtbench.backends._cuda import Cuda
+from qtbench.backends._cuda import Cuda, gpu_identity
 from qtbench.backends.base import Availability, Backend, Compiled, CompiledInfo, ModelInput, build_once
 from qtbench.harness.core.audit import ArtifactFacts, WeightFact
 from qtbench.harness.core.errors import BackendUnavailable, CompileError
@@ -162,13 +162,7 @@ class TensorRtBackend(Backend):
     def device_identity(self) -> str:
         """GPU model, compute capability and driver of device 0 (what an engine plan is bound to besides the
         TensorRT version, which the artifact key has already); '' when the device cannot be read."""
-        cuda, _why = Cuda.open()
-        if cuda is None:
-            return ""
-        try:
-            return cuda.identity()
-        except RuntimeError:
-            return ""
+        return gpu_identity()
 
     def availability(self) -> Availability:
         try:
