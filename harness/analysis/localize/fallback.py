@@ -341,7 +341,7 @@ def search(
         )
     if not verdict["confirmed"]:
         return results, None
-    return results, write_sweep(sweep, model_entry, spec, target, best_nodes, out, describe(results[-1]))
+    return results, write_sweep(sweep, model_entry, spec, target, option, best_nodes, out, describe(results[-1]))
 
 
 def describe(r: dict[str, Any]) -> str:
@@ -360,10 +360,17 @@ def describe(r: dict[str, Any]) -> str:
 
 
 def write_sweep(
-    sweep: Any, model_entry: Any, spec: Any, target: Any, nodes: list[str], out: Path, effect: str = ""
+    sweep: Any,
+    model_entry: Any,
+    spec: Any,
+    target: Any,
+    option: str,
+    nodes: list[str],
+    out: Path,
+    effect: str = "",
 ) -> Path:
-    """A sweep file for the model × spec with the backend as found and with ``exclude_nodes``; paths absolute.
-    ``effect``: the confirmed effect, written in the header and as the sweep's ``description``."""
+    """A sweep file for the model × spec with the backend as found and with ``nodes`` in its float-fallback
+    ``option``; paths absolute. ``effect``: the confirmed effect, written in the header and as its ``description``."""
     import yaml
 
     digest = hashlib.sha256(json.dumps(nodes).encode()).hexdigest()[:6]
@@ -382,7 +389,7 @@ def write_sweep(
             {
                 "name": target.slug,
                 "label": f"{target.key}-keep{len(nodes)}-{digest}",
-                "options": {**target.options, fallback_option(target.slug): list(nodes)},
+                "options": {**target.options, option: list(nodes)},
             },
         ],
         "specs": [spec.id],
