@@ -60,8 +60,22 @@ class QuantTrimConfig:
     quantize_activations: bool = False
     activation_bits: int = 8
     activation_momentum: float = 0.9
+    # The grid family (see GridFamily.parse): "" trains against the one grid above (bits, per_channel, symmetric);
+    # a family draws a quantizer variant per layer (family_draw="layer") or per step ("step") at every step.
+    family: str = ""
+    family_draw: str = "layer"
+    # reverse pruning's threshold per tensor (the paper), per output channel, or both (the smaller one);
+    # "auto": per tensor for one grid, and for a family with per-channel grids both.
+    prune_granularity: str = "auto"
+    seed: int = 0  # the family's draws
 
     def __post_init__(self) -> None:
+        if self.family:
+            GridFamily.parse(self.family)  # raises with the allowed axes and values
+        if self.family_draw not in ("layer", "step"):
+            raise ValueError(f"family_draw={self.family_draw!r}: choose layer or step")
+        if self.prune_granularity not in ("auto", "tensor", "channel", "both"):
+            raise ValueError(f"prune_granularity={self.prune_granularity!r}: choose auto, tensor, channel or both")
         if self.bits not in (2, 3, 4, 5, 6, 7, 8):
             raise ValueError(f"bits={self.bits}: choose 4 or 8 (2..8 allowed)")
         if not 0 <= self.lambda_max <= 1:
@@ -72,6 +86,161 @@ class QuantTrimConfig:
             raise ValueError(f"need 50 < q_end ({self.q_end}) ≤ q_start ({self.q_start}) ≤ 100")
         if self.prune_every < 1:
             raise ValueError("prune_every must be ≥ 1")
+
+    def grid_family(self) -> GridFamily:
+        """The grids training draws from: the parsed ``family``, or the single grid of bits/per_channel/symmetric."""
+        if self.family:
+            return GridFamily.parse(self.family, activation_bits=self.activation_bits)
+        one = Grid(self.bits, self.per_channel, self.symmetric, narrow=True)
+        return GridFamily((one,), (1.0,), self.activation_bits, ("minmax",), (1.0,))
+
+    def prune_mode(self) -> str:
+        """Resolve ``prune_granularity="auto"``: both thresholds when the family holds per-channel grids."""
+        if self.prune_granularity != "auto":
+            return self.prune_granularity
+        if not self.family:
+            return "tensor"
+        return "both" if any(g.per_channel for g in self.grid_family().grids) else "tensor"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The grid family: the quantizer variants that backends actually use
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Grid:
+    """One weight quantizer as a backend builds it.
+
+    ``narrow``: symmetric grid ±(2^(b−1)−1) with scale max|w|/qmax (TFLite, simnpu's Hailo-like profile); full:
+    −2^(b−1)…2^(b−1)−1 with scale max|w|/((qmax−qmin)/2) (ONNX Runtime's INT4: −8…7, max|w|/7.5). ``pow2``: the
+    scale rounded up to a power of two (fixed-point NPUs). ``rounding``: ``even`` (half to even, numpy/ORT) or
+    ``away`` (half away from zero, C's round and many NPU compilers).
+    """
+
+    bits: int
+    per_channel: bool
+    symmetric: bool = True
+    narrow: bool = True
+    pow2: bool = False
+    rounding: str = "even"
+
+    def qrange(self) -> tuple[int, int]:
+        if not self.symmetric:
+            return 0, 2**self.bits - 1
+        m = 2 ** (self.bits - 1) - 1
+        return (-m, m) if self.narrow else (-m - 1, m)
+
+    @property
+    def name(self) -> str:
+        parts = [
+            f"w{self.bits}",
+            "pc" if self.per_channel else "pt",
+            ("sym-" + ("narrow" if self.narrow else "full")) if self.symmetric else "asym",
+            "pow2" if self.pow2 else "float",
+            self.rounding,
+        ]
+        return "-".join(parts)
+
+
+# axis → (allowed values, what each value sets); the text form is "axis=v1,v2[:weight];axis=…"
+_FAMILY_AXES: dict[str, tuple[str, ...]] = {
+    "bits": ("2", "3", "4", "5", "6", "7", "8"),
+    "granularity": ("tensor", "channel"),
+    "weights": ("sym", "asym"),
+    "range": ("narrow", "full"),
+    "scale": ("float", "pow2"),
+    "rounding": ("even", "away"),
+    "act": ("minmax", "percentile"),
+}
+DEFAULT_FAMILY = "bits=4,8;granularity=tensor,channel;range=narrow,full;scale=float,pow2;rounding=even,away"
+
+
+@dataclass(frozen=True)
+class GridFamily:
+    """A weighted set of weight grids (every combination of the axes' values) and activation-range estimators.
+
+    ``parse("bits=4:3,8:1;granularity=tensor,channel")`` draws 4-bit grids three times as often as 8-bit ones;
+    axes left out keep the default (sym, narrow, float scale, round half to even, min-max activation ranges).
+    ``"default"`` is :data:`DEFAULT_FAMILY`.
+    """
+
+    grids: tuple[Grid, ...]
+    weights: tuple[float, ...]
+    activation_bits: int = 8
+    act_ranges: tuple[str, ...] = ("minmax",)
+    act_weights: tuple[float, ...] = (1.0,)
+
+    @staticmethod
+    def parse(text: str, activation_bits: int = 8) -> GridFamily:
+        if text.strip() == "default":
+            text = DEFAULT_FAMILY
+        axes: dict[str, list[tuple[str, float]]] = {}
+        for part in filter(None, (p.strip() for p in text.split(";"))):
+            key, sep, values = part.partition("=")
+            key = key.strip()
+            if not sep or key not in _FAMILY_AXES:
+                raise ValueError(
+                    f"grid family {text!r}: {part!r} is not axis=values; axes: {', '.join(_FAMILY_AXES)} "
+                    f"(e.g. {DEFAULT_FAMILY!r})"
+                )
+            if key in axes:
+                raise ValueError(f"grid family {text!r}: axis {key!r} given twice")
+            chosen: list[tuple[str, float]] = []
+            for item in filter(None, (v.strip() for v in values.split(","))):
+                value, _, weight = item.partition(":")
+                if value not in _FAMILY_AXES[key]:
+                    raise ValueError(f"grid family: {key}={value!r}; choose from {', '.join(_FAMILY_AXES[key])}")
+                try:
+                    w = float(weight) if weight else 1.0
+                except ValueError:
+                    raise ValueError(f"grid family: weight {weight!r} of {key}={value} is not a number") from None
+                if w <= 0:
+                    raise ValueError(f"grid family: weight of {key}={value} must be > 0")
+                chosen.append((value, w))
+            if not chosen:
+                raise ValueError(f"grid family: axis {key!r} has no value")
+            axes[key] = chosen
+        get = lambda k, d: axes.get(k, [(d, 1.0)])  # noqa: E731
+        grids, weights = [], []
+        for (b, wb), (g, wg), (sy, ws), (r, wr), (sc, wsc), (ro, wro) in itertools.product(
+            get("bits", "8"),
+            get("granularity", "channel"),
+            get("weights", "sym"),
+            get("range", "narrow"),
+            get("scale", "float"),
+            get("rounding", "even"),
+        ):
+            grid = Grid(int(b), g == "channel", sy == "sym", r == "narrow" or sy != "sym", sc == "pow2", ro)
+            if grid in grids:  # asym collapses the range axis
+                weights[grids.index(grid)] += wb * wg * ws * wr * wsc * wro
+                continue
+            grids.append(grid)
+            weights.append(wb * wg * ws * wr * wsc * wro)
+        acts = get("act", "minmax")
+        return GridFamily(
+            tuple(grids),
+            tuple(w / sum(weights) for w in weights),
+            activation_bits,
+            tuple(a for a, _ in acts),
+            tuple(w / sum(w for _, w in acts) for _, w in acts),
+        )
+
+    def draw(self, gen: torch.Generator) -> Grid:
+        if len(self.grids) == 1:
+            return self.grids[0]
+        i = int(torch.multinomial(torch.tensor(self.weights), 1, generator=gen))
+        return self.grids[i]
+
+    def draw_act(self, gen: torch.Generator) -> str:
+        if len(self.act_ranges) == 1:
+            return self.act_ranges[0]
+        return self.act_ranges[int(torch.multinomial(torch.tensor(self.act_weights), 1, generator=gen))]
+
+    def describe(self) -> dict[str, Any]:
+        """What the exported metadata records: every grid with its draw probability."""
+        return {
+            "grids": {g.name: round(w, 6) for g, w in zip(self.grids, self.weights, strict=True)},
+            "activation_ranges": dict(zip(self.act_ranges, [round(w, 6) for w in self.act_weights], strict=True)),
+        }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -115,14 +284,54 @@ def scale_zero_point(
     return scale, zero
 
 
+def grid_scale_zero(
+    x: torch.Tensor, grid: Grid, lo: torch.Tensor | None = None, hi: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min-max scale and zero-point of ``grid`` (range, power-of-two rounding), shaped to broadcast against x."""
+    qmin, qmax = grid.qrange()
+    if lo is None or hi is None:
+        if grid.per_channel and x.dim() > 1:
+            flat = x.detach().reshape(x.shape[0], -1)
+            lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+        else:
+            lo, hi = x.detach().min(), x.detach().max()
+    lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
+    if grid.symmetric:
+        amax = torch.maximum(hi.abs(), lo.abs())
+        scale = amax / (qmax if grid.narrow else (qmax - qmin) / 2)
+    else:
+        scale = (hi - lo) / (qmax - qmin)
+    scale = torch.clamp(scale, min=1e-12)
+    if grid.pow2:
+        scale = torch.exp2(torch.ceil(torch.log2(scale)))
+    zero = torch.zeros_like(scale) if grid.symmetric else torch.round(qmin - lo / scale)
+    if scale.dim() == 1 and x.dim() > 1:
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return scale, zero
+
+
+def round_half(x: torch.Tensor, rounding: str) -> torch.Tensor:
+    """Round half to even (``torch.round``, numpy, ONNX Runtime) or half away from zero (C ``round``)."""
+    if rounding == "away":
+        return torch.sign(x) * torch.floor(x.abs() + 0.5)
+    return torch.round(x)
+
+
 def fake_quantize(
-    x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int, lam: float
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    lam: float,
+    rounding: str = "even",
 ) -> torch.Tensor:
     """x + λ·stopgrad(Q(x) − x) with a clipped straight-through gradient (1 inside the range, 1 − λ outside)."""
     if lam == 0.0:
         return x
     lo, hi = (qmin - zero) * scale, (qmax - zero) * scale
-    q = (torch.clamp(torch.round(x / scale) + zero, qmin, qmax) - zero) * scale
+    q = (torch.clamp(round_half(x / scale, rounding) + zero, qmin, qmax) - zero) * scale
     x_clip = torch.minimum(torch.maximum(x, lo), hi)
     ste = x_clip + (q - x_clip).detach()
     return x + lam * (ste - x) if lam < 1.0 else ste
@@ -162,6 +371,7 @@ class _WeightFakeQuant(nn.Module):
         self.bn = [bn]  # a list, so the BN is not registered as a sub-module of the parametrization
         self.lam = 0.0
         self.enabled = True
+        self.grid = cfg.grid_family().grids[0]  # the controller draws a grid from the family every step
 
     def fold_factor(self, w: torch.Tensor) -> torch.Tensor | None:
         bn = self.bn[0]
@@ -176,33 +386,47 @@ class _WeightFakeQuant(nn.Module):
             return w
         f = self.fold_factor(w)
         target = w * f if f is not None else w
-        scale, zero = scale_zero_point(target, self.cfg.bits, self.cfg.symmetric, self.cfg.per_channel)
-        qmin, qmax = qrange(self.cfg.bits, self.cfg.symmetric)
-        out = fake_quantize(target, scale, zero, qmin, qmax, self.lam)
+        scale, zero = grid_scale_zero(target, self.grid)
+        qmin, qmax = self.grid.qrange()
+        out = fake_quantize(target, scale, zero, qmin, qmax, self.lam, self.grid.rounding)
         return out / f if f is not None else out
 
 
 class _ActivationFakeQuant:
-    """Forward pre-hook: fake-quantizes a layer's input with EMA min/max ranges (asymmetric, per tensor)."""
+    """Forward pre-hook: fake-quantizes a layer's input, asymmetric per tensor, with EMA ranges.
+
+    Two range estimators are tracked, as calibrators differ: min-max, and the 0.01/99.99 percentiles; the controller
+    picks which one a step uses (``act`` axis of the grid family).
+    """
+
+    PERCENTILE = 0.9999
 
     def __init__(self, cfg: QuantTrimConfig) -> None:
         self.cfg = cfg
         self.lam = 0.0
         self.enabled = True
-        self.lo: torch.Tensor | None = None
-        self.hi: torch.Tensor | None = None
+        self.mode = "minmax"
+        self.ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _update(self, key: str, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        m = self.cfg.activation_momentum
+        old = self.ranges.get(key)
+        self.ranges[key] = (lo, hi) if old is None else (m * old[0] + (1 - m) * lo, m * old[1] + (1 - m) * hi)
 
     def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         x = args[0]
         if module.training:
-            lo, hi = x.detach().min(), x.detach().max()
-            m = self.cfg.activation_momentum
-            self.lo = lo if self.lo is None else m * self.lo + (1 - m) * lo
-            self.hi = hi if self.hi is None else m * self.hi + (1 - m) * hi
-        if not self.enabled or self.lam == 0.0 or self.lo is None:
+            flat = x.detach().flatten()
+            self._update("minmax", flat.min(), flat.max())
+            if self.mode == "percentile" or "percentile" in self.ranges:  # tracked from its first draw on
+                p = self.PERCENTILE
+                self._update("percentile", quantile_large(flat, 1 - p), quantile_large(flat, p))
+        rng = self.ranges.get(self.mode) or self.ranges.get("minmax")
+        if not self.enabled or self.lam == 0.0 or rng is None:
             return args
-        scale, zero = scale_zero_point(x, self.cfg.activation_bits, False, False, self.lo, self.hi)
-        qmin, qmax = qrange(self.cfg.activation_bits, False)
+        grid = Grid(self.cfg.activation_bits, per_channel=False, symmetric=False)
+        scale, zero = grid_scale_zero(x, grid, *rng)
+        qmin, qmax = grid.qrange()
         return (fake_quantize(x, scale, zero, qmin, qmax, self.lam), *args[1:])
 
 
@@ -219,23 +443,39 @@ class QuantTrimController:
         self.lam = 0.0
         self.q = cfg.q_start
         self.taus: dict[str, float] = {}
+        self.bounds: dict[str, torch.Tensor] = {}
+        self.family = cfg.grid_family()
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.draws: dict[str, int] = {}  # grid name → layer-steps trained against it (λ > 0)
 
     def step(self, t: int) -> None:
         self.lam = lambda_at(t, self.total_steps, self.cfg)
+        shared = self.family.draw(self.gen) if self.cfg.family_draw == "step" else None
         for _, _, p in self.layers:
+            p.grid = shared or self.family.draw(self.gen)
             p.lam = self.lam
+            if p.lam > 0:
+                self.draws[p.grid.name] = self.draws.get(p.grid.name, 0) + 1
+        act = self.family.draw_act(self.gen)
         for h in self.act_hooks:
             h.lam = self.lam
+            h.mode = act
         self.q = percentile_at(t, self.total_steps, self.cfg)
         if self.cfg.prune and self.q < 100.0 and t % self.cfg.prune_every == 0:
             self.prune(self.q)
 
     @torch.no_grad()
     def prune(self, q: float) -> dict[str, float]:
-        """Clip each layer's (folded) weights at ±τ, τ = q-th percentile of |W|; returns τ per layer."""
+        """Clip each layer's (folded) weights at ±τ (q-th percentile of |W| per tensor, per output channel, or the
+        smaller of both: ``prune_granularity``); returns the mean τ per layer."""
+        mode = self.cfg.prune_mode()
         for name, module, p in self.layers:
             w = parametrize_original(module)
-            self.taus[name] = clip_at_quantile(w, p.fold_factor(w), q)
+            f = p.fold_factor(w)
+            self.bounds[name] = clip_bound(w * f if f is not None else w, mode, q)
+            _clip(w, f, self.bounds[name])
+            b = self.bounds[name]
+            self.taus[name] = float(b[torch.isfinite(b)].mean()) if torch.isfinite(b).any() else float("inf")
         return dict(self.taus)
 
     def state(self) -> dict[str, float]:
@@ -245,7 +485,7 @@ class QuantTrimController:
                 w = parametrize_original(module).detach()
                 f = p.fold_factor(w)
                 target = (w * f) if f is not None else w
-                clipped.append(float((target.abs() >= self.taus[name] * (1 - 1e-6)).float().mean()))
+                clipped.append(float((target.abs() >= self.bounds[name] * (1 - 1e-6)).float().mean()))
         return {
             "lambda": self.lam,
             "prune_percentile": self.q,
@@ -254,7 +494,15 @@ class QuantTrimController:
         }
 
     def describe(self) -> dict[str, Any]:
-        return {**asdict(self.cfg), "total_steps": self.total_steps, "layers": len(self.layers)}
+        """The exported metadata: config, the family's grids with their draw probabilities, and the draws made."""
+        return {
+            **asdict(self.cfg),
+            "total_steps": self.total_steps,
+            "layers": len(self.layers),
+            "prune_granularity_used": self.cfg.prune_mode(),
+            "grid_family": self.family.describe(),
+            "grid_draws": dict(sorted(self.draws.items())),
+        }
 
     @contextlib.contextmanager
     def exporting(self) -> Iterator[None]:
@@ -331,13 +579,53 @@ def posthoc_clip(model: nn.Module, q: float = 99.7, fold_bn: bool = True) -> dic
 
 
 @torch.no_grad()
-def clip_at_quantile(w: torch.Tensor, fold: torch.Tensor | None, q: float) -> float:
-    """Clip ``w`` in place so its (BN-folded, when ``fold`` is given) magnitudes stay ≤ τ = q-th percentile."""
-    target = w * fold if fold is not None else w
-    tau = quantile_large(target.abs().flatten().float(), q / 100.0)
+def clip_at_quantile(w: torch.Tensor, fold: torch.Tensor | None, q: float, mode: str = "tensor") -> float:
+    """Clip ``w`` in place so its (BN-folded, when ``fold`` is given) magnitudes stay ≤ τ, the q-th percentile of
+    |W| per tensor, per output channel, or the smaller of both (``mode``). Returns the mean τ."""
+    tau = clip_bound(w * fold if fold is not None else w, mode, q)
+    _clip(w, fold, tau)
+    finite = tau[torch.isfinite(tau)]
+    return float(finite.mean()) if finite.numel() else float("inf")
+
+
+def _clip(w: torch.Tensor, fold: torch.Tensor | None, tau: torch.Tensor) -> None:
+    """Clip ``w`` in place so |W·fold| ≤ τ."""
     bound = tau / fold.abs().clamp(min=1e-12) if fold is not None else tau
     w.copy_(torch.maximum(torch.minimum(w, bound), -bound))
-    return float(tau)
+
+
+def clip_bound(target: torch.Tensor, mode: str, q: float) -> torch.Tensor:
+    """τ for ``clip_at_quantile``: a scalar tensor (per tensor) or shaped (C, 1, …) per output channel.
+
+    A channel's own percentile is used only when the channel holds enough weights for its top (100 − q) % to be
+    at least one weight (n ≥ 100/(100 − q): 334 at q = 99.7). Below that the "tail" of a 9-weight depthwise
+    kernel would be its largest weight pulled onto the second, which moves several weights onto the grid's edge
+    where full-range grids (−8…7) saturate; such channels keep the tensor's τ alone ("channel": no clipping).
+    """
+    a = target.detach().abs().float()
+    tau = quantile_large(a.flatten(), q / 100.0)
+    if mode == "tensor" or a.dim() < 2:
+        return tau
+    rows = a.reshape(a.shape[0], -1)
+    if q >= 100.0 or rows.shape[1] < 100.0 / (100.0 - q):
+        per_row = torch.full((a.shape[0],), float("inf"))
+    else:
+        per_row = row_quantile(rows, q / 100.0)
+    per_row = per_row.reshape((-1,) + (1,) * (a.dim() - 1))
+    return per_row if mode == "channel" else torch.minimum(per_row, tau)
+
+
+def row_quantile(x: torch.Tensor, q: float) -> torch.Tensor:
+    """Per-row ``torch.quantile(x, q, dim=1)`` (linear interpolation) via ``kthvalue``, exact at any size."""
+    n = x.shape[1]
+    pos = q * (n - 1)
+    lo = int(pos)
+    frac = pos - lo
+    a = torch.kthvalue(x, lo + 1, dim=1).values
+    if frac == 0.0 or lo + 1 >= n:
+        return a
+    b = torch.kthvalue(x, lo + 2, dim=1).values
+    return a + (b - a) * frac
 
 
 def quantile_large(x: torch.Tensor, q: float) -> torch.Tensor:

@@ -80,7 +80,68 @@ class SmallMobileNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-ARCHITECTURES = {"resnet": SmallResNet, "mobilenet": SmallMobileNet}
+class _InvertedResidual(nn.Module):
+    """MobileNet-v2 block: 1×1 expand, 3×3 depthwise, 1×1 linear projection; identity shortcut when shapes match."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.block = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU6(),
+            nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU6(),
+            nn.Conv2d(mid, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        return x + out if self.residual else out
+
+
+class MobileNetV2S2(nn.Module):
+    """Depthwise inverted-residual net for 28×28 input (stride-2 stem and first block, expansion 2): ~36k parameters.
+
+    Not the demo's architecture: the Quant-Trim study (examples/quanttrim_study.py) uses it as its depthwise net.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
+        self.blocks = nn.Sequential(
+            _InvertedResidual(16, 24, 2, 2),
+            _InvertedResidual(24, 24, 1, 2),
+            _InvertedResidual(24, 32, 1, 2),
+            _InvertedResidual(32, 32, 1, 2),
+            _InvertedResidual(32, 48, 2, 2),
+            _InvertedResidual(48, 48, 1, 2),
+        )
+        self.head = nn.Sequential(nn.Conv2d(48, 96, 1, bias=False), nn.BatchNorm2d(96), nn.ReLU6())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(96, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.head(self.blocks(self.stem(x)))), 1))
+
+
+class ResNetS2(SmallResNet):
+    """The BN-ResNet with a stride-2 stem for 28×28 input (widths 16/32/48): the study's residual net."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__(num_classes, in_channels, widths=(16, 32, 48))
+        self.stem[0] = nn.Conv2d(in_channels, 16, 3, 2, 1, bias=False)
+
+
+ARCHITECTURES = {
+    "resnet": SmallResNet,
+    "mobilenet": SmallMobileNet,
+    "mobilenetv2-s2": MobileNetV2S2,
+    "resnet-s2": ResNetS2,
+}
 
 
 def build_model(arch: str, num_classes: int = 10, in_channels: int = 1) -> nn.Module:

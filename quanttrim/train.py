@@ -86,7 +86,7 @@ def train(
     total_steps = steps_per_epoch * config.epochs
     controller = None
     if config.method == "quanttrim":
-        qt_cfg = QuantTrimConfig(**config.quanttrim)
+        qt_cfg = QuantTrimConfig(**{"seed": config.seed, **config.quanttrim})  # the family draws follow the seed
         model = prepare(model, qt_cfg, total_steps=total_steps)
         controller = model.quanttrim
 

@@ -216,7 +216,12 @@ def test_train_cli_writes_onnx_and_log(tmp_path: Path, capsys):
 
     snippet = yaml.safe_load((tmp_path / "digits_resnet_quanttrim.models.yaml").read_text())
     assert snippet["models"] == [
-        {"path": f"digits_resnet_quanttrim_s{s}.onnx", "name": f"quanttrim-s{s}", "group": "quanttrim", "seed": s}
+        {
+            "path": f"digits_resnet_quanttrim_s{s}.onnx",
+            "name": f"resnet-quanttrim-s{s}",
+            "group": "quanttrim",
+            "seed": s,
+        }
         for s in (0, 1)
     ]
     assert "test accuracy" in capsys.readouterr().out
