@@ -68,10 +68,16 @@ class QuantTrimConfig:
     # "auto": per tensor for one grid, and for a family with per-channel grids both.
     prune_granularity: str = "auto"
     seed: int = 0  # the family's draws
+    # "blend": every layer sees x + λ_t·(Q(x) − x) (the paper). "sample": a layer sees the full Q(x) with
+    # probability λ_t and x otherwise, drawn per layer, or once per step for the whole network with
+    # family_draw="step", so training alternates between the FP network and a fully quantized one.
+    lambda_mode: str = "blend"
 
     def __post_init__(self) -> None:
         if self.family:
             GridFamily.parse(self.family)  # raises with the allowed axes and values
+        if self.lambda_mode not in ("blend", "sample"):
+            raise ValueError(f"lambda_mode={self.lambda_mode!r}: choose blend or sample")
         if self.family_draw not in ("layer", "step"):
             raise ValueError(f"family_draw={self.family_draw!r}: choose layer or step")
         if self.prune_granularity not in ("auto", "tensor", "channel", "both"):
@@ -90,7 +96,7 @@ class QuantTrimConfig:
     def grid_family(self) -> GridFamily:
         """The grids training draws from: the parsed ``family``, or the single grid of bits/per_channel/symmetric."""
         if self.family:
-            return GridFamily.parse(self.family, activation_bits=self.activation_bits)
+            return GridFamily.parse(self.family, self.activation_bits, self.bits, self.per_channel, self.symmetric)
         one = Grid(self.bits, self.per_channel, self.symmetric, narrow=True)
         return GridFamily((one,), (1.0,), self.activation_bits, ("minmax",), (1.0,))
 
@@ -141,7 +147,7 @@ class Grid:
         return "-".join(parts)
 
 
-# axis → (allowed values, what each value sets); the text form is "axis=v1,v2[:weight];axis=…"
+# axis → its allowed values; the text form is "axis=v1,v2[:weight];axis=…"
 _FAMILY_AXES: dict[str, tuple[str, ...]] = {
     "bits": ("2", "3", "4", "5", "6", "7", "8"),
     "granularity": ("tensor", "channel"),
@@ -159,7 +165,8 @@ class GridFamily:
     """A weighted set of weight grids (every combination of the axes' values) and activation-range estimators.
 
     ``parse("bits=4:3,8:1;granularity=tensor,channel")`` draws 4-bit grids three times as often as 8-bit ones;
-    axes left out keep the default (sym, narrow, float scale, round half to even, min-max activation ranges).
+    axes left out take the config's ``bits``/``per_channel``/``symmetric`` (``parse``'s defaults: 8, per channel,
+    symmetric) and narrow range, float scale, round half to even, min-max activation ranges.
     ``"default"`` is :data:`DEFAULT_FAMILY`.
     """
 
@@ -170,7 +177,9 @@ class GridFamily:
     act_weights: tuple[float, ...] = (1.0,)
 
     @staticmethod
-    def parse(text: str, activation_bits: int = 8) -> GridFamily:
+    def parse(
+        text: str, activation_bits: int = 8, bits: int = 8, per_channel: bool = True, symmetric: bool = True
+    ) -> GridFamily:
         if text.strip() == "default":
             text = DEFAULT_FAMILY
         axes: dict[str, list[tuple[str, float]]] = {}
@@ -202,9 +211,9 @@ class GridFamily:
         get = lambda k, d: axes.get(k, [(d, 1.0)])  # noqa: E731
         grids, weights = [], []
         for (b, wb), (g, wg), (sy, ws), (r, wr), (sc, wsc), (ro, wro) in itertools.product(
-            get("bits", "8"),
-            get("granularity", "channel"),
-            get("weights", "sym"),
+            get("bits", str(bits)),
+            get("granularity", "channel" if per_channel else "tensor"),
+            get("weights", "sym" if symmetric else "asym"),
             get("range", "narrow"),
             get("scale", "float"),
             get("rounding", "even"),
@@ -450,10 +459,16 @@ class QuantTrimController:
 
     def step(self, t: int) -> None:
         self.lam = lambda_at(t, self.total_steps, self.cfg)
-        shared = self.family.draw(self.gen) if self.cfg.family_draw == "step" else None
+        per_step = self.cfg.family_draw == "step"
+        shared = self.family.draw(self.gen) if per_step else None
+        sample = self.cfg.lambda_mode == "sample"
+        on = float(torch.rand((), generator=self.gen)) < self.lam if sample and per_step else True
         for _, _, p in self.layers:
             p.grid = shared or self.family.draw(self.gen)
-            p.lam = self.lam
+            if not sample:
+                p.lam = self.lam
+            else:
+                p.lam = 1.0 if (on if per_step else float(torch.rand((), generator=self.gen)) < self.lam) else 0.0
             if p.lam > 0:
                 self.draws[p.grid.name] = self.draws.get(p.grid.name, 0) + 1
         act = self.family.draw_act(self.gen)

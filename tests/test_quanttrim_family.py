@@ -65,6 +65,9 @@ def test_family_parse_weights_and_errors():
     assert sum(fam.weights) == pytest.approx(1.0)
     assert {g.bits for g in fam.grids} == {4, 8} and {g.rounding for g in fam.grids} == {"even", "away"}
     assert GridFamily.parse(DEFAULT_FAMILY) == fam
+    # axes left out follow the config's own grid: a 4-bit per-tensor config with two ranges is 2 grids at 4 bits
+    narrowfull = QuantTrimConfig(bits=4, per_channel=False, family="range=narrow,full").grid_family()
+    assert [(g.bits, g.per_channel, g.narrow) for g in narrowfull.grids] == [(4, False, True), (4, False, False)]
     w = GridFamily.parse("bits=4:3,8:1;granularity=tensor")
     assert [(g.bits, g.per_channel) for g in w.grids] == [(4, False), (8, False)]
     assert w.weights == pytest.approx((0.75, 0.25))
@@ -236,11 +239,42 @@ def test_study_recipe_writes_a_valid_sweep_and_honest_summary(tmp_path: Path):
     sweep = load_sweep(study.write_sweep(args, "resnet-s2"))
     assert len(sweep.models) == 15 and {m.group for m in sweep.models} == set(study.ARMS)
     assert all(m.timing is False for m in sweep.models)
-    # every arm trains against λ ≤ 0.5 and the ablation arms switch off exactly one part
-    assert "--prune-only" in study.ARMS["prune"] and "--no-prune" in study.ARMS["fakequant"]
-    assert study.ARMS["quanttrim"][study.ARMS["quanttrim"].index("--grid-family") + 1] == "default"
+    # every arm's flags are ones `qtbench train` takes, and make a valid Quant-Trim config; the ablation arms
+    # switch off exactly one part of the full method
+    from qtbench.harness.cli import build_parser
+
+    for arm, flags in study.ARMS.items():
+        ns = build_parser().parse_args(["train", "--arch", "resnet-s2", *flags])
+        assert ns.method == ("fp" if arm == "fp" else "quanttrim")
+        if ns.method == "quanttrim":
+            fam = "" if ns.grid_family == "single" else ns.grid_family
+            QuantTrimConfig(family=fam, lambda_mode=ns.lambda_mode, family_draw=ns.family_draw)
+    full = set(study.ARMS["quanttrim"])
+    assert set(study.ARMS["prune"]) - full == {"--prune-only"} and set(study.ARMS["fakequant"]) - full == {"--no-prune"}
     d, lo, hi = study.paired_t([88.0, 87.0, 86.0], [88.1, 87.3, 86.2])
     assert d == pytest.approx(0.2) and lo < 0.2 < hi
     assert study.fmt({"difference": 1.0, "ci_lo": 0.2, "ci_hi": 1.8}).endswith("✓")
     assert study.fmt({"difference": -1.0, "ci_lo": -1.8, "ci_hi": -0.2}).endswith("✗")
     assert study.fmt({"difference": 0.1, "ci_lo": -0.5, "ci_hi": 0.7}) == "+0.10 [-0.50, +0.70]"
+
+
+def test_sample_mode_alternates_the_fp_and_the_fully_quantized_network():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    cfg = QuantTrimConfig(
+        family="bits=4,8", family_draw="step", lambda_mode="sample", lambda_max=0.5, warmup_frac=0, ramp_frac=0
+    )
+    prepare(model, cfg, total_steps=1000)
+    on = []
+    for t in range(1000):
+        model.quanttrim.step(t)
+        lams = {p.lam for _, _, p in model.quanttrim.layers}
+        assert lams in ({0.0}, {1.0})  # the whole network is FP or fully quantized at one step
+        on.append(lams == {1.0})
+    assert 0.45 < sum(on) / 1000 < 0.55  # with probability λ = 0.5
+    layerwise = QuantTrimConfig(family="bits=4,8", lambda_mode="sample", warmup_frac=0, ramp_frac=0)
+    m2 = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(8)])
+    prepare(m2, layerwise, total_steps=50)
+    m2.quanttrim.step(10)  # λ = 1: every layer sees its full grid
+    assert {p.lam for _, _, p in m2.quanttrim.layers} == {1.0}
+    with pytest.raises(ValueError, match="lambda_mode"):
+        QuantTrimConfig(lambda_mode="mix")

@@ -36,6 +36,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "prune": not args.no_prune,
         "family": "" if args.grid_family in ("", "none", "single") else args.grid_family,
         "family_draw": args.family_draw,
+        "lambda_mode": args.lambda_mode,
         "prune_granularity": args.prune_granularity,
     }
     if args.method == "quanttrim":
@@ -145,6 +146,13 @@ def register(sub: Any) -> None:
     )
     t.add_argument(
         "--family-draw", choices=("layer", "step"), default="layer", help="draw a grid per layer or per step"
+    )
+    t.add_argument(
+        "--lambda-mode",
+        choices=("blend", "sample"),
+        default="blend",
+        help="blend: x + λ(Q(x) − x) (the paper); sample: the full grid with probability λ (per layer, or for the "
+        "whole network at once with --family-draw step)",
     )
     t.add_argument(
         "--prune-granularity",
