@@ -270,29 +270,32 @@ def paired_t(base: list[float], cand: list[float]) -> tuple[float, float, float]
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
-def compare_arch_seeds(paths: list[Path], arm: str, archs: list[str]) -> Any:
-    """``qtbench compare`` of ``arm`` against ``fp``; pooled over architectures, each architecture × seed is its
-    own replicate (a seed of one architecture has nothing in common with the same seed of another), so 2
+def load_arch_seeds(paths: list[Path], archs: list[str]) -> Any:
+    """The study ``qtbench compare`` builds from ``paths``; pooled over architectures, each architecture × seed is
+    its own replicate (a seed of one architecture has nothing in common with the same seed of another), so 2
     architectures × 3 seeds give 6 paired replicates instead of 3 averaged ones."""
-    from qtbench.harness.analysis.compare import build_study, compare_study, load_study
+    from qtbench.harness.analysis.compare import build_study, load_study
 
     study = build_study(*load_study(paths))
     if len(paths) > 1:
         arch_of = [next(i for i, a in enumerate(archs) if str(m).startswith(a + "-")) for m in study.cells["model"]]
         study.cells["seed"] = [1000 * i + int(s) for i, s in zip(arch_of, study.cells["seed"], strict=True)]
-    return compare_study(study, "fp", arm)
+    return study
 
 
 def summarize(args: argparse.Namespace, train_seconds: dict[str, float]) -> dict[str, Any]:
+    from qtbench.harness.analysis.compare import compare_study
+
     folders = {arch: args.out / "results" / f"qt-study-{arch}" for arch in args.archs}
-    studies: list[tuple[str, list[Path]]] = [(a, [f]) for a, f in folders.items()]
+    studies = {a: load_arch_seeds([f], args.archs) for a, f in folders.items()}  # each results folder read once
     if len(folders) > 1:
-        studies.append(("pooled", list(folders.values())))
+        studies["pooled"] = load_arch_seeds(list(folders.values()), args.archs)
+    fp32 = {(a, arm): fp32_accuracy(args, a, arm) for a in args.archs for arm in args.arms}
     summary: dict[str, Any] = {"archs": args.archs, "seeds": args.seeds, "arms": {}, "notes": {}}
     for arm in [a for a in args.arms if a != "fp"]:
         per: dict[str, Any] = {}
-        for name, paths in studies:
-            df = compare_arch_seeds(paths, arm, args.archs)
+        for name, study in studies.items():
+            df = compare_study(study, "fp", arm)
             summary["notes"][f"{name}/{arm}"] = df.attrs.get("notes", [])
             gap = df[df["metric"] == "mean_gap_pp"]
             row: dict[str, Any] = {}
@@ -304,8 +307,8 @@ def summarize(args: argparse.Namespace, train_seconds: dict[str, float]) -> dict
                         k: float(r[k]) for k in ("baseline_mean", "candidate_mean", "difference", "ci_lo", "ci_hi")
                     } | {"cells": int(r["cells"]), "seeds": int(r["candidate_seeds"])}
             archs = args.archs if name == "pooled" else [name]
-            base = [v for a in archs for v in fp32_accuracy(args, a, "fp")]
-            cand = [v for a in archs for v in fp32_accuracy(args, a, arm)]
+            base = [v for a in archs for v in fp32[a, "fp"]]
+            cand = [v for a in archs for v in fp32[a, arm]]
             d, lo, hi = paired_t(base, cand)
             row["FP32 accuracy"] = {
                 "baseline_mean": float(np.mean(base)),

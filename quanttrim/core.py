@@ -257,10 +257,7 @@ class GridFamily:
 # ---------------------------------------------------------------------------------------------------------
 def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
     """Integer grid: symmetric uses the narrow signed range [−(2^(b−1)−1), 2^(b−1)−1], asymmetric [0, 2^b−1]."""
-    if symmetric:
-        m = 2 ** (bits - 1) - 1
-        return -m, m
-    return 0, 2**bits - 1
+    return Grid(bits, per_channel=False, symmetric=symmetric).qrange()
 
 
 def scale_zero_point(
@@ -271,26 +268,8 @@ def scale_zero_point(
     lo: torch.Tensor | None = None,
     hi: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min-max scale and zero-point, per output channel (dim 0) or per tensor, shaped to broadcast against x."""
-    qmin, qmax = qrange(bits, symmetric)
-    if lo is None or hi is None:
-        if per_channel and x.dim() > 1:
-            flat = x.detach().reshape(x.shape[0], -1)
-            lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
-        else:
-            lo, hi = x.detach().min(), x.detach().max()
-    lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
-    if symmetric:
-        scale = torch.maximum(hi.abs(), lo.abs()) / qmax
-        zero = torch.zeros_like(scale)
-    else:
-        scale = (hi - lo) / (qmax - qmin)
-        zero = torch.round(qmin - lo / torch.clamp(scale, min=1e-12))
-    scale = torch.clamp(scale, min=1e-12)
-    if scale.dim() == 1 and x.dim() > 1:
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        scale, zero = scale.reshape(shape), zero.reshape(shape)
-    return scale, zero
+    """Min-max scale and zero-point of the narrow-range grid, per output channel (dim 0) or per tensor."""
+    return grid_scale_zero(x, Grid(bits, per_channel, symmetric), lo, hi)
 
 
 def grid_scale_zero(
@@ -374,13 +353,13 @@ def percentile_at(step: int, total_steps: int, cfg: QuantTrimConfig) -> float:
 class _WeightFakeQuant(nn.Module):
     """Parametrization of a Conv/Linear weight: fake-quantizes the (BN-folded) weight with the current λ."""
 
-    def __init__(self, cfg: QuantTrimConfig, bn: nn.BatchNorm2d | None) -> None:
+    def __init__(self, cfg: QuantTrimConfig, bn: nn.BatchNorm2d | None, grid: Grid | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.bn = [bn]  # a list, so the BN is not registered as a sub-module of the parametrization
         self.lam = 0.0
         self.enabled = True
-        self.grid = cfg.grid_family().grids[0]  # the controller draws a grid from the family every step
+        self.grid = grid or cfg.grid_family().grids[0]  # the controller draws a grid from the family every step
 
     def fold_factor(self, w: torch.Tensor) -> torch.Tensor | None:
         bn = self.bn[0]
@@ -454,6 +433,7 @@ class QuantTrimController:
         self.taus: dict[str, float] = {}
         self.bounds: dict[str, torch.Tensor] = {}
         self.family = cfg.grid_family()
+        self.prune_granularity = cfg.prune_mode()  # resolved once: both parse the family text
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.draws: dict[str, int] = {}  # grid name → layer-steps trained against it (λ > 0)
 
@@ -483,11 +463,10 @@ class QuantTrimController:
     def prune(self, q: float) -> dict[str, float]:
         """Clip each layer's (folded) weights at ±τ (q-th percentile of |W| per tensor, per output channel, or the
         smaller of both: ``prune_granularity``); returns the mean τ per layer."""
-        mode = self.cfg.prune_mode()
         for name, module, p in self.layers:
             w = parametrize_original(module)
             f = p.fold_factor(w)
-            self.bounds[name] = clip_bound(w * f if f is not None else w, mode, q)
+            self.bounds[name] = clip_bound(w * f if f is not None else w, self.prune_granularity, q)
             _clip(w, f, self.bounds[name])
             b = self.bounds[name]
             self.taus[name] = float(b[torch.isfinite(b)].mean()) if torch.isfinite(b).any() else float("inf")
@@ -514,7 +493,7 @@ class QuantTrimController:
             **asdict(self.cfg),
             "total_steps": self.total_steps,
             "layers": len(self.layers),
-            "prune_granularity_used": self.cfg.prune_mode(),
+            "prune_granularity_used": self.prune_granularity,
             "grid_family": self.family.describe(),
             "grid_draws": dict(sorted(self.draws.items())),
         }
@@ -568,7 +547,7 @@ def prepare(model: nn.Module, config: QuantTrimConfig | None = None, total_steps
     pairs = _bn_pairs(model)
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Conv2d | nn.Linear):
-            p = _WeightFakeQuant(cfg, pairs.get(name))
+            p = _WeightFakeQuant(cfg, pairs.get(name), ctl.family.grids[0])
             parametrize.register_parametrization(module, "weight", p, unsafe=True)
             ctl.layers.append((name, module, p))
             if cfg.quantize_activations:
@@ -618,16 +597,15 @@ def clip_bound(target: torch.Tensor, mode: str, q: float) -> torch.Tensor:
     where full-range grids (−8…7) saturate; such channels keep the tensor's τ alone ("channel": no clipping).
     """
     a = target.detach().abs().float()
-    tau = quantile_large(a.flatten(), q / 100.0)
     if mode == "tensor" or a.dim() < 2:
-        return tau
+        return quantile_large(a.flatten(), q / 100.0)
     rows = a.reshape(a.shape[0], -1)
     if q >= 100.0 or rows.shape[1] < 100.0 / (100.0 - q):
         per_row = torch.full((a.shape[0],), float("inf"))
     else:
         per_row = row_quantile(rows, q / 100.0)
     per_row = per_row.reshape((-1,) + (1,) * (a.dim() - 1))
-    return per_row if mode == "channel" else torch.minimum(per_row, tau)
+    return per_row if mode == "channel" else torch.minimum(per_row, quantile_large(a.flatten(), q / 100.0))
 
 
 def row_quantile(x: torch.Tensor, q: float) -> torch.Tensor:
