@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from make_demo import DEMO_QUANTTRIM
+from make_demo import RECIPE
 
 from qtbench.harness.demo import DEMO_DIR
 from qtbench.harness.run.sweep import run_sweep
@@ -42,7 +42,7 @@ def step_time_ratio(rounds: int = 7, steps: int = 40, batch: int = 128) -> tuple
     torch.set_num_threads(1)
     x, y = torch.randn(batch, 1, 14, 14), torch.randint(0, 10, (batch,))
     fp = build_model("resnet")
-    qt = prepare(build_model("resnet"), QuantTrimConfig(**DEMO_QUANTTRIM), total_steps=100)
+    qt = prepare(build_model("resnet"), QuantTrimConfig(**RECIPE.config), total_steps=100)
     qt.quanttrim.step(99)  # held phase: λ = λ_max, pruning active
 
     def run(model, n):
@@ -86,7 +86,7 @@ def main() -> None:
         secs = {}
         for method in ("fp", "quanttrim"):
             cfg = TrainConfig(
-                method=method, seed=seed, epochs=args.epochs, quanttrim=DEMO_QUANTTRIM if method == "quanttrim" else {}
+                method=method, seed=seed, epochs=args.epochs, quanttrim=RECIPE.config if method == "quanttrim" else {}
             )
             res = train(data, cfg)
             secs[method] = res.seconds

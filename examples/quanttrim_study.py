@@ -2,6 +2,7 @@
 part of the method does it? One command trains, sweeps and compares; every step is a plain qtbench command.
 
     python examples/quanttrim_study.py                     # the full study (2 archs × 5 arms × 3 seeds)
+    python examples/quanttrim_study.py --seeds 0 1 2 3     # add a seed to a finished study: trains only it
     python examples/quanttrim_study.py --arms fp quanttrim  # only the headline comparison
     python examples/quanttrim_study.py --quick              # plumbing check: 1 epoch, 1,000 images, 2 seeds
 
@@ -15,9 +16,10 @@ Steps, each resumable (a finished checkpoint or results row is kept, so an inter
 1. ``data/``: evaluation split (the last ``--eval-images`` test images) and calibration split (256 training
    images no seed trains on), as ``.npz``.
 2. ``qtbench train`` per architecture × arm, seeds in one call, ``--jobs`` calls at a time at 1 torch thread each.
-   Arms (the ablation): ``fp`` (baseline), ``quanttrim`` (grid family + reverse pruning), ``single`` (one INT4
-   per-tensor grid + per-tensor pruning, the library's default), ``prune`` (reverse pruning only),
-   ``fakequant`` (the family's fake quantization only). About 27 min on 2 cores; docs/quanttrim.md has results.
+   Arms (the ablation): ``fp`` (baseline, 8 epochs), and at 10 epochs ``quanttrim`` (the ``neutral`` recipe: the
+   four INT4 grids + whole-network sampling + reverse pruning), ``single`` (one INT4 per-tensor grid, blended,
+   + per-tensor pruning: the earlier recipe), ``prune`` (reverse pruning only), ``fakequant`` (the family's
+   fake quantization only). About 25 min on 2 cores at 3 seeds; docs/quanttrim.md has results.
 3. ``qtbench sweep`` per architecture, started as soon as that architecture's checkpoints exist, over ONNX
    Runtime, OpenVINO and two simnpu vendor profiles (simulated: Hailo-8-like INT8/INT4, NXP i.MX 8M
    Plus-like INT8 with round-half-away), FP32/INT8/INT4 static per-tensor and per-channel, fidelity only (no
@@ -45,24 +47,29 @@ from typing import Any
 import numpy as np
 
 ARCHS = ("mobilenetv2-s2", "resnet-s2")
-# A family arm draws 4-bit grids 3× as often as 8-bit ones, one grid for the whole network per step, and trains
-# the fully quantized network on a fraction λ of the steps (λ ramps to 0.5) and the FP one on the rest.
+# The hardware-neutral recipe: the four INT4 grids backends build (per tensor or per channel, narrow ±7 with
+# max/7 or full −8…7 with max/7.5), one grid for the whole network per step, the fully quantized network trained
+# on a fraction λ of the steps (λ ramps to 0.75) and the FP one on the rest.
 FAMILY = [
     "--grid-family",
-    "bits=4:3,8:1;granularity=tensor,channel;range=narrow,full;scale=float,pow2;rounding=even,away",
+    "bits=4;granularity=tensor,channel;range=narrow,full",
     "--family-draw",
     "step",
     "--lambda-mode",
     "sample",
     "--lambda-max",
-    "0.5",
+    "0.75",
 ]
+# Quant-Trim arms train 10 epochs against the baseline's 8: what keeping FP32 within 0.3 pp costs (at 8 epochs
+# every Quant-Trim arm lost 0.2–0.5 pp of FP32 accuracy).
+QT = ["--method", "quanttrim", "--epochs", "10"]
 ARMS: dict[str, list[str]] = {
     "fp": ["--method", "fp"],
-    "quanttrim": ["--method", "quanttrim", *FAMILY],
+    "quanttrim": [*QT, *FAMILY],
     "single": [
-        "--method",
-        "quanttrim",
+        *QT,
+        "--recipe",
+        "paper",
         "--grid-family",
         "single",
         "--bits",
@@ -71,12 +78,12 @@ ARMS: dict[str, list[str]] = {
         "--lambda-max",
         "0.5",
     ],
-    "prune": ["--method", "quanttrim", *FAMILY, "--prune-only"],
-    "fakequant": ["--method", "quanttrim", *FAMILY, "--no-prune"],
+    "prune": [*QT, *FAMILY, "--prune-only"],
+    "fakequant": [*QT, *FAMILY, "--no-prune"],
 }
 ARM_TEXT = {
-    "quanttrim": "grid family (4-bit-heavy, whole-network sampling) + reverse pruning",
-    "single": "one grid (INT4 per-tensor, λ ≤ 0.5) + per-tensor pruning: the library's default",
+    "quanttrim": "INT4 grid family (whole-network sampling, λ → 0.75) + reverse pruning",
+    "single": "one grid (INT4 per-tensor, λ ≤ 0.5) + per-tensor pruning: the earlier recipe",
     "prune": "reverse pruning only",
     "fakequant": "grid-family fake quantization only",
 }
@@ -131,6 +138,10 @@ def ckpt(out: Path, arch: str, arm: str, seed: int) -> Path:
     return out / "checkpoints" / f"fashion-mnist_{arch}_{arm}_s{seed}.onnx"
 
 
+def missing_seeds(args: argparse.Namespace, arch: str, arm: str) -> list[int]:
+    return [s for s in args.seeds if not ckpt(args.out, arch, arm, s).exists()]
+
+
 def train_cmd(args: argparse.Namespace, arch: str, arm: str) -> list[str]:
     cmd = [
         *qtbench_cmd(),
@@ -143,8 +154,8 @@ def train_cmd(args: argparse.Namespace, arch: str, arm: str) -> list[str]:
         arch,
         "--group",
         arm,
-        "--seeds",
-        *map(str, args.seeds),
+        "--seeds",  # only the missing ones: adding a seed to a finished study trains just that seed
+        *map(str, missing_seeds(args, arch, arm)),
         "--epochs",
         str(args.epochs),
         "--train-images",
@@ -154,6 +165,7 @@ def train_cmd(args: argparse.Namespace, arch: str, arm: str) -> list[str]:
         "--out",
         str(args.out / "checkpoints"),
         *ARMS[arm],
+        *(["--epochs", str(args.epochs)] if getattr(args, "quick", False) else []),  # --quick beats an arm's own
     ]
     return cmd + (["--data-dir", args.data_dir] if args.data_dir else [])
 
@@ -192,8 +204,9 @@ def run_all(args: argparse.Namespace) -> dict[str, float]:
             kind, arch, arm = job
             name = f"{kind} {arch}" + (f"/{arm}" if arm else "")
             cmd = train_cmd(args, arch, arm) if kind == "train" else sweep_cmd(args, arch)
+            seeds = " ".join(map(str, missing_seeds(args, arch, arm))) if kind == "train" else ""
+            print(name + (f" (seeds {seeds})" if seeds else ""), flush=True)
             log = (logs / (name.replace(" ", "_").replace("/", "_") + ".log")).open("w")
-            print(name + (f" (seeds {' '.join(map(str, args.seeds))})" if kind == "train" else ""), flush=True)
             running.append(
                 (job, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.time(), log)
             )
@@ -331,13 +344,25 @@ def fmt(cell: dict[str, Any] | None) -> str:
     return f"{cell['difference']:+.2f}{ci}{mark}"
 
 
+def arm_epochs(args: argparse.Namespace) -> str:
+    """Epochs per arm as trained: an arm's own --epochs overrides the study's."""
+    if getattr(args, "quick", False):
+        return f"{args.epochs} epoch(s)"
+    per: dict[int, list[str]] = {}
+    for arm in args.arms:
+        flags = ARMS[arm]
+        n = int(flags[flags.index("--epochs") + 1]) if "--epochs" in flags else args.epochs
+        per.setdefault(n, []).append(arm)
+    return ", ".join(f"{n} epochs ({', '.join(arms)})" for n, arms in sorted(per.items()))
+
+
 def to_markdown(summary: dict[str, Any], args: argparse.Namespace, minutes: float) -> str:
     cols = [label for label, *_ in SLICES] + ["FP32 accuracy"]
     lines = [
         "# Quant-Trim study: every arm against the FP baseline",
         "",
-        f"Fashion-MNIST 28×28; {', '.join(args.archs)}; seeds {', '.join(map(str, args.seeds))}; {args.epochs} "
-        f"epochs on {args.train_images} images; {minutes:.1f} min on this host"
+        f"Fashion-MNIST 28×28; {', '.join(args.archs)}; seeds {', '.join(map(str, args.seeds))}; "
+        f"{arm_epochs(args)} on {args.train_images} images; {minutes:.1f} min on this host"
         + ("" if summary.get("trained_all") else " (a resumed run: existing checkpoints and results cells were reused)")
         + ". Each cell: candidate − baseline "
         "difference of the mean FP→Q top-1 gap in pp (positive: the candidate loses less), 95 % interval over "

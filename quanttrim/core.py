@@ -2,7 +2,7 @@
 
 Usage inside your own training loop::
 
-    model = quanttrim.prepare(model, QuantTrimConfig(bits=4, lambda_max=0.5), total_steps=steps)
+    model = quanttrim.prepare(model, QuantTrimConfig(**RECIPES["neutral"].config), total_steps=steps)
     for t, (x, y) in enumerate(loader):
         model.quanttrim.step(t)          # sets λ_t, and every `prune_every` steps clips weights at ±τ_ℓ,t
         loss = criterion(model(x), y); loss.backward(); opt.step()
@@ -23,9 +23,9 @@ approach the nominal fraction.
 **BN folding.** Deployed weights are the BN-folded ones (W·γ/√(var+ε)); with ``fold_bn`` the fake quantizer and
 the pruning threshold act on those (per output channel, with running statistics), then un-fold.
 
-Measured on this project's 2-core test machine: most of the INT4 gain comes from reverse
-pruning; λ → 1 with a 4-bit target costs FP accuracy — cap ``lambda_max`` (e.g. 0.5) or train with an 8-bit
-target.
+Measured on this project's 2-core test machine (docs/quanttrim.md): reverse pruning carries the INT4 per-tensor
+gain, and training against the four INT4 grids backends build (sampled for the whole network, λ → 0.75) the
+per-channel one; that is the ``neutral`` recipe (:data:`RECIPES`). λ → 1 with one 4-bit grid costs FP accuracy.
 """
 
 from __future__ import annotations
@@ -72,6 +72,12 @@ class QuantTrimConfig:
     # probability λ_t and x otherwise, drawn per layer, or once per step for the whole network with
     # family_draw="step", so training alternates between the FP network and a fully quantized one.
     lambda_mode: str = "blend"
+    # Kurtosis regularization (Shkolnik et al. 2020, "KURE"): adds kurtosis · mean over layers of
+    # (κ − kurtosis_target)² to the loss, κ = E[w⁴]/E[w²]² of the (BN-folded) weights per output channel and per
+    # tensor. A flat (uniform-like, κ = 1.8) distribution has the smallest max/rms, so every min-max grid's step is
+    # small relative to the weights: robustness to grids the training never saw. 0 = off.
+    kurtosis: float = 0.0
+    kurtosis_target: float = 1.8
 
     def __post_init__(self) -> None:
         if self.family:
@@ -92,6 +98,8 @@ class QuantTrimConfig:
             raise ValueError(f"need 50 < q_end ({self.q_end}) ≤ q_start ({self.q_start}) ≤ 100")
         if self.prune_every < 1:
             raise ValueError("prune_every must be ≥ 1")
+        if self.kurtosis < 0 or not 1.0 <= self.kurtosis_target <= 3.0:
+            raise ValueError("kurtosis must be ≥ 0 and kurtosis_target in [1, 3] (1.8: uniform, 3: Gaussian)")
 
     def grid_family(self) -> GridFamily:
         """The grids training draws from: the parsed ``family``, or the single grid of bits/per_channel/symmetric."""
@@ -107,6 +115,33 @@ class QuantTrimConfig:
         if not self.family:
             return "tensor"
         return "both" if any(g.per_channel for g in self.grid_family().grids) else "tensor"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named starting point: QuantTrimConfig fields, and the epochs it was measured with."""
+
+    config: dict[str, Any]
+    epochs: int
+    text: str
+
+
+RECIPES: dict[str, Recipe] = {
+    # measured in examples/quanttrim_study.py (docs/quanttrim.md): robust across INT4 per-tensor and per-channel
+    # grids of four backends; 10 epochs against the FP baseline's 8 keep FP32 accuracy.
+    "neutral": Recipe(
+        {
+            "bits": 4,
+            "family": "bits=4;granularity=tensor,channel;range=narrow,full",
+            "family_draw": "step",
+            "lambda_mode": "sample",
+            "lambda_max": 0.75,
+        },
+        10,
+        "the four INT4 grids backends build, whole-network sampling, λ → 0.75, family-aware pruning",
+    ),
+    "paper": Recipe({}, 8, "one INT8 per-channel grid, blended λ → 1, per-tensor pruning (the dataclass defaults)"),
+}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -459,6 +494,20 @@ class QuantTrimController:
         if self.cfg.prune and self.q < 100.0 and t % self.cfg.prune_every == 0:
             self.prune(self.q)
 
+    def regularizer(self) -> torch.Tensor:
+        """The kurtosis penalty to add to the loss (a 0 tensor when ``kurtosis`` is 0)."""
+        if self.cfg.kurtosis <= 0 or not self.layers:
+            return torch.zeros(())
+        terms = []
+        for _, module, p in self.layers:
+            w = parametrize_original(module)
+            f = p.fold_factor(w)
+            target = w * f if f is not None else w
+            terms.append((kurtosis(target.flatten()) - self.cfg.kurtosis_target) ** 2)
+            if target.dim() > 1 and target[0].numel() >= 4:
+                terms.append(((kurtosis(target.reshape(target.shape[0], -1)) - self.cfg.kurtosis_target) ** 2).mean())
+        return self.cfg.kurtosis * torch.stack(terms).mean()
+
     @torch.no_grad()
     def prune(self, q: float) -> dict[str, float]:
         """Clip each layer's (folded) weights at ±τ (q-th percentile of |W| per tensor, per output channel, or the
@@ -473,18 +522,20 @@ class QuantTrimController:
         return dict(self.taus)
 
     def state(self) -> dict[str, float]:
-        clipped = []
+        clipped, kurt = [], []
         for name, module, p in self.layers:
+            w = parametrize_original(module).detach()
+            f = p.fold_factor(w)
+            target = (w * f) if f is not None else w
+            kurt.append(float(kurtosis(target.flatten())))
             if name in self.taus:
-                w = parametrize_original(module).detach()
-                f = p.fold_factor(w)
-                target = (w * f) if f is not None else w
                 clipped.append(float((target.abs() >= self.bounds[name] * (1 - 1e-6)).float().mean()))
         return {
             "lambda": self.lam,
             "prune_percentile": self.q,
             "tau_mean": sum(self.taus.values()) / len(self.taus) if self.taus else float("nan"),
             "clipped_fraction": sum(clipped) / len(clipped) if clipped else 0.0,
+            "weight_kurtosis": sum(kurt) / len(kurt) if kurt else float("nan"),  # 1.8 uniform, 3 Gaussian
         }
 
     def describe(self) -> dict[str, Any]:
@@ -522,6 +573,12 @@ class QuantTrimController:
         if hasattr(self.model, "quanttrim"):
             del self.model.quanttrim
         return self.model
+
+
+def kurtosis(w: torch.Tensor) -> torch.Tensor:
+    """E[w⁴]/E[w²]² along the last dimension (about 0, as symmetric grids see the weights): 1.8 uniform, 3 Gaussian."""
+    m2 = (w * w).mean(dim=-1)
+    return (w**4).mean(dim=-1) / (m2 * m2).clamp(min=1e-20)
 
 
 def parametrize_original(module: nn.Module) -> torch.Tensor:

@@ -100,7 +100,7 @@ def train(
     for epoch in range(config.epochs):
         model.train()
         order = rng.permutation(n)
-        loss_sum, correct = 0.0, 0
+        loss_sum, penalty_sum, correct = 0.0, 0.0, 0
         for b in range(steps_per_epoch):
             sel = order[b * config.batch_size : (b + 1) * config.batch_size]
             xb, yb = torch.from_numpy(x_train[sel]), torch.from_numpy(y_train[sel])
@@ -108,12 +108,14 @@ def train(
                 controller.step(step)
             logits = model(xb)
             loss = nn.functional.cross_entropy(logits, yb)
+            penalty = controller.regularizer() if controller is not None and controller.cfg.kurtosis > 0 else None
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss + penalty if penalty is not None else loss).backward()
             opt.step()
             sched.step()
             step += 1
-            loss_sum += float(loss.detach()) * len(sel)
+            loss_sum += float(loss.detach()) * len(sel)  # cross-entropy only; the penalty is its own column
+            penalty_sum += float(penalty.detach()) * len(sel) if penalty is not None else 0.0
             correct += int((logits.argmax(1) == yb).sum())
         # Score what gets exported: the FP weights with fake quantization off. The weight fake-quant follows λ, not
         # eval mode, so evaluating the prepared model as is would score the λ-blended model instead.
@@ -133,6 +135,8 @@ def train(
             # the λ-blended fake-quant model the optimiser sees, as its own column
             row["fakequant_test_accuracy"] = evaluate(model, x_eval, y_eval)[0]
             row.update(controller.state())
+            if controller.cfg.kurtosis > 0:
+                row["kurtosis_penalty"] = penalty_sum / n
         history.append(row)
         if on_epoch:
             on_epoch(row)

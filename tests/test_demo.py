@@ -57,7 +57,11 @@ def test_demo_int8_is_near_fp32_int4_is_lower_and_replicas_are_fidelity_only(tmp
         int4 = ok[ok.precision == "int4"]
         # ORT's static INT8 (u8 activations × s8 weights) loses more here than other backends (KL ≈ 1–3e-2 vs
         # ≈ 5e-4 on simnpu/OpenVINO with the same ranges), so INT4 is compared with the cleanest INT8 cell
-        assert (int4["top1"] < fp32).all() and (int4["kl_fp"] > int8["kl_fp"].min()).all()
+        assert (int4["kl_fp"] > int8["kl_fp"].min()).all() and (int4["top1_agreement"] < 1).all()  # real 4-bit
+        if "-fp-" in model:
+            assert (int4["top1"] < fp32).all()
+        else:  # a Quant-Trim checkpoint may match its FP32 at INT4 (2,000 images: ±0.7 pp noise), not beat it by much
+            assert (int4["top1"] - fp32 <= 0.01).all() and (int4["top1"] > fp32 - 0.02).all(), int4["top1"]
         timed = bool(rows["timed"].iloc[0])
         assert timed == model.endswith("-s0")
         if timed:  # every timed row says where its energy figure comes from; estimates say so in the source

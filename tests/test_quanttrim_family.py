@@ -19,6 +19,7 @@ from qtbench.quanttrim.core import (  # noqa: E402
     clip_at_quantile,
     fake_quantize,
     grid_scale_zero,
+    kurtosis,
     round_half,
 )
 from qtbench.quanttrim.models import ARCHITECTURES, build_model  # noqa: E402
@@ -199,6 +200,9 @@ def test_train_cli_refuses_a_bad_family_before_training(tmp_path: Path, capsys):
     assert main([*base, "--grid-family", "bits=4;granularity=row"]) == 2
     assert "choose from" in capsys.readouterr().err
     assert main([*base, "--prune-only", "--no-prune"]) == 2
+    capsys.readouterr()
+    assert main([*base, "--kurtosis", "-1"]) == 2
+    assert "kurtosis must be ≥ 0" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing trained, nothing written
 
 
@@ -237,20 +241,25 @@ def test_study_recipe_writes_a_valid_sweep_and_honest_summary(tmp_path: Path):
     study = _study_module()
     args = argparse.Namespace(out=tmp_path, arms=list(study.ARMS), seeds=[0, 1, 2], archs=["resnet-s2"])
     sweep = load_sweep(study.write_sweep(args, "resnet-s2"))
-    assert len(sweep.models) == 15 and {m.group for m in sweep.models} == set(study.ARMS)
+    assert len(sweep.models) == 3 * len(study.ARMS) and {m.group for m in sweep.models} == set(study.ARMS)
     assert all(m.timing is False for m in sweep.models)
     # every arm's flags are ones `qtbench train` takes, and make a valid Quant-Trim config; the ablation arms
     # switch off exactly one part of the full method
     from qtbench.harness.cli import build_parser
+    from qtbench.harness.cli.train import resolve_quanttrim
 
+    run = argparse.Namespace(out=tmp_path, seeds=[0, 1], epochs=8, train_images=10_000, data_dir=None)
     for arm, flags in study.ARMS.items():
         ns = build_parser().parse_args(["train", "--arch", "resnet-s2", *flags])
         assert ns.method == ("fp" if arm == "fp" else "quanttrim")
-        if ns.method == "quanttrim":
-            fam = "" if ns.grid_family == "single" else ns.grid_family
-            QuantTrimConfig(family=fam, lambda_mode=ns.lambda_mode, family_draw=ns.family_draw)
-    full = set(study.ARMS["quanttrim"])
-    assert set(study.ARMS["prune"]) - full == {"--prune-only"} and set(study.ARMS["fakequant"]) - full == {"--no-prune"}
+        cmd = study.train_cmd(run, "resnet-s2", arm)  # what the study runs: the arm's --epochs overrides the default
+        full = build_parser().parse_args(cmd[cmd.index("train") :])
+        assert (full.epochs, full.seeds, full.group) == (8 if arm == "fp" else 10, [0, 1], arm)
+        qt, _ = resolve_quanttrim(ns)  # raises UserError for a flag set `qtbench train` would refuse
+        assert bool(qt) == (arm != "fp") and (not qt or QuantTrimConfig(**qt))
+    arms = {k: set(v) for k, v in study.ARMS.items()}
+    full = arms["quanttrim"]
+    assert arms["prune"] - full == {"--prune-only"} and arms["fakequant"] - full == {"--no-prune"}
     d, lo, hi = study.paired_t([88.0, 87.0, 86.0], [88.1, 87.3, 86.2])
     assert d == pytest.approx(0.2) and lo < 0.2 < hi
     assert study.fmt({"difference": 1.0, "ci_lo": 0.2, "ci_hi": 1.8}).endswith("✓")
@@ -278,3 +287,73 @@ def test_sample_mode_alternates_the_fp_and_the_fully_quantized_network():
     assert {p.lam for _, _, p in m2.quanttrim.layers} == {1.0}
     with pytest.raises(ValueError, match="lambda_mode"):
         QuantTrimConfig(lambda_mode="mix")
+
+
+def test_kurtosis_penalty_flattens_the_folded_weights_and_shrinks_every_grids_error():
+    """The penalty drives κ = E[w⁴]/E[w²]² of the BN-folded weights (per tensor and per channel) toward 1.8; flat
+    weights have the smallest max/rms, so INT4 error falls on every grid, trained on or not."""
+    torch.manual_seed(0)
+    assert float(kurtosis(torch.rand(200_000) * 2 - 1)) == pytest.approx(1.8, abs=0.03)
+    assert float(kurtosis(torch.randn(200_000))) == pytest.approx(3.0, abs=0.1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3), torch.nn.BatchNorm2d(32))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.distributions.Laplace(0.0, 0.1).sample(net[0].weight.shape))
+        net[1].weight.uniform_(0.2, 3.0)  # unequal channel gains: the folded tensor is what the grids see
+        net[1].running_var.uniform_(0.5, 2.0)
+    assert float(prepare(torch.nn.Sequential(torch.nn.Linear(4, 4)), QuantTrimConfig()).quanttrim.regularizer()) == 0
+    net = prepare(net, QuantTrimConfig(kurtosis=1.0, fake_quant=False, prune=False), total_steps=1)
+    _, module, p = net.quanttrim.layers[0]
+
+    def folded() -> torch.Tensor:
+        w = module.parametrizations.weight.original.detach()
+        return w * p.fold_factor(w)
+
+    grids = [Grid(4, pc, narrow=n) for pc in (False, True) for n in (True, False)] + [Grid(4, False, pow2=True)]
+
+    def errors() -> list[float]:
+        w = folded()
+        return [float((_quantize(w, g)[0] - w).norm() / w.norm()) for g in grids]
+
+    before, k_before = errors(), float(kurtosis(folded().flatten()))
+    assert k_before > 4  # Laplace tails, and the channel gains make the tensor heavier still
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(300):
+        opt.zero_grad()
+        net.quanttrim.regularizer().backward()
+        opt.step()
+    w = folded()
+    assert float(kurtosis(w.flatten())) < 2.3
+    assert float(kurtosis(w.reshape(32, -1)).mean()) < 2.3
+    after = errors()
+    for g, b, a in zip(grids, before, after, strict=True):
+        assert a < 0.75 * b, (g.name, b, a)
+
+
+def test_train_recipes_resolve_with_the_flags_winning_and_the_study_arm_is_the_default():
+    from qtbench.harness.cli import build_parser
+    from qtbench.harness.cli.train import RECIPE_NAMES, resolve_quanttrim
+    from qtbench.quanttrim.core import RECIPES
+
+    assert set(RECIPE_NAMES) == set(RECIPES)  # the CLI's choices (torch-free at --help) match the library's
+    parse = lambda *a: build_parser().parse_args(["train", *a])  # noqa: E731
+    qt, epochs = resolve_quanttrim(parse())
+    assert epochs == RECIPES["neutral"].epochs == 10
+    assert {k: qt[k] for k in RECIPES["neutral"].config} == RECIPES["neutral"].config
+    assert QuantTrimConfig(**qt).prune_mode() == "both"  # the family holds per-channel grids
+    paper, epochs = resolve_quanttrim(parse("--recipe", "paper"))
+    cfg, ref = QuantTrimConfig(**paper), QuantTrimConfig()
+    assert (cfg.bits, cfg.family, cfg.lambda_max, cfg.lambda_mode, cfg.family_draw, epochs) == (
+        ref.bits,
+        ref.family,
+        ref.lambda_max,
+        ref.lambda_mode,
+        ref.family_draw,
+        8,
+    )
+    qt, epochs = resolve_quanttrim(parse("--lambda-max", "0.5", "--grid-family", "single", "--epochs", "6"))
+    assert (qt["lambda_max"], qt["family"], qt["lambda_mode"], epochs) == (0.5, "", "sample", 6)
+    assert resolve_quanttrim(parse("--method", "fp")) == ({}, 8)
+    # the study's headline arm is the default recipe, so what the study measured is what `qtbench train` trains
+    study = _study_module()
+    qt, epochs = resolve_quanttrim(parse(*study.ARMS["quanttrim"]))
+    assert qt == resolve_quanttrim(parse())[0] and epochs == 10
