@@ -19,7 +19,8 @@ Steps, each resumable (a finished checkpoint or results row is kept, so an inter
    Arms (the ablation): ``fp`` (baseline, 8 epochs), and at 10 epochs ``quanttrim`` (the ``neutral`` recipe: the
    four INT4 grids + whole-network sampling + reverse pruning), ``single`` (one INT4 per-tensor grid, blended,
    + per-tensor pruning: the earlier recipe), ``prune`` (reverse pruning only), ``fakequant`` (the family's
-   fake quantization only). About 30 min on 2 cores at 3 seeds; docs/quanttrim.md has results.
+   fake quantization only). 28 min on 2 cores at 3 seeds (measured), ~4 min per added seed; results and why
+   5 seeds are worth it: docs/quanttrim.md.
 3. ``qtbench sweep`` per architecture, started as soon as that architecture's checkpoints exist, over ONNX
    Runtime, OpenVINO and two simnpu vendor profiles (simulated: Hailo-8-like INT8/INT4, NXP i.MX 8M
    Plus-like INT8 with round-half-away), FP32/INT8/INT4 static per-tensor and per-channel, fidelity only (no
