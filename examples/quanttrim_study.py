@@ -179,12 +179,7 @@ def sweep_cmd(args: argparse.Namespace, arch: str) -> list[str]:
 def run_all(args: argparse.Namespace) -> dict[str, float]:
     """Run the missing trainings and every sweep, ``--jobs`` processes at a time at 1 torch thread each; an
     architecture's sweep starts when its last checkpoint is written. Returns seconds per job."""
-    trains = {
-        (arch, arm)
-        for arch in args.archs
-        for arm in args.arms
-        if not all(ckpt(args.out, arch, arm, s).exists() for s in args.seeds)
-    }
+    trains = {(arch, arm) for arch in args.archs for arm in args.arms if missing_seeds(args, arch, arm)}
     queue: list[tuple[str, str, str]] = [("train", arch, arm) for arch in args.archs for arm in args.arms]
     queue = [j for j in queue if (j[1], j[2]) in trains] + [("sweep", arch, "") for arch in args.archs]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

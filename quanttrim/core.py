@@ -403,11 +403,15 @@ class _WeightFakeQuant(nn.Module):
         f = gamma / torch.sqrt(bn.running_var + bn.eps)
         return f.reshape((-1,) + (1,) * (w.dim() - 1))
 
+    def folded(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The deployed (BN-folded) weight and the fold factor that maps back to ``w`` (None: nothing to fold)."""
+        f = self.fold_factor(w)
+        return (w * f if f is not None else w), f
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not self.enabled or self.lam == 0.0:
             return w
-        f = self.fold_factor(w)
-        target = w * f if f is not None else w
+        target, f = self.folded(w)
         scale, zero = grid_scale_zero(target, self.grid)
         qmin, qmax = self.grid.qrange()
         out = fake_quantize(target, scale, zero, qmin, qmax, self.lam, self.grid.rounding)
@@ -499,9 +503,7 @@ class QuantTrimController:
             return torch.zeros(())
         terms = []
         for _, module, p in self.layers:
-            w = parametrize_original(module)
-            f = p.fold_factor(w)
-            target = w * f if f is not None else w
+            target, _ = p.folded(parametrize_original(module))
             terms.append((kurtosis(target.flatten()) - self.cfg.kurtosis_target) ** 2)
             if target.dim() > 1 and target[0].numel() >= 4:
                 terms.append(((kurtosis(target.reshape(target.shape[0], -1)) - self.cfg.kurtosis_target) ** 2).mean())
@@ -513,8 +515,8 @@ class QuantTrimController:
         smaller of both: ``prune_granularity``); returns the mean τ per layer."""
         for name, module, p in self.layers:
             w = parametrize_original(module)
-            f = p.fold_factor(w)
-            self.bounds[name] = clip_bound(w * f if f is not None else w, self.prune_granularity, q)
+            target, f = p.folded(w)
+            self.bounds[name] = clip_bound(target, self.prune_granularity, q)
             _clip(w, f, self.bounds[name])
             b = self.bounds[name]
             self.taus[name] = float(b[torch.isfinite(b)].mean()) if torch.isfinite(b).any() else float("inf")
@@ -523,9 +525,7 @@ class QuantTrimController:
     def state(self) -> dict[str, float]:
         clipped, kurt = [], []
         for name, module, p in self.layers:
-            w = parametrize_original(module).detach()
-            f = p.fold_factor(w)
-            target = (w * f) if f is not None else w
+            target, _ = p.folded(parametrize_original(module).detach())
             kurt.append(float(kurtosis(target.flatten())))
             if name in self.taus:
                 clipped.append(float((target.abs() >= self.bounds[name] * (1 - 1e-6)).float().mean()))

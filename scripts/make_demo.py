@@ -61,7 +61,7 @@ def main() -> None:
                 arch="resnet",
                 method=method,
                 seed=seed,
-                epochs=RECIPE.epochs if qt else 8,
+                epochs=RECIPE.epochs if qt else TrainConfig.epochs,
                 quanttrim=RECIPE.config if qt else {},
             )
             name = stem(method, seed) + ".onnx"

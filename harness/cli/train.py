@@ -84,10 +84,11 @@ def resolve_quanttrim(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     """The QuantTrimConfig fields and epochs a `qtbench train` call means: the recipe, then the flags given.
     Raises UserError (exit 2) for a bad family or combination, before any training."""
     from qtbench.quanttrim.core import RECIPES, QuantTrimConfig
+    from qtbench.quanttrim.train import TrainConfig
 
-    recipe = RECIPES[args.recipe]
     if args.method != "quanttrim":
-        return {}, args.epochs or 8
+        return {}, args.epochs or TrainConfig.epochs
+    recipe = RECIPES[args.recipe]
     if args.prune_only and args.no_prune and args.kurtosis <= 0:
         raise UserError(
             "--prune-only and --no-prune leave nothing of Quant-Trim; drop one, add --kurtosis, or use --method fp"
